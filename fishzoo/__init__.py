@@ -1,0 +1,20 @@
+"""fishzoo: the FishNet family and related architectures as timm models.
+
+Importing fishzoo registers every architecture with timm's registry, so ``timm.create_model``,
+``timm.list_models('fishnet*')`` and timm's scripts find them.
+"""
+from typing import List
+
+from . import models  # noqa: F401  (registers the architectures)
+
+__version__ = '0.1.0'
+
+
+def list_models(pattern: str = '', pretrained: bool = False) -> List[str]:
+    """fishzoo's own model names (optionally filtered by a wildcard ``pattern``)."""
+    import timm
+    own = set(timm.list_models(module=['fishnet', 'mobilenetv2_dual']))
+    names = timm.list_models(pattern or '', pretrained=pretrained)
+    if pretrained:
+        return [n for n in names if n.split('.')[0] in own]
+    return [n for n in names if n in own]

@@ -1,0 +1,95 @@
+"""The ``fishzoo`` command.
+
+    fishzoo list [PATTERN] [--pretrained]     fishzoo's model names (or pretrained tags)
+    fishzoo info MODEL [--json]               params, GMACs, feature levels, pretrained tags
+    fishzoo table [--write|--check README]    the README's models table, generated
+
+A user's mistake ends the command with one line on stderr and exit status 2, never a traceback.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import fishzoo
+
+
+class UserError(Exception):
+    """A mistake in the user's input; its message is the one line the user sees."""
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for name in fishzoo.list_models(args.pattern, pretrained=args.pretrained):
+        print(name)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from fishzoo.info import format_info, model_info
+    try:
+        info = model_info(args.model)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from fishzoo.info import models_table, replace_readme_table
+    table = models_table()
+    path = args.write or args.check
+    if path is None:
+        print(table)
+        return 0
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f'{path}: no such file; expected the README holding the models table')
+    try:
+        updated = replace_readme_table(path.read_text(), table)
+    except ValueError as e:
+        raise UserError(f'{path}: {e}') from None
+    if args.write:
+        path.write_text(updated)
+        print(f'updated the models table in {path}')
+        return 0
+    if updated != path.read_text():
+        print(f'{path}: the models table is out of date; run `fishzoo table --write {path}`', file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='fishzoo', description='The FishNet family as timm models.')
+    parser.add_argument('--version', action='version', version=f'fishzoo {fishzoo.__version__}')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    p = sub.add_parser('list', help="list fishzoo's models")
+    p.add_argument('pattern', nargs='?', default='', help="wildcard filter, e.g. 'fishnet*'")
+    p.add_argument('--pretrained', action='store_true', help='list pretrained tags instead of architectures')
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser('info', help='params, GMACs, feature levels and pretrained tags of a model')
+    p.add_argument('model')
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser('table', help="print the README's models table, or update / check it in a file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument('--write', metavar='README', help='replace the table between the markers in README')
+    group.add_argument('--check', metavar='README', help='exit 1 if the table in README is out of date')
+    p.set_defaults(func=_cmd_table)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f'fishzoo {args.command}: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

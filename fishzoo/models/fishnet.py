@@ -1,0 +1,679 @@
+"""FishNet: a versatile backbone for image, region and pixel level prediction.
+
+Sun et al., NeurIPS 2018 (arXiv:1901.03495). Authors' code: https://github.com/kevin-ssy/FishNet
+
+A FishNet is a fish of three parts joined by concatenation:
+
+* the **tail** halves the resolution after every stage, like a ResNet;
+* the **bridge** turns the lowest-resolution feature into a score map and gates it with an
+  SE-style attention vector;
+* the **body** doubles the resolution after every stage and concatenates each up-sampled trunk
+  with the (transferred) input of the tail stage of the same resolution;
+* the **head** halves the resolution again and concatenates with the input of the body stage of
+  the same resolution, so every resolution ends up with high-level semantics.
+
+All residual blocks are pre-activation bottlenecks. The first block of a body stage has no 1x1
+shortcut: its identity sums ``k`` adjacent channels ("channel squeeze") down to the stage width.
+Body blocks use dilation 1, 2, 4; down-sampling is 2x2 max pooling, up-sampling nearest-neighbour.
+
+Layout of ``FishNet.stages`` for ``n`` down-sampling steps (the authors' models have n = 3), with
+the authors' stage indices so their checkpoints map one to one:
+
+    stages[0:n]         tail   -> FishTailStage
+    stages[n]           bridge -> FishBridge
+    stages[n+1:2n+1]    body   -> FishRefineStage(upsample=True)
+    stages[2n+1:3n+1]   head   -> FishRefineStage(upsample=False)
+
+Differences from the authors' code, none of which changes a result where theirs runs:
+
+* any input of at least 32x32 px works (theirs needs multiples of 32): the body up-samples its trunk
+  to the exact size of the feature it is concatenated with instead of by a fixed factor of 2;
+* the 1x1-conv classifier on the pooled map is an equivalent ``nn.Linear`` (``fc``), so timm's
+  head handling (``reset_classifier``, ``num_classes=0``, ``pre_logits``) applies unchanged;
+* BatchNorm + ReLU pairs are timm ``BatchNormAct2d`` modules (same state-dict keys as BatchNorm2d).
+
+Variants beyond the authors' releases:
+
+* ``fishnext150``: FishNet-150 with ResNeXt-style bottlenecks, following ResNeXt-50 (32x4d)'s rule
+  for turning a ResNet bottleneck into a ResNeXt one: every bottleneck is twice as wide as FishNet's
+  (``mid = out_chs // 2`` instead of ``out_chs // 4``) and its 3x3 convolution has 32 groups. Depths,
+  1x1 shortcuts, bridge and score blocks are FishNet-150's. 25.21M parameters at 1000 classes,
+  3.8% under the paper's 26.2M (the paper does not give its exact rule).
+* ``fishnet_s64`` / ``fishnet_m64`` / ``fishnet_l64``: low-resolution FishNets for 32-64 px data.
+  Their stem keeps full resolution (stride-1 convolutions, no max-pool), so a 64 px image enters the
+  fish at 64x64 rather than 16x16. All three use the authors' channel plan divided by 4 and differ in
+  depth: s64 one block per stage, m64 FishNet-99's depths, l64 FishNet-150's with a deeper last stage.
+* ``downsample`` chooses the down-sampling of the paper's Table 2 ablation: ``'max2'`` (default),
+  ``'max3'`` (3x3 max-pool, stride 2), ``'avg2'`` (2x2 average pool) or ``'conv'`` (a pre-activation
+  3x3 convolution with stride 2, channels unchanged).
+"""
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    BatchNormAct2d, ConvNormAct, DropPath, calculate_drop_path_rates, create_classifier, register_notrace_function)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+__all__ = ['FishNet']
+
+DOWNSAMPLE_TYPES = ('max2', 'max3', 'avg2', 'conv')
+
+
+@register_notrace_function
+def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """Refuse inputs the network cannot process with a message that says what was expected."""
+    if x.dim() != 4:
+        raise ValueError(
+            'expected a 4-D image batch (N, C, H, W), got a tensor of shape ' + str(list(x.shape)))
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            'expected ' + str(in_chans) + ' input channels, got ' + str(x.shape[1])
+            + ' (input shape ' + str(list(x.shape)) + '); build the model with in_chans=' + str(x.shape[1]))
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            'expected an input of at least ' + str(min_size) + 'x' + str(min_size) + ' px, got '
+            + str(x.shape[2]) + 'x' + str(x.shape[3]))
+
+
+# a leaf for torch.fx.symbolic_trace too (register_notrace_function covers timm's own tracer)
+torch.fx.wrap('check_input')
+
+
+class ChannelSqueeze(nn.Module):
+    """Identity of an up-sampling block: sums each group of ``k`` adjacent channels."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.k == 1:
+            return x
+        n, c, h, w = x.shape
+        return x.reshape(n, c // self.k, self.k, h, w).sum(2)
+
+
+class PreActShortcut(nn.Module):
+    """BN-ReLU-1x1 conv projection used when a block changes its channel count."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, norm_act_layer=BatchNormAct2d):
+        super().__init__()
+        self.bn = norm_act_layer(in_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.bn(x))
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck: (BN-ReLU-conv) x 3 on the residual path.
+
+    ``squeeze=k`` (k >= 1) makes it the first block of a body stage, whose identity sums k adjacent
+    channels of the input instead of projecting it.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            dilation: int = 1,
+            squeeze: int = 0,
+            bottle_ratio: float = 0.25,
+            groups: int = 1,
+            drop_path: float = 0.,
+            norm_act_layer=BatchNormAct2d,
+    ):
+        super().__init__()
+        mid_chs = int(out_chs * bottle_ratio)
+        self.bn1 = norm_act_layer(in_chs)
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
+        self.bn2 = norm_act_layer(mid_chs)
+        self.conv2 = nn.Conv2d(
+            mid_chs, mid_chs, 3, padding=dilation, dilation=dilation, groups=groups, bias=False)
+        self.bn3 = norm_act_layer(mid_chs)
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
+        if squeeze:
+            if in_chs != out_chs * squeeze:
+                raise ValueError(f'channel squeeze needs in_chs == {squeeze} * out_chs, got {in_chs} -> {out_chs}')
+            self.shortcut = ChannelSqueeze(squeeze)
+        elif in_chs != out_chs:
+            self.shortcut = PreActShortcut(in_chs, out_chs, norm_act_layer=norm_act_layer)
+        else:
+            self.shortcut = nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.bn1(x))
+        out = self.conv2(self.bn2(out))
+        out = self.conv3(self.bn3(out))
+        return self.drop_path(out) + self.shortcut(x)
+
+
+class ScoreBlock(nn.Module):
+    """BN-ReLU-1x1 conv-BN-ReLU that halves the channels: the paper's score transform."""
+
+    def __init__(self, in_chs: int, norm_act_layer=BatchNormAct2d):
+        super().__init__()
+        self.bn1 = norm_act_layer(in_chs)
+        self.conv = nn.Conv2d(in_chs, in_chs // 2, 1, bias=False)
+        self.bn2 = norm_act_layer(in_chs // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv(self.bn1(x)))
+
+
+class BridgeAttention(nn.Module):
+    """SE-style gate of the bridge: BN-ReLU, global pool, 1x1 squeeze/excite, sigmoid."""
+
+    def __init__(self, in_chs: int, out_chs: int, norm_act_layer=BatchNormAct2d):
+        super().__init__()
+        self.bn = norm_act_layer(in_chs)
+        self.fc1 = nn.Conv2d(in_chs, out_chs // 16, 1)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(out_chs // 16, out_chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(x).mean((2, 3), keepdim=True)
+        return torch.sigmoid(self.fc2(self.act(self.fc1(x))))
+
+
+def create_downsample(kind: str, chs: int, norm_act_layer=BatchNormAct2d) -> nn.Module:
+    if kind == 'max2':
+        return nn.MaxPool2d(2, stride=2)
+    if kind == 'max3':
+        return nn.MaxPool2d(3, stride=2, padding=1)
+    if kind == 'avg2':
+        return nn.AvgPool2d(2, stride=2)
+    if kind == 'conv':
+        return nn.Sequential(norm_act_layer(chs), nn.Conv2d(chs, chs, 3, stride=2, padding=1, bias=False))
+    raise ValueError(f"downsample must be one of {', '.join(map(repr, DOWNSAMPLE_TYPES))}, got {kind!r}")
+
+
+def make_blocks(in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], **kwargs) -> nn.Sequential:
+    """``depth`` bottlenecks; only the first one takes ``squeeze`` and changes the width."""
+    squeeze = kwargs.pop('squeeze', 0)
+    return nn.Sequential(*[
+        PreActBottleneck(in_chs if i == 0 else out_chs, out_chs, squeeze=squeeze if i == 0 else 0,
+                         drop_path=dprs[i], **kwargs)
+        for i in range(depth)])
+
+
+class FishTailStage(nn.Module):
+    """Tail stage: residual blocks, then down-sampling."""
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: str, dprs: Sequence[float], **block_kwargs):
+        super().__init__()
+        self.branch_index = -1
+        self.grad_checkpointing = False
+        self.blocks = make_blocks(in_chs, out_chs, depth, dprs, **block_kwargs)
+        self.downsample = create_downsample(downsample, out_chs, block_kwargs.get('norm_act_layer', BatchNormAct2d))
+
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.downsample(x)
+
+
+class FishBridge(nn.Module):
+    """Bridge between tail and body: score map, SE-style attention, residual blocks.
+
+    Computes ``blocks(s) * a + a`` where ``s`` is the score map of the tail output and ``a`` the
+    attention vector of ``s``.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], **block_kwargs):
+        super().__init__()
+        norm_act_layer = block_kwargs.get('norm_act_layer', BatchNormAct2d)
+        self.branch_index = -1
+        self.grad_checkpointing = False
+        self.score = ScoreBlock(in_chs, norm_act_layer=norm_act_layer)
+        self.score_fc = nn.Conv2d(in_chs // 2, out_chs * 2, 1)
+        self.blocks = make_blocks(out_chs * 2, out_chs, depth, dprs, **block_kwargs)
+        self.attn = BridgeAttention(out_chs * 2, out_chs, norm_act_layer=norm_act_layer)
+
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.score_fc(self.score(x))
+        attn = self.attn(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x * attn + attn
+
+
+class FishRefineStage(nn.Module):
+    """Body (up-sampling) or head (down-sampling) stage.
+
+    The trunk runs through the residual blocks and is resampled to the size of ``branch``, the
+    feature this stage is joined with; the branch runs through the transfer blocks; the two are
+    concatenated along channels.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            branch_chs: int,
+            branch_index: int,
+            depth: int,
+            transfer_depth: int,
+            upsample: bool,
+            downsample: str,
+            dilation: int,
+            dprs: Sequence[float],
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.branch_index = branch_index
+        self.upsample = upsample
+        self.grad_checkpointing = False
+        squeeze = in_chs // out_chs if upsample else 0
+        self.blocks = make_blocks(
+            in_chs, out_chs, depth, dprs[:depth], squeeze=squeeze, dilation=dilation, **block_kwargs)
+        self.transfer = make_blocks(branch_chs, branch_chs, transfer_depth, dprs[depth:], **block_kwargs)
+        if upsample:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = create_downsample(downsample, out_chs, block_kwargs.get('norm_act_layer', BatchNormAct2d))
+
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        assert branch is not None
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+            branch = checkpoint_seq(self.transfer, branch)
+        else:
+            x = self.blocks(x)
+            branch = self.transfer(branch)
+        if self.upsample:
+            # nearest to the branch's size: identical to scale_factor=2 when the size is even,
+            # and also correct for odd sizes where the authors' fixed factor fails in torch.cat
+            x = F.interpolate(x, size=branch.shape[-2:], mode='nearest')
+        else:
+            x = self.downsample(x)
+        return torch.cat([x, branch], dim=1)
+
+
+class FishNet(nn.Module):
+    """FishNet classifier with the full timm model interface.
+
+    Args:
+        stage_chs: output width of each of the ``3n + 1`` stages (tail, bridge, body, head);
+            the authors' ``network_planes[1:]``.
+        depths: residual blocks per stage.
+        transfer_depths: transfer blocks per body and head stage (``2n`` values).
+        stem_chs: width of the stem (the authors' ``network_planes[0]``).
+        stem_stride: 4 for the ImageNet stem (stride-2 conv and 3x3 max-pool), 1 for a stem that
+            keeps full resolution (low-resolution variants).
+        downsample: one of ``'max2'``, ``'max3'``, ``'avg2'``, ``'conv'``.
+        bottle_ratio: bottleneck width as a fraction of a block's output width.
+        groups: groups (cardinality) of the bottlenecks' 3x3 convolutions.
+        num_classes, in_chans, global_pool, drop_rate, drop_path_rate: as in timm.
+    """
+
+    def __init__(
+            self,
+            stage_chs: Sequence[int] = (128, 256, 512, 512, 512, 384, 256, 320, 832, 1600),
+            depths: Sequence[int] = (2, 2, 6, 2, 1, 1, 1, 1, 2, 2),
+            transfer_depths: Sequence[int] = (1, 1, 1, 1, 1, 4),
+            stem_chs: int = 64,
+            stem_stride: int = 4,
+            downsample: str = 'max2',
+            bottle_ratio: float = 0.25,
+            groups: int = 1,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+    ):
+        super().__init__()
+        num_down = (len(stage_chs) - 1) // 3
+        if len(stage_chs) != 3 * num_down + 1 or num_down < 1:
+            raise ValueError(f'stage_chs needs 3n + 1 entries (tail, bridge, body, head), got {len(stage_chs)}')
+        if len(depths) != len(stage_chs) or len(transfer_depths) != 2 * num_down:
+            raise ValueError(f'depths needs {len(stage_chs)} entries and transfer_depths {2 * num_down}')
+        if downsample not in DOWNSAMPLE_TYPES:
+            raise ValueError(f"downsample must be one of {', '.join(map(repr, DOWNSAMPLE_TYPES))}, got {downsample!r}")
+        if stem_stride not in (1, 4):
+            raise ValueError(f'stem_stride must be 4 (ImageNet stem) or 1 (full-resolution stem), got {stem_stride}')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        # smallest input for which the deepest level is still at least 1 px
+        self.min_input_size = stem_stride * 2 ** num_down
+
+        block_kwargs = dict(bottle_ratio=bottle_ratio, groups=groups)
+        stem_conv_stride = 2 if stem_stride == 4 else 1
+        self.stem = nn.Sequential()
+        self.stem.add_module('conv1', ConvNormAct(in_chans, stem_chs // 2, 3, stride=stem_conv_stride, padding=1))
+        self.stem.add_module('conv2', ConvNormAct(stem_chs // 2, stem_chs // 2, 3, padding=1))
+        self.stem.add_module('conv3', ConvNormAct(stem_chs // 2, stem_chs, 3, padding=1))
+        self.stem.add_module('pool', nn.MaxPool2d(3, stride=2, padding=1) if stem_stride == 4 else nn.Identity())
+        self.feature_info = [dict(num_chs=stem_chs, reduction=stem_conv_stride, module='stem.conv3')]
+
+        # stochastic depth rises linearly over all residual blocks in execution order
+        num_blocks = sum(depths) + sum(transfer_depths)
+        dpr = iter(calculate_drop_path_rates(drop_path_rate, num_blocks))
+
+        def take(n: int) -> List[float]:
+            return [next(dpr) for _ in range(n)]
+
+        # stage_in_chs[i]: channels entering stage i (stage_in_chs[i + 1] is what stage i outputs)
+        stage_in_chs = [stem_chs]
+        stages = []
+        for i in range(num_down):
+            stages.append(FishTailStage(
+                stage_in_chs[-1], stage_chs[i], depths[i], downsample, take(depths[i]), **block_kwargs))
+            stage_in_chs.append(stage_chs[i])
+        stages.append(FishBridge(stage_in_chs[-1], stage_chs[num_down], depths[num_down], take(depths[num_down]),
+                                 **block_kwargs))
+        stage_in_chs.append(stage_chs[num_down])
+        for j in range(2 * num_down):
+            i = num_down + 1 + j
+            is_body = j < num_down
+            # a body stage joins the input of its mirror tail stage, a head stage that of its mirror body stage
+            branch_index = num_down - 1 - j if is_body else 2 * num_down - (j - num_down)
+            branch_chs = stage_in_chs[branch_index]
+            stages.append(FishRefineStage(
+                stage_in_chs[-1], stage_chs[i], branch_chs, branch_index, depths[i], transfer_depths[j],
+                upsample=is_body, downsample=downsample, dilation=2 ** j if is_body else 1,
+                dprs=take(depths[i] + transfer_depths[j]), **block_kwargs))
+            stage_in_chs.append(stage_chs[i] + branch_chs)
+            reduction = stem_stride * 2 ** (num_down - 1 - j) if is_body else stem_stride * 2 ** (j - num_down + 1)
+            if j >= num_down - 1:  # the finest body stage and every head stage are the pyramid levels
+                self.feature_info.append(dict(num_chs=stage_in_chs[-1], reduction=reduction, module=f'stages.{i}'))
+        self.stages = nn.ModuleList(stages)
+        # feature level -> index in stages (level 0 is the stem)
+        self._level_stage = [-1] + list(range(2 * num_down, 3 * num_down + 1))
+
+        self.score = ScoreBlock(stage_in_chs[-1])
+        self.num_features = self.head_hidden_size = stage_in_chs[-1] // 2
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.(?:blocks|transfer)\.(\d+)', None),
+                (r'^stages\.(\d+)', (0,)),
+                (r'^score', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns the pyramid levels of ``feature_info``.
+
+        Args:
+            x: input images.
+            indices: take last n levels if int, all if None, the given levels if a sequence.
+            norm: unused (FishNet has no final norm layer).
+            stop_early: stop after the last level asked for.
+            output_fmt: only 'NCHW'.
+            intermediates_only: return only the levels.
+        """
+        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
+        check_input(x, self.in_chans, self.min_input_size)
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates: List[torch.Tensor] = []
+        x = self.stem[:3](x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        x = self.stem[3](x)
+        feats: List[torch.Tensor] = []
+        last_stage = self._level_stage[max_index] if stop_early else len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
+            if i > last_stage:
+                break
+            feats.append(x)
+            branch: Optional[torch.Tensor] = None
+            if stage.branch_index >= 0:
+                branch = feats[stage.branch_index]
+            x = stage(x, branch)
+            for level in take_indices:
+                if self._level_stage[level] == i:
+                    intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if last_stage == len(self.stages) - 1:
+            x = self.score(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and the final score / classifier) not needed for ``indices``."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        keep = self._level_stage[max_index] + 1
+        self.stages = self.stages[:keep]
+        if max_index == 0:
+            self.stem.pool = nn.Identity()
+        if max_index < len(self.feature_info) - 1:
+            # the final score block and classifier are sized for the last level only
+            self.score = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            prune_head = True
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_chans, self.min_input_size)
+        x = self.stem(x)
+        feats: List[torch.Tensor] = []
+        for stage in self.stages:
+            feats.append(x)
+            branch: Optional[torch.Tensor] = None
+            if stage.branch_index >= 0:
+                branch = feats[stage.branch_index]
+            x = stage(x, branch)
+        return self.score(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+# The authors' module paths inside a stage, by stage kind, and where they live here.
+_BRIDGE_KEYS = (
+    ('0.0.', 'score.bn1.'), ('0.2.', 'score.conv.'), ('0.3.', 'score.bn2.'), ('1.', 'score_fc.'),
+    ('2.', 'blocks.'), ('3.0.0.', 'attn.bn.'), ('3.0.3.', 'attn.fc1.'), ('3.0.5.', 'attn.fc2.'),
+)
+_REFINE_KEYS = (('0.', 'blocks.'), ('1.', 'transfer.'))
+_FINAL_KEYS = (('3.0.', 'score.bn1.'), ('3.2.', 'score.conv.'), ('3.3.', 'score.bn2.'), ('4.1.', 'fc.'))
+
+
+def _remap_original_key(key: str, num_down: int) -> Optional[str]:
+    """Map one key of the authors' state dict to this implementation (None: no counterpart)."""
+    m = re.match(r'conv([123])\.([01])\.(.*)', key)
+    if m:
+        return f"stem.conv{m[1]}.{'conv' if m[2] == '0' else 'bn'}.{m[3]}"
+    m = re.match(r'fish\.fish\.(\d+)\.(.*)', key)
+    if not m:
+        return None
+    i, rest = int(m[1]), m[2]
+    if i < num_down:
+        table = (('0.', 'blocks.'),)
+    elif i == num_down:
+        table = _BRIDGE_KEYS
+    else:
+        table = _REFINE_KEYS
+        if i == 3 * num_down:
+            for old, new in _FINAL_KEYS:
+                if rest.startswith(old):
+                    return new + rest[len(old):]
+    for old, new in table:
+        if rest.startswith(old):
+            rest = new + rest[len(old):]
+            rest = rest.replace('.shortcut.0.', '.shortcut.bn.').replace('.shortcut.2.', '.shortcut.conv.')
+            return f'stages.{i}.{rest}'
+    return None
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str, torch.Tensor]:
+    """Convert the authors' FishNet checkpoint into this implementation's state dict.
+
+    Accepts their ``torch.save`` dict (``{'state_dict': ..., 'epoch': ..., ...}``) or a bare state
+    dict, with or without DataParallel's ``module.`` prefix. A state dict of this implementation
+    passes through unchanged.
+    """
+    state_dict = state_dict.get('state_dict', state_dict)
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    if not any(k.startswith('fish.fish.') for k in state_dict):
+        return state_dict
+    num_down = max(int(k.split('.')[2]) for k in state_dict if k.startswith('fish.fish.')) // 3
+    out = {}
+    for key, value in state_dict.items():
+        new_key = _remap_original_key(key, num_down)
+        if new_key is None:
+            raise KeyError(f'no counterpart in fishzoo for the original FishNet key {key!r}')
+        if new_key == 'fc.weight':
+            value = value.flatten(1)  # 1x1 conv on the pooled map -> Linear
+        out[new_key] = value
+    return out
+
+
+def _create_fishnet(variant: str, pretrained: bool = False, **kwargs) -> FishNet:
+    out_indices = kwargs.pop('out_indices', (1, 2, 3, 4))
+    return build_model_with_cfg(
+        FishNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv1.conv', 'classifier': 'fc',
+        'paper_ids': 'arXiv:1901.03495',
+        'paper_name': 'FishNet: A Versatile Backbone for Image, Region, and Pixel Level Prediction',
+        'origin_url': 'https://github.com/kevin-ssy/FishNet',
+        'license': 'other',
+        **kwargs,
+    }
+
+
+def _lowres_cfg(**kwargs) -> Dict[str, Any]:
+    return _cfg(
+        num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0,
+        origin_url='', license='apache-2.0', **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'fishnet99': _cfg(),
+    'fishnet150': _cfg(),
+    'fishnet201': _cfg(),
+    'fishnext150': _cfg(license='apache-2.0', origin_url=''),
+    'fishnet_s64': _lowres_cfg(),
+    'fishnet_m64': _lowres_cfg(),
+    'fishnet_l64': _lowres_cfg(),
+})
+
+# the low-resolution variants share the authors' channel plan (network_planes[1:]) divided by 4 and
+# a 16-channel stem; they differ in depth only
+_LOWRES_ARGS = dict(stage_chs=(32, 64, 128, 128, 128, 96, 64, 80, 208, 400), stem_chs=16, stem_stride=1)
+
+
+@register_model
+def fishnet99(pretrained: bool = False, **kwargs) -> FishNet:
+    """FishNet-99 as released by the authors (16.63M params)."""
+    model_args = dict(depths=(2, 2, 6, 2, 1, 1, 1, 1, 2, 2), transfer_depths=(1, 1, 1, 1, 1, 4))
+    return _create_fishnet('fishnet99', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fishnet150(pretrained: bool = False, **kwargs) -> FishNet:
+    """FishNet-150 as released by the authors (24.96M params)."""
+    model_args = dict(depths=(2, 4, 8, 4, 2, 2, 2, 2, 2, 4), transfer_depths=(2, 2, 2, 2, 2, 4))
+    return _create_fishnet('fishnet150', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fishnet201(pretrained: bool = False, **kwargs) -> FishNet:
+    """FishNet-201 as released by the authors (44.58M params)."""
+    model_args = dict(depths=(3, 4, 12, 4, 2, 2, 2, 2, 3, 10), transfer_depths=(2, 2, 2, 2, 2, 9))
+    return _create_fishnet('fishnet201', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fishnext150(pretrained: bool = False, **kwargs) -> FishNet:
+    """FishNeXt-150: FishNet-150 with 2x wider bottlenecks whose 3x3 conv has 32 groups (25.21M params)."""
+    model_args = dict(
+        depths=(2, 4, 8, 4, 2, 2, 2, 2, 2, 4), transfer_depths=(2, 2, 2, 2, 2, 4),
+        bottle_ratio=0.5, groups=32)
+    return _create_fishnet('fishnext150', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fishnet_s64(pretrained: bool = False, **kwargs) -> FishNet:
+    """Small low-resolution FishNet for 32-64 px inputs (0.67M params at 200 classes)."""
+    model_args = dict(depths=(1, 1, 2, 1, 1, 1, 1, 1, 1, 1), transfer_depths=(1, 1, 1, 1, 1, 1), **_LOWRES_ARGS)
+    return _create_fishnet('fishnet_s64', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fishnet_m64(pretrained: bool = False, **kwargs) -> FishNet:
+    """Medium low-resolution FishNet for 32-64 px inputs: FishNet-99's depths (1.04M params at 200 classes)."""
+    model_args = dict(depths=(2, 2, 6, 2, 1, 1, 1, 1, 2, 2), transfer_depths=(1, 1, 1, 1, 1, 4), **_LOWRES_ARGS)
+    return _create_fishnet('fishnet_m64', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fishnet_l64(pretrained: bool = False, **kwargs) -> FishNet:
+    """Large low-resolution FishNet for 32-64 px inputs (1.80M params at 200 classes)."""
+    model_args = dict(depths=(2, 4, 8, 4, 2, 2, 2, 2, 3, 5), transfer_depths=(2, 2, 2, 2, 2, 5), **_LOWRES_ARGS)
+    return _create_fishnet('fishnet_l64', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,116 @@
+"""FishNet family: sizes, every variant's forward/backward, any input size, down-sampling options."""
+import pytest
+import timm
+import torch
+
+import fishzoo
+from fishzoo.models.fishnet import FishNet
+
+ALL = ['fishnet99', 'fishnet150', 'fishnet201', 'fishnext150', 'fishnet_s64', 'fishnet_m64', 'fishnet_l64']
+
+
+def _params(name, **kwargs):
+    with torch.device('meta'):
+        return sum(p.numel() for p in timm.create_model(name, **kwargs).parameters())
+
+
+def test_registered_with_timm():
+    assert sorted(fishzoo.list_models('fish*')) == sorted(ALL)
+    assert set(ALL) <= set(timm.list_models('fish*'))
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('fishnet99', 16_628_904), ('fishnet150', 24_959_400), ('fishnet201', 44_584_552)])
+def test_authors_parameter_counts_exact(name, expected):
+    assert _params(name) == expected
+
+
+def test_fishnext150_within_5_percent_of_paper():
+    assert abs(_params('fishnext150') / 26.2e6 - 1) <= 0.05
+    convs = [m for m in timm.create_model('fishnext150').modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.groups > 1]
+    assert convs and all(m.groups == 32 for m in convs)
+
+
+@pytest.mark.parametrize('name, target', [('fishnet_s64', 0.67e6), ('fishnet_m64', 1.03e6), ('fishnet_l64', 1.80e6)])
+def test_lowres_parameter_counts(name, target):
+    assert abs(_params(name, num_classes=200) / target - 1) <= 0.15
+
+
+@pytest.mark.parametrize('name', ALL)
+@pytest.mark.parametrize('size', [(64, 64), (65, 97)])
+def test_forward_backward(name, size):
+    model = timm.create_model(name, num_classes=5).train()
+    out = model(torch.randn(2, 3, *size))
+    assert out.shape == (2, 5)
+    out.logsumexp(1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize('size', [(225, 257), (97, 131), (32, 32), (33, 47), (224, 160)])
+def test_any_input_size(size):
+    """The authors' code crashes in torch.cat unless H and W are multiples of 32; this one does not."""
+    model = timm.create_model('fishnet99', num_classes=10).eval()
+    with torch.no_grad():
+        _, levels = model.forward_intermediates(torch.randn(1, 3, *size))
+    assert model(torch.randn(1, 3, *size)).shape == (1, 10)
+    # every level is half the size of the one before it (rounded down)
+    for finer, coarser in zip(levels[1:], levels[2:]):
+        assert coarser.shape[-2:] == (finer.shape[-2] // 2, finer.shape[-1] // 2)
+
+
+def test_upsampling_matches_fixed_factor_at_multiples_of_32():
+    """Resizing to the branch's size is exactly the authors' nn.Upsample(scale_factor=2) where theirs runs."""
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 96)
+    body = [s for s in model.stages if getattr(s, 'upsample', False)]
+    captured = []
+    hooks = [s.blocks.register_forward_hook(lambda m, i, o: captured.append(o)) for s in body]
+    outputs = []
+    hooks += [s.register_forward_hook(lambda m, i, o: outputs.append(o)) for s in body]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for trunk, out in zip(captured, outputs):
+        fixed = torch.nn.Upsample(scale_factor=2)(trunk)
+        torch.testing.assert_close(out[:, :trunk.shape[1]], fixed, rtol=0, atol=0)
+
+
+def test_lowres_keeps_resolution():
+    model = timm.create_model('fishnet_m64')
+    assert model.pretrained_cfg['input_size'] == (3, 64, 64)
+    levels = model.forward_intermediates(torch.randn(2, 3, 64, 64), intermediates_only=True)
+    # the fish starts at the full 64x64 (the ImageNet stem would leave 16x16) and ends at 8x8
+    assert [lvl.shape[-1] for lvl in levels] == [64, 64, 32, 16, 8]
+
+
+@pytest.mark.parametrize('downsample', ['max2', 'max3', 'avg2', 'conv'])
+def test_downsample_options(downsample):
+    model = timm.create_model('fishnet_s64', num_classes=3, downsample=downsample)
+    for size in (64, 37):
+        out = model(torch.randn(2, 3, size, size))
+        assert out.shape == (2, 3)
+        out.sum().backward()
+    pools = {'max2': torch.nn.MaxPool2d, 'max3': torch.nn.MaxPool2d, 'avg2': torch.nn.AvgPool2d}
+    down = model.stages[0].downsample
+    if downsample == 'conv':
+        assert any(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in down.modules())
+        assert _params('fishnet_s64', downsample='conv') > _params('fishnet_s64')
+    else:
+        kernel = 3 if downsample == 'max3' else 2
+        assert isinstance(down, pools[downsample]) and down.kernel_size in (kernel, (kernel, kernel))
+
+
+def test_bad_arguments_and_inputs_get_clear_errors():
+    with pytest.raises(ValueError, match="downsample must be one of 'max2', 'max3', 'avg2', 'conv', got 'max4'"):
+        timm.create_model('fishnet_s64', downsample='max4')
+    with pytest.raises(ValueError, match='stage_chs needs 3n \\+ 1'):
+        FishNet(stage_chs=(8, 8))
+    model = timm.create_model('fishnet99', num_classes=3).eval()
+    with pytest.raises(ValueError, match='expected 3 input channels, got 1'):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match='expected a 4-D image batch'):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match='at least 32x32 px, got 31x64'):
+        model(torch.randn(1, 3, 31, 64))

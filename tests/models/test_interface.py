@@ -1,0 +1,220 @@
+"""The timm model interface, item by item, for every fishzoo architecture family.
+
+Each family is represented by small, fast configurations; the family-specific files check that
+every registered variant builds and trains.
+"""
+import pytest
+import timm
+import torch
+from timm.models import create_feature_extractor, group_parameters
+from timm.optim import create_optimizer_v2, param_groups_layer_decay
+
+import fishzoo  # noqa: F401
+
+# (model name, input size): one ImageNet-stem and one low-resolution FishNet
+MODELS = [('fishnet_s64', 64), ('fishnet99', 64)]
+NAMES = [name for name, _ in MODELS]
+
+
+def _input(size, batch=2, chans=3):
+    return torch.randn(batch, chans, size, size)
+
+
+def _size(name):
+    return dict(MODELS)[name]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_pretrained_cfg(name):
+    model = timm.create_model(name)
+    cfg = model.pretrained_cfg
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'num_classes',
+                'first_conv', 'classifier', 'paper_ids', 'license'):
+        assert cfg.get(key) not in (None, ''), key
+    assert cfg['num_classes'] == model.num_classes
+    first = model.get_submodule(cfg['first_conv'])
+    assert isinstance(first, torch.nn.Conv2d) and first.in_channels == 3
+    assert model.get_submodule(cfg['classifier']) is model.get_classifier()
+    assert timm.data.resolve_data_config({}, model=model)['input_size'] == cfg['input_size']
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_features_only(name):
+    size = _size(name)
+    model = timm.create_model(name)
+    levels = model.feature_info
+    assert [f['reduction'] for f in levels] == sorted(f['reduction'] for f in levels)
+    features = timm.create_model(name, features_only=True).eval()
+    outs = features(_input(size))
+    assert len(outs) == len(features.feature_info.channels()) == 4
+    for out, chs, red in zip(outs, features.feature_info.channels(), features.feature_info.reduction()):
+        assert out.shape == (2, chs, size // red, size // red)
+    picked = timm.create_model(name, features_only=True, out_indices=(0, 2)).eval()
+    assert [o.shape[1] for o in picked(_input(size))] == [levels[0]['num_chs'], levels[2]['num_chs']]
+
+
+def test_imagenet_stem_feature_strides():
+    """A detector or segmenter gets the stride 4/8/16/32 maps."""
+    features = timm.create_model('fishnet99', features_only=True)
+    assert features.feature_info.reduction() == [4, 8, 16, 32]
+    assert features.feature_info.channels() == [320, 832, 1600, 2112]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_forward_intermediates(name):
+    size = _size(name)
+    model = timm.create_model(name).eval()
+    x = _input(size)
+    final, intermediates = model.forward_intermediates(x)
+    assert len(intermediates) == len(model.feature_info)
+    for out, info in zip(intermediates, model.feature_info):
+        assert out.shape[1] == info['num_chs']
+        assert out.shape[-1] == size // info['reduction']
+    torch.testing.assert_close(final, model.forward_features(x))
+    early = model.forward_intermediates(x, indices=[1, 2], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(early, intermediates[1:3])
+
+    features = timm.create_model(name, features_only=True, out_indices=(1, 2, 3)).eval()
+    missing, _ = features.load_state_dict(
+        {f'model.{k}': v for k, v in model.state_dict().items()}, strict=False)
+    assert not missing
+    torch.testing.assert_close(features(x), intermediates[1:4])
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_forward_head_and_features(name):
+    size = _size(name)
+    model = timm.create_model(name, num_classes=7).eval()
+    x = _input(size)
+    feats = model.forward_features(x)
+    assert feats.shape[1] == model.num_features
+    pooled = model.forward_head(feats, pre_logits=True)
+    assert pooled.shape == (2, model.num_features)
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+    assert model(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_classifier_reset_and_num_classes_zero(name):
+    size = _size(name)
+    model = timm.create_model(name).eval()
+    assert model.get_classifier().out_features == model.pretrained_cfg['num_classes']
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5 and model(_input(size)).shape == (2, 5)
+    model.reset_classifier(0)
+    assert model(_input(size)).shape == (2, model.num_features)
+
+    pooled = timm.create_model(name, num_classes=0).eval()
+    x = _input(size)
+    out = pooled(x)
+    assert out.shape == (2, pooled.num_features)
+    torch.testing.assert_close(out, pooled.forward_head(pooled.forward_features(x), pre_logits=True))
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('chans', [1, 4])
+def test_in_chans(name, chans):
+    model = timm.create_model(name, in_chans=chans, num_classes=3).eval()
+    assert model.get_submodule(model.pretrained_cfg['first_conv']).in_channels == chans
+    assert model(_input(_size(name), chans=chans)).shape == (2, 3)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_drop_rate_and_drop_path(name):
+    size = _size(name)
+    plain = timm.create_model(name, num_classes=4)
+    dropped = timm.create_model(name, num_classes=4, drop_rate=0.5, drop_path_rate=0.3)
+    dropped.load_state_dict(plain.state_dict())
+    rates = [m.drop_prob for m in dropped.modules() if isinstance(m, timm.layers.DropPath)]
+    assert rates and max(rates) == pytest.approx(0.3) and rates == sorted(rates)
+    x = _input(size, batch=4)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(x), plain(x))
+    dropped.train()
+    assert not torch.allclose(dropped(x), dropped(x))
+
+
+def _saved_bytes(fn):
+    """Bytes of tensors autograd keeps for the backward pass while running fn()."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_grad_checkpointing(name):
+    size = _size(name)
+    model = timm.create_model(name, num_classes=4).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _input(size)
+
+    out_ref, saved_ref = _saved_bytes(lambda: model(x))
+    out_ref.square().sum().backward()
+    grads_ref = [p.grad.clone() for p in model.parameters()]
+
+    model.load_state_dict(state)
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out, saved = _saved_bytes(lambda: model(x))
+    out.square().sum().backward()
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
+    for p, g in zip(model.parameters(), grads_ref):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+    assert saved < saved_ref / 2, (saved, saved_ref)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_group_matcher_layer_decay(name):
+    model = timm.create_model(name)
+    matcher = model.group_matcher()
+    assert set(matcher) == {'stem', 'blocks'}
+    groups = group_parameters(model, matcher)
+    assert all(n.startswith('stem') for n in groups[0])
+    assert len(groups) > 4
+    grouped = {n for names in groups.values() for n in names}
+    assert grouped == {n for n, _ in model.named_parameters()}
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    assert 2 < len(coarse) < len(groups)
+
+    param_groups = param_groups_layer_decay(model, layer_decay=0.5, weight_decay=0.01)
+    scales = {g['lr_scale'] for g in param_groups}
+    assert min(scales) < 0.01 and max(scales) == 1.0
+    stem_scale = next(g['lr_scale'] for g in param_groups if any(
+        p is model.get_parameter(n) for p in g['params'] for n in groups[0]))
+    assert stem_scale == min(scales)
+    create_optimizer_v2(model, 'adamw', lr=1e-3, layer_decay=0.7)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torchscript(name):
+    model = timm.create_model(name, num_classes=3).eval()
+    x = _input(_size(name))
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_fx_trace(name):
+    model = timm.create_model(name, num_classes=3).eval()
+    x = _input(_size(name))
+    traced = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(traced(x), model(x))
+    last_level = model.feature_info[-1]['module']
+    extractor = create_feature_extractor(model, return_nodes=[last_level])
+    assert extractor(x)[last_level].shape[1] == model.feature_info[-1]['num_chs']
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torch_compile_fullgraph(name):
+    """The whole forward is one dynamo graph (aot_eager keeps the test free of C++ codegen time)."""
+    model = timm.create_model(name, num_classes=3).eval()
+    x = _input(_size(name))
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    torch.testing.assert_close(compiled(x), model(x))
