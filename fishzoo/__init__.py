@@ -13,7 +13,7 @@ __version__ = '0.1.0'
 def list_models(pattern: str = '', pretrained: bool = False) -> List[str]:
     """fishzoo's own model names (optionally filtered by a wildcard ``pattern``)."""
     import timm
-    own = set(timm.list_models(module=['fishnet', 'mobilenetv2_dual']))
+    own = set(timm.list_models(module=list(models.MODEL_MODULES)))
     names = timm.list_models(pattern or '', pretrained=pretrained)
     if pretrained:
         return [n for n in names if n.split('.')[0] in own]

@@ -77,6 +77,13 @@ def test_upsampling_matches_fixed_factor_at_multiples_of_32():
         torch.testing.assert_close(out[:, :trunk.shape[1]], fixed, rtol=0, atol=0)
 
 
+def test_imagenet_stem_feature_strides():
+    """A detector or segmenter gets the stride 4/8/16/32 maps."""
+    features = timm.create_model('fishnet99', features_only=True)
+    assert features.feature_info.reduction() == [4, 8, 16, 32]
+    assert features.feature_info.channels() == [320, 832, 1600, 2112]
+
+
 def test_lowres_keeps_resolution():
     model = timm.create_model('fishnet_m64')
     assert model.pretrained_cfg['input_size'] == (3, 64, 64)
