@@ -3,6 +3,9 @@
     fishzoo list [PATTERN] [--pretrained]     fishzoo's model names (or pretrained tags)
     fishzoo info MODEL [--json]               params, GMACs, feature levels, pretrained tags
     fishzoo table [--write|--check README]    the README's models table, generated
+    fishzoo convert ARCH CHECKPOINT --output-dir DIR [--push-to-hub REPO_ID]
+                                              the authors' FishNet checkpoint -> hub folder
+    fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
 
 A user's mistake ends the command with one line on stderr and exit status 2, never a traceback.
 """
@@ -59,6 +62,27 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from fishzoo.convert import ConversionError, convert_fishnet
+    from fishzoo.hub import HubUploadError
+    try:
+        out = convert_fishnet(args.arch, args.checkpoint, args.output_dir, args.push_to_hub, args.overwrite)
+    except (ConversionError, HubUploadError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    print(f'wrote {out}' + (f' and uploaded it to {args.push_to_hub}' if args.push_to_hub else ''))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from fishzoo.hub import HubUploadError, push_to_hub
+    try:
+        url = push_to_hub(args.folder, args.repo_id, private=args.private)
+    except HubUploadError as e:
+        raise UserError(str(e)) from None
+    print(f'uploaded {args.folder} to {args.repo_id}: {url}')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fishzoo', description='The FishNet family as timm models.')
     parser.add_argument('--version', action='version', version=f'fishzoo {fishzoo.__version__}')
@@ -79,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--write', metavar='README', help='replace the table between the markers in README')
     group.add_argument('--check', metavar='README', help='exit 1 if the table in README is out of date')
     p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser('convert', help="convert the FishNet authors' (or pytorchcv's) checkpoint to a hub folder")
+    p.add_argument('arch', metavar='ARCH', help='fishnet99, fishnet150, fishnet201, or a tag such as fishnet150.in1k_ls')
+    p.add_argument('checkpoint', metavar='CHECKPOINT', help="the authors' .tar file (a torch.save pickle)")
+    p.add_argument('--output-dir', required=True, help='where to write config.json, model.safetensors, README.md')
+    p.add_argument('--push-to-hub', metavar='REPO_ID', help='also upload the folder to this Hub repo')
+    p.add_argument('--overwrite', action='store_true', help='replace a model already in --output-dir')
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser('push', help='upload a hub folder to the Hugging Face Hub')
+    p.add_argument('folder', metavar='FOLDER')
+    p.add_argument('repo_id', metavar='REPO_ID')
+    p.add_argument('--private', action='store_true')
+    p.set_defaults(func=_cmd_push)
     return parser
 
 

@@ -57,8 +57,10 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     BatchNormAct2d, ConvNormAct, DropPath, calculate_drop_path_rates, create_classifier, register_notrace_function)
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+
+from ._pretrained import build_model
 
 __all__ = ['FishNet']
 
@@ -559,23 +561,74 @@ def _remap_original_key(key: str, num_down: int) -> Optional[str]:
     return None
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str, torch.Tensor]:
-    """Convert the authors' FishNet checkpoint into this implementation's state dict.
+# pytorchcv's FishNet: the same network with its modules grouped differently ("skip" units hold the
+# transfer blocks and the bridge, "down2" is the head). Unit numbers are 1-based; for n = 3 stages:
+def _remap_pytorchcv_key(key: str, num_down: int) -> Optional[str]:
+    """Map one key of a pytorchcv FishNet state dict to this implementation (None: no counterpart)."""
+    n = num_down
+    m = re.match(r'features\.init_block\.(conv[123]\.(?:conv|bn)\..*)', key)
+    if m:
+        return f'stem.{m[1]}'
+    m = re.match(r'features\.final_block\.(conv1\.bn|conv1\.conv|preactiv\.bn)\.(.*)', key)
+    if m:
+        return {'conv1.bn': 'score.bn1.', 'conv1.conv': 'score.conv.', 'preactiv.bn': 'score.bn2.'}[m[1]] + m[2]
+    m = re.match(r'output\.final_conv\.(.*)', key)
+    if m:
+        return f'fc.{m[1]}'
+    m = re.match(r'features\.hg\.(down1|skip1|up|skip2|down2)_seq\.unit(\d+)\.(.*)', key)
+    if not m:
+        return None
+    seq, unit, rest = m[1], int(m[2]), m[3]
+    if seq == 'skip1' and unit == n + 1:  # the bridge
+        for old, new in (('conv1.bn.', 'score.bn1.'), ('conv1.conv.', 'score.conv.'), ('conv2.bn.', 'score.bn2.'),
+                         ('conv2.conv.', 'score_fc.'), ('se.bn.', 'attn.bn.'), ('se.conv1.', 'attn.fc1.'),
+                         ('se.conv2.', 'attn.fc2.')):
+            if rest.startswith(old):
+                return f'stages.{n}.{new}{rest[len(old):]}'
+        stage, part = n, 'blocks'
+    else:
+        stage, part = {
+            'down1': (unit - 1, 'blocks'),  # tail
+            'skip1': (2 * n + 1 - unit, 'transfer'),  # transfer of the body stage joined with tail input `unit`
+            'up': (n + unit, 'blocks'),  # body
+            'skip2': (3 * n + 1 - unit, 'transfer'),  # transfer of the head stage joined with body input `unit`
+            'down2': (2 * n + unit, 'blocks'),  # head
+        }[seq]
+    m = re.match(r'blocks\.block(\d+)\.(.*)', rest)
+    if not m:
+        return None
+    block, rest = int(m[1]) - 1, m[2]
+    for old, new in (('body.conv1.bn.', 'bn1.'), ('body.conv1.conv.', 'conv1.'), ('body.conv2.bn.', 'bn2.'),
+                     ('body.conv2.conv.', 'conv2.'), ('body.conv3.bn.', 'bn3.'), ('body.conv3.conv.', 'conv3.'),
+                     ('identity_conv.bn.', 'shortcut.bn.'), ('identity_conv.conv.', 'shortcut.conv.')):
+        if rest.startswith(old):
+            return f'stages.{stage}.{part}.{block}.{new}{rest[len(old):]}'
+    return None
 
-    Accepts their ``torch.save`` dict (``{'state_dict': ..., 'epoch': ..., ...}``) or a bare state
-    dict, with or without DataParallel's ``module.`` prefix. A state dict of this implementation
-    passes through unchanged.
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str, torch.Tensor]:
+    """Convert a FishNet checkpoint from the authors or from pytorchcv into this implementation's state dict.
+
+    Accepts the authors' ``torch.save`` dict (``{'state_dict': ..., 'epoch': ..., ...}``) or a bare state
+    dict, with or without DataParallel's ``module.`` prefix, and pytorchcv's ``fishnet99`` /
+    ``fishnet150`` state dicts. A state dict of this implementation passes through unchanged.
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    if not any(k.startswith('fish.fish.') for k in state_dict):
+    if any(k.startswith('fish.fish.') for k in state_dict):
+        source, remap = 'FishNet authors', _remap_original_key
+        last_stage = max(int(k.split('.')[2]) for k in state_dict if k.startswith('fish.fish.'))
+    elif any(k.startswith('features.hg.') for k in state_dict):
+        source, remap = 'pytorchcv', _remap_pytorchcv_key
+        last_stage = 3 * sum(1 for k in state_dict if re.match(r'features\.hg\.down2_seq\.unit\d+\.blocks\.block1\.body\.conv1\.conv\.weight$', k))
+    else:
         return state_dict
-    num_down = max(int(k.split('.')[2]) for k in state_dict if k.startswith('fish.fish.')) // 3
+    num_down = last_stage // 3
     out = {}
     for key, value in state_dict.items():
-        new_key = _remap_original_key(key, num_down)
+        new_key = remap(key, num_down)
         if new_key is None:
-            raise KeyError(f'no counterpart in fishzoo for the original FishNet key {key!r}')
+            raise KeyError(f'no counterpart in fishzoo for the {source} FishNet key {key!r}')
         if new_key == 'fc.weight':
             value = value.flatten(1)  # 1x1 conv on the pooled map -> Linear
         out[new_key] = value
@@ -584,7 +637,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str
 
 def _create_fishnet(variant: str, pretrained: bool = False, **kwargs) -> FishNet:
     out_indices = kwargs.pop('out_indices', (1, 2, 3, 4))
-    return build_model_with_cfg(
+    return build_model(
         FishNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
@@ -602,25 +655,52 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'paper_ids': 'arXiv:1901.03495',
         'paper_name': 'FishNet: A Versatile Backbone for Image, Region, and Pixel Level Prediction',
         'origin_url': 'https://github.com/kevin-ssy/FishNet',
-        'license': 'other',
+        'license': 'apache-2.0',
         **kwargs,
     }
 
 
-def _lowres_cfg(**kwargs) -> Dict[str, Any]:
-    return _cfg(
-        num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0,
-        origin_url='', license='apache-2.0', **kwargs)
+# ImageNet-1k top-1 / top-5 (%) the authors report for their released checkpoints
+REPORTED_ACCURACY = {
+    'fishnet99.in1k': (77.41, 93.59),
+    'fishnet150.in1k': (78.14, 93.95),
+    'fishnet150.in1k_ls': (79.35, 94.75),
+    'fishnet201.in1k_ls': (79.71, 94.79),
+}
 
+
+def _authors_cfg(tag: str, url: str, recipe: str) -> Dict[str, Any]:
+    top1, top5 = REPORTED_ACCURACY[tag]
+    return _cfg(
+        url=url,
+        license='unknown',
+        description=f'ImageNet-1k weights released by the FishNet authors ({recipe}); '
+                    f'top-1 {top1:.2f}%, top-5 {top5:.2f}% as reported by the authors.',
+        notes=(
+            f'Reported ImageNet-1k accuracy: top-1 {top1:.2f}, top-5 {top5:.2f} (authors, not measured by fishzoo).',
+            'The authors published no license for their code or weights.',
+            'The file is the authors\' torch.save checkpoint; checkpoint_filter_fn converts it on load.',
+        ),
+    )
+
+
+_AUTHORS_URL = 'https://www.dropbox.com/s/{}?dl=1'  # ?dl=1: Dropbox's direct-download form
 
 default_cfgs = generate_default_cfgs({
-    'fishnet99': _cfg(),
-    'fishnet150': _cfg(),
-    'fishnet201': _cfg(),
-    'fishnext150': _cfg(license='apache-2.0', origin_url=''),
-    'fishnet_s64': _lowres_cfg(),
-    'fishnet_m64': _lowres_cfg(),
-    'fishnet_l64': _lowres_cfg(),
+    'fishnet99.in1k': _authors_cfg(
+        'fishnet99.in1k', _AUTHORS_URL.format('hvojbdsad5ue7yb/fishnet99_ckpt.tar'), 'step lr, 100 epochs'),
+    'fishnet150.in1k': _authors_cfg(
+        'fishnet150.in1k', _AUTHORS_URL.format('hjadcef18ln3o2v/fishnet150_ckpt.tar'), 'step lr, 100 epochs'),
+    'fishnet150.in1k_ls': _authors_cfg(
+        'fishnet150.in1k_ls', _AUTHORS_URL.format('ajy9p6f97y45f1r/fishnet150_ckpt_welltrained.tar'),
+        'cosine lr, 200 epochs, label smoothing'),
+    'fishnet201.in1k_ls': _authors_cfg(
+        'fishnet201.in1k_ls', _AUTHORS_URL.format('kvz2dmxe3fzn10m/fishnet201_ckpt_welltrain.tar'),
+        'cosine lr, 200 epochs, label smoothing'),
+    'fishnext150': _cfg(origin_url=''),
+    'fishnet_s64': _cfg(num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0, origin_url=''),
+    'fishnet_m64': _cfg(num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0, origin_url=''),
+    'fishnet_l64': _cfg(num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0, origin_url=''),
 })
 
 # the low-resolution variants share the authors' channel plan (network_planes[1:]) divided by 4 and

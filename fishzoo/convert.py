@@ -1,0 +1,79 @@
+"""The FishNet authors' checkpoints (or pytorchcv's) in, safetensors hub folders out.
+
+    fishzoo convert fishnet150.in1k_ls fishnet150_ckpt_welltrained.tar --output-dir fishnet150.in1k_ls
+    python scripts/convert_fishnet.py fishnet99 fishnet99_ckpt.tar --output-dir out --push-to-hub me/fishnet99.in1k
+
+The checkpoint is read with ``torch.load(weights_only=True)`` (through timm) and converted by
+``fishzoo.models.fishnet.checkpoint_filter_fn``. The card's accuracy is the authors' reported number,
+labelled as such: nothing is evaluated here.
+"""
+import pickle
+from pathlib import Path
+from typing import Optional, Union
+
+import timm
+from timm.data import ImageNetInfo
+
+from fishzoo.hub import push_to_hub as _push_to_hub
+from fishzoo.hub import save_pretrained
+from fishzoo.models.fishnet import REPORTED_ACCURACY
+
+CONVERTIBLE = ('fishnet99', 'fishnet150', 'fishnet201')
+
+
+class ConversionError(ValueError):
+    """The checkpoint or the arguments cannot be converted; the message names which and why."""
+
+
+def resolve_tag(arch: str) -> str:
+    """'fishnet150' -> its default pretrained tag 'fishnet150.in1k'; a full tag is checked and kept."""
+    base = arch.split('.', 1)[0]
+    if base not in CONVERTIBLE:
+        raise ConversionError(f'ARCH must be one of {", ".join(CONVERTIBLE)} (optionally with a tag), got {arch!r}')
+    tags = [t for t in timm.list_pretrained(f'{base}.*') if t.split('.', 1)[0] == base]
+    if '.' not in arch:
+        return tags[0]
+    if arch not in tags:
+        raise ConversionError(f'unknown tag {arch!r}; the tags of {base} are {", ".join(tags)}')
+    return arch
+
+
+def convert_fishnet(
+        arch: str,
+        checkpoint: Union[str, Path],
+        output_dir: Union[str, Path],
+        push_to_hub: Optional[str] = None,
+        overwrite: bool = False,
+) -> Path:
+    """Convert ``checkpoint`` for ``arch`` (e.g. 'fishnet150' or 'fishnet150.in1k_ls') into a hub folder."""
+    name = resolve_tag(arch)
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if not checkpoint.is_file():
+        raise ConversionError(f'{checkpoint}: no such checkpoint file')
+    if (output_dir / 'model.safetensors').exists() and not overwrite:
+        raise ConversionError(f'{output_dir} already holds a model; pass --overwrite to replace it')
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
+    except pickle.UnpicklingError as e:
+        raise ConversionError(f'{checkpoint}: refused to load ({str(e).splitlines()[0]})') from None
+    except (KeyError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:300]
+        raise ConversionError(f'{checkpoint}: not a {name.split(".")[0]} checkpoint ({reason})') from None
+    top1, top5 = REPORTED_ACCURACY[name]
+    info = ImageNetInfo()
+    save_pretrained(
+        model.eval(), output_dir,
+        label_names=info.label_names(),
+        label_descriptions=info.label_descriptions(as_dict=True),
+        repo_id=push_to_hub,
+        dataset=('imagenet-1k', 'ImageNet-1k'),
+        metrics={'top1': top1, 'top5': top5},
+        metrics_source='reported by the FishNet authors, not measured by fishzoo',
+        tags=('fishnet', 'converted'),
+        description=(
+            f'`{name}`: the FishNet authors\' ImageNet-1k checkpoint `{checkpoint.name}`, converted to timm '
+            f'and safetensors by fishzoo with identical outputs.'),
+    )
+    if push_to_hub:
+        _push_to_hub(output_dir, push_to_hub, commit_message=f'Add {name} converted by fishzoo')
+    return output_dir
