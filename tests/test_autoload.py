@@ -1,0 +1,95 @@
+"""timm finds fishzoo's models without `import fishzoo`, after `pip install .` and `pip install -e .`.
+
+Each install goes into a fresh virtual environment that sees this machine's packages (torch, timm, ...)
+as a plain path, so the .pth files of the fishzoo already installed here are not processed there.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import timm
+
+REPO = Path(__file__).resolve().parents[1]
+SITE_PACKAGES = Path(timm.__file__).resolve().parents[1]
+
+CREATE = ("import sys; assert 'fishzoo' not in sys.modules and 'timm' not in sys.modules; "
+          "import timm; m = timm.create_model('fishnet_s64', num_classes=3); "
+          "print(type(m).__module__, 'fishzoo' in sys.modules)")
+
+
+def _run(python, code, **env):
+    return subprocess.run([str(python), '-c', code], capture_output=True, text=True, timeout=300, cwd='/',
+                          env={**os.environ, 'PYTHONPATH': '', **env})
+
+
+def _venv_with_system_packages(path):
+    venv.create(path, with_pip=True)
+    site = next(path.glob('lib/python*/site-packages'))
+    (site / '_system_packages.pth').write_text(f'{SITE_PACKAGES}\n')  # a path line: no .pth processing there
+    return path / 'bin' / 'python'
+
+
+@pytest.mark.parametrize('editable', [False, True], ids=['pip install .', 'pip install -e .'])
+def test_timm_finds_fishzoo_without_import(tmp_path, editable):
+    python = _venv_with_system_packages(tmp_path / 'venv')
+    before = _run(python, CREATE)
+    assert before.returncode != 0 and 'Unknown model (fishnet_s64)' in before.stderr  # the control
+
+    source = tmp_path / 'src'
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns('.git', '__pycache__', '*.egg-info'))
+    install = [str(python), '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '--no-index', '-q']
+    proc = subprocess.run(install + (['-e', str(source)] if editable else [str(source)]),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+    after = _run(python, CREATE)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.split() == ['fishzoo.models.fishnet', 'True']
+
+    disabled = _run(python, CREATE, FISHZOO_AUTOLOAD='0')
+    assert disabled.returncode != 0 and 'Unknown model (fishnet_s64)' in disabled.stderr
+
+    # nothing heavy at interpreter start: only the hook module is imported
+    startup = _run(python, "import sys; print(sorted(m for m in sys.modules if 'fishzoo' in m or m == 'torch'))")
+    assert startup.stdout.strip() == "['fishzoo_autoload']"
+
+
+def test_broken_fishzoo_never_breaks_timm(tmp_path):
+    broken = tmp_path / 'fishzoo'
+    broken.mkdir()
+    (broken / '__init__.py').write_text("raise ImportError('simulated broken install')\n")
+    proc = _run(sys.executable, "import timm; print(timm.create_model('resnet18').__class__.__name__)",
+                PYTHONPATH=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == 'ResNet'
+    assert 'fishzoo could not be imported' in proc.stderr and 'simulated broken install' in proc.stderr
+
+
+def test_hf_hub_config_naming_a_fishzoo_architecture(tmp_path):
+    """An hf-hub: repo whose config.json names a fishzoo model loads in a fresh interpreter, from the cache."""
+    import torch
+
+    import fishzoo  # noqa: F401
+    from fishzoo.hub import save_pretrained
+    model = timm.create_model('fishnet_s64', num_classes=4).eval()
+    revision = '0123456789abcdef0123456789abcdef01234567'
+    repo = tmp_path / 'hub' / 'models--someone--fishnet_s64-test'
+    save_pretrained(model, repo / 'snapshots' / revision)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(revision)
+    x = torch.randn(1, 3, 64, 64)
+    expected = model(x).tolist()
+    torch.save(x, tmp_path / 'x.pt')
+
+    code = ("import json, sys, torch, timm; "
+            "m = timm.create_model('hf-hub:someone/fishnet_s64-test', pretrained=True).eval(); "
+            f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True); "
+            "print(json.dumps(m(x).tolist()))")
+    proc = _run(sys.executable, code, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub'))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == expected

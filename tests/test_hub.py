@@ -1,0 +1,149 @@
+"""Hub folders: what save_pretrained writes, the local-dir round trip, and uploads with only the network replaced."""
+import json
+
+import huggingface_hub.hf_api
+import pytest
+import timm
+import torch
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.hf_api import CommitInfo, RepoUrl
+from safetensors.torch import load_file
+
+import fishzoo  # noqa: F401
+from fishzoo.hub import HubUploadError, push_to_hub, save_pretrained
+
+TOKEN = 'hf_FishzooTestTokenDoNotLeak1234'
+
+
+@pytest.fixture
+def folder(tmp_path):
+    model = timm.create_model('fishnet_s64', num_classes=3, in_chans=1, downsample='avg2').eval()
+    save_pretrained(model, tmp_path / 'out', label_names=['zero', 'one', 'two'], dataset=('digits', 'Digits'),
+                    metrics={'top1': 97.5}, tags=('digits',))
+    return model, tmp_path / 'out'
+
+
+def test_folder_files_and_config(folder):
+    model, out = folder
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'fishnet_s64'
+    assert config['num_classes'] == 3
+    assert config['label_names'] == ['zero', 'one', 'two']
+    assert config['pretrained_cfg']['input_size'] == [1, 64, 64]
+    assert config['model_args']['downsample'] == 'avg2'
+    assert set(load_file(out / 'model.safetensors')) == set(model.state_dict())
+
+
+def test_model_card(folder):
+    _, out = folder
+    card = ModelCard.load(out / 'README.md')
+    assert card.data.library_name == 'timm'
+    assert {'timm', 'fishzoo', 'fishnet_s64', 'digits', 'image-classification'} <= set(card.data.tags)
+    assert card.data.license == 'apache-2.0'
+    assert card.data.datasets == ['digits']
+    result = card.data.eval_results[0]
+    assert (result.metric_type, result.metric_value, result.dataset_name) == ('top1', 97.5, 'Digits')
+    usage = card.text[card.text.index('## Usage'):]
+    assert usage.split('```')[1].strip() == 'bash\npip install fishzoo'
+
+
+def test_local_dir_round_trip_identical_logits(folder):
+    model, out = folder
+    restored = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(2, 1, 48, 56)
+    assert torch.equal(restored(x), model(x))
+    assert restored.pretrained_cfg['label_names'] == ('zero', 'one', 'two') or \
+        list(restored.pretrained_cfg['label_names']) == ['zero', 'one', 'two']
+
+
+def test_label_names_must_match_classes(tmp_path):
+    model = timm.create_model('fishnet_s64', num_classes=3)
+    with pytest.raises(ValueError, match='label_names has 2 names but the model has 3 classes'):
+        save_pretrained(model, tmp_path, label_names=['a', 'b'])
+
+
+class FakeHub:
+    """Stands in for the HfApi calls that reach the network; the rest is huggingface_hub's own code.
+
+    huggingface_hub streams through hf_xet when it is installed; the fixture takes its plain commit
+    path, where create_repo, _validate_yaml (of README.md) and create_commit talk to the Hub.
+    """
+
+    def __init__(self, fail_with=None):
+        self.fail_with = fail_with
+        self.sent = {}
+        self.tokens = []
+
+    def create_repo(self, api, repo_id, **kwargs):
+        self.tokens.append(api.token)
+        if self.fail_with:
+            raise self.fail_with
+        return RepoUrl(f'https://huggingface.co/{repo_id}')
+
+    def validate_yaml(self, api, content, **kwargs):
+        self.validated = content
+
+    def create_commit(self, api, repo_id, operations, **kwargs):
+        for op in operations:
+            with op.as_file() as f:
+                self.sent[op.path_in_repo] = f.read()
+        return CommitInfo(commit_url=f'https://huggingface.co/{repo_id}/commit/1', commit_message='',
+                          commit_description='', oid='1' * 40)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    hub = FakeHub()
+    monkeypatch.setattr(HfApi, 'create_repo', lambda api, repo_id, **kw: hub.create_repo(api, repo_id, **kw))
+    monkeypatch.setattr(huggingface_hub.hf_api, 'is_xet_available', lambda: False)
+    monkeypatch.setattr(HfApi, '_validate_yaml', lambda api, content, **kw: hub.validate_yaml(api, content, **kw))
+    monkeypatch.setattr(HfApi, 'create_commit', lambda api, repo_id, operations, **kw: hub.create_commit(
+        api, repo_id, operations, **kw))
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+    return hub
+
+
+def test_push_sends_exactly_the_folder(folder, fake_hub):
+    _, out = folder
+    (out / 'checkpoints').mkdir()
+    (out / 'checkpoints' / 'state.bin').write_bytes(b'training state')
+    url = push_to_hub(out, 'someone/fishnet_s64-digits')
+    assert url.endswith('/commit/1')
+    assert sorted(fake_hub.sent) == ['README.md', 'config.json', 'model.safetensors']
+    assert fake_hub.validated == (out / 'README.md').read_text()
+    for name, content in fake_hub.sent.items():
+        assert content == (out / name).read_bytes()
+        assert TOKEN.encode() not in content
+    assert fake_hub.tokens == [None]  # huggingface_hub resolves HF_TOKEN itself; fishzoo never holds it
+
+
+def test_push_without_token(folder, monkeypatch, tmp_path):
+    _, out = folder
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'empty-hf-home'))
+    with pytest.raises(HubUploadError, match='no Hugging Face token: set HF_TOKEN or run `hf auth login`'):
+        push_to_hub(out, 'someone/x')
+
+
+@pytest.mark.parametrize('error', [
+    ConnectionError(f'network is down (Authorization: Bearer {TOKEN})'),
+    RuntimeError(f'401 Unauthorized: invalid token {TOKEN}'),
+])
+def test_push_failure_keeps_folder_and_hides_token(folder, fake_hub, error, caplog):
+    _, out = folder
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fake_hub.fail_with = error
+    with pytest.raises(HubUploadError) as err:
+        push_to_hub(out, 'someone/x')
+    message = str(err.value)
+    assert TOKEN not in message and '***' in message
+    assert f'retry with `fishzoo push {out} someone/x`' in message and 'intact' in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert TOKEN not in caplog.text
+
+
+def test_push_refuses_a_non_hub_folder(tmp_path, fake_hub):
+    with pytest.raises(HubUploadError, match='is not a hub folder: config.json, model.safetensors missing'):
+        push_to_hub(tmp_path, 'someone/x')
