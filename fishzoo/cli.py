@@ -6,6 +6,8 @@
     fishzoo convert ARCH CHECKPOINT --output-dir DIR [--push-to-hub REPO_ID]
                                               the authors' FishNet checkpoint -> hub folder
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
+    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV]
+                                              labels of images with a trained folder or a timm model
 
 A user's mistake ends the command with one line on stderr and exit status 2, never a traceback.
 """
@@ -83,6 +85,22 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fishzoo.predict import PredictError, predict, write_csv
+    if args.top_k < 1:
+        raise UserError(f'--top-k must be at least 1, got {args.top_k}')
+    try:
+        results = predict(args.model, args.images, top_k=args.top_k)
+    except PredictError as e:
+        raise UserError(str(e)) from None
+    for result in results:
+        labels = ', '.join(f'{label} ({prob:.3f})' for label, prob in result['labels']) or '(no label)'
+        print(f"{result['image']}: {labels}")
+    if args.output:
+        write_csv(results, args.output)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fishzoo', description='The FishNet family as timm models.')
     parser.add_argument('--version', action='version', version=f'fishzoo {fishzoo.__version__}')
@@ -117,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('repo_id', metavar='REPO_ID')
     p.add_argument('--private', action='store_true')
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser('predict', help='labels of images, with a hub folder or a timm model')
+    p.add_argument('model', metavar='MODEL_OR_DIR', help='hub folder, local-dir:PATH, hf-hub:REPO_ID or timm name')
+    p.add_argument('images', metavar='IMAGES', nargs='+')
+    p.add_argument('--top-k', type=int, default=5, help='labels per image (single-label models)')
+    p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -1,0 +1,368 @@
+"""Training data: the embedded digits, ImageFolder trees, multi-label CSV files and Hugging Face datasets.
+
+Every source becomes an :class:`ImageSamples` dataset: a list of image sources (file paths or in-memory
+PIL images) with class indices (single-label) or multi-hot vectors (multi-label), decoded by
+:func:`load_image` and transformed by timm's transforms built from the model's data config.
+
+A user's mistake raises :class:`DataError` with one sentence naming the file, folder or flag.
+"""
+import csv
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from timm.data.readers.img_extensions import get_img_extensions
+from timm.data.readers.reader_image_folder import find_images_and_targets
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = tuple(sorted(get_img_extensions()))
+DIGITS_NAME = 'digits'
+
+
+class DataError(ValueError):
+    """A problem with the user's data; the message names the file, folder or flag."""
+
+
+def load_image(source: Union[str, Path, Image.Image], mode: str = 'RGB') -> Image.Image:
+    """Open an image as ``mode`` ('L', 'RGB' or 'RGBA'), whatever it is stored as.
+
+    EXIF orientation is applied; 16- and 32-bit integer and float images are scaled to 8 bits;
+    palette images keep their transparency; transparent pixels are composed onto white for 'L'/'RGB'.
+    """
+    img = source if isinstance(source, Image.Image) else Image.open(source)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        array = np.asarray(img, dtype=np.float64)
+        high = 65535.0 if img.mode.startswith('I;16') or array.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8), mode='L')
+    if img.mode == 'P':
+        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
+    if img.mode in ('LA', 'PA', 'RGBa', 'La'):
+        img = img.convert('RGBA')
+    if mode != 'RGBA' and img.mode == 'RGBA':
+        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert(mode)
+
+
+class ImageSamples(torch.utils.data.Dataset):
+    """Images with single-label class indices or multi-label multi-hot targets."""
+
+    def __init__(
+            self,
+            sources: Sequence,
+            targets: Sequence,
+            transform: Optional[Callable] = None,
+            mode: str = 'RGB',
+    ):
+        assert len(sources) == len(targets)
+        self.sources = sources
+        self.targets = targets
+        self.transform = transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = load_image(self.sources[index], self.mode)
+        if self.transform is not None:
+            img = self.transform(img)
+        target = self.targets[index]
+        if isinstance(target, (int, np.integer)):
+            return img, int(target)
+        return img, torch.as_tensor(target, dtype=torch.float32)
+
+    def subset(self, indices: Sequence[int]) -> 'ImageSamples':
+        return ImageSamples([self.sources[i] for i in indices], [self.targets[i] for i in indices],
+                            self.transform, self.mode)
+
+
+@dataclass
+class TrainValData:
+    """What training needs from a data source."""
+    train: ImageSamples
+    val: ImageSamples
+    class_names: List[str]
+    multilabel: bool = False
+    name: str = ''
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (image, reason) left out as unreadable
+
+
+# --- splitting -----------------------------------------------------------------------------------
+
+def stratified_split(targets: Sequence, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+    """Train/val indices: stratified for class indices, iterative-stratified for multi-hot targets."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f'--val-split must be between 0 and 1, got {val_fraction}')
+    indices = np.arange(len(targets))
+    if len(targets) and not isinstance(targets[0], (int, np.integer)):
+        from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+        train_idx, val_idx = next(splitter.split(indices, np.asarray(targets)))
+        return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+    from sklearn.model_selection import train_test_split
+    counts = np.bincount(np.asarray(targets, dtype=np.int64))
+    stratify = targets if counts[counts > 0].min() >= 2 else None  # a class of one image cannot be split
+    try:
+        train_idx, val_idx = train_test_split(indices, test_size=val_fraction, stratify=stratify, random_state=seed)
+    except ValueError as e:
+        raise DataError(f'cannot split {len(targets)} images with --val-split {val_fraction}: {e}') from None
+    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+
+
+# --- image checks --------------------------------------------------------------------------------
+
+def _decode_error(path) -> Optional[str]:
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def drop_unreadable(samples: List[Tuple[str, object]], strict: bool, workers: int = 4):
+    """Decode every file once; unreadable ones are dropped and reported (or fatal when ``strict``)."""
+    paths = [p for p, _ in samples]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        errors = list(pool.map(_decode_error, paths))
+    bad = [(p, e) for p, e in zip(paths, errors) if e is not None]
+    if bad and strict:
+        path, reason = bad[0]
+        raise DataError(f'{path}: unreadable image ({reason}); --strict-images stops at the first one')
+    kept = [s for s, e in zip(samples, errors) if e is None]
+    return kept, bad
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+def digits_data(val_fraction: float = 0.2, seed: int = 0, mode: str = 'L') -> TrainValData:
+    """scikit-learn's handwritten digits: 1,797 real 8x8 scans of 10 classes, shipped inside scikit-learn.
+
+    The 8x8 images (values 0-16) become 8-bit images; the transforms upscale them to the model's size.
+    """
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = [Image.fromarray((img * (255.0 / 16.0)).round().astype(np.uint8), mode='L') for img in digits.images]
+    targets = [int(t) for t in digits.target]
+    data = ImageSamples(images, targets, mode=mode)
+    train_idx, val_idx = stratified_split(targets, val_fraction, seed)
+    return TrainValData(data.subset(train_idx), data.subset(val_idx), [str(d) for d in range(10)],
+                        name='sklearn digits')
+
+
+def _folder_samples(folder: Path, flag: str, class_to_idx=None):
+    if not folder.is_dir():
+        raise DataError(f'{flag} {folder}: no such directory')
+    samples, class_to_idx = find_images_and_targets(str(folder), types=IMAGE_EXTENSIONS, class_to_idx=class_to_idx)
+    if not samples:
+        raise DataError(f'{flag} {folder}: no images found in class sub-folders '
+                        f'(expected {folder}/CLASS_NAME/IMAGE with extensions {", ".join(IMAGE_EXTENSIONS)})')
+    return samples, class_to_idx
+
+
+def _class_folders(folder: Path) -> List[str]:
+    return sorted({Path(root).name for root, _, files in os.walk(folder)
+                   if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)})
+
+
+def image_folder_data(
+        data_dir: Union[str, Path],
+        val_fraction: Optional[float] = None,
+        seed: int = 0,
+        mode: str = 'RGB',
+        strict: bool = False,
+) -> TrainValData:
+    """``data_dir/train`` and ``data_dir/val`` (or ``validation``) class-folder trees, or one tree split by
+    ``val_fraction``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f'--data-dir {data_dir}: no such directory')
+    train_dir = data_dir / 'train'
+    val_dir = next((data_dir / n for n in ('val', 'validation') if (data_dir / n).is_dir()), None)
+    if train_dir.is_dir() and val_dir is not None:
+        train_classes, val_classes = _class_folders(train_dir), _class_folders(val_dir)
+        if train_classes != val_classes:
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise DataError(f'the class folders of {train_dir} and {val_dir} differ: '
+                            f'only in train: {only_train or "none"}; only in val: {only_val or "none"}')
+        train, class_to_idx = _folder_samples(train_dir, '--data-dir')
+        val, _ = _folder_samples(val_dir, '--data-dir', class_to_idx)
+    else:
+        if val_fraction is None:
+            raise DataError(f'--data-dir {data_dir} has no train/ and val/ sub-folders; '
+                            'give --val-split to split a single class-folder tree')
+        samples, class_to_idx = _folder_samples(train_dir if train_dir.is_dir() else data_dir, '--data-dir')
+        train_idx, val_idx = stratified_split([t for _, t in samples], val_fraction, seed)
+        train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+    train, bad_train = drop_unreadable(train, strict)
+    val, bad_val = drop_unreadable(val, strict)
+    names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    return TrainValData(
+        ImageSamples([p for p, _ in train], [t for _, t in train], mode=mode),
+        ImageSamples([p for p, _ in val], [t for _, t in val], mode=mode),
+        names, name=data_dir.name, skipped=bad_train + bad_val)
+
+
+def _parse_classes(classes: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
+    if classes is None or isinstance(classes, (list, tuple)):
+        return list(classes) if classes is not None else None
+    if os.path.isfile(classes):
+        return [line.strip() for line in Path(classes).read_text().splitlines() if line.strip()]
+    return [c.strip() for c in classes.split(',') if c.strip()]
+
+
+def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = None):
+    """Rows of a multi-label CSV with columns ``image,labels`` (labels separated by spaces, empty: none).
+
+    Returns ``[(image path, [labels])]``; a duplicated image is kept once (with a warning when its labels
+    differ, the first row wins).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f'{path}: no such CSV file')
+    root = Path(image_root) if image_root else path.parent
+    rows, seen = [], {}
+    try:
+        with path.open(newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {'image', 'labels'} <= set(reader.fieldnames):
+                raise DataError(f'{path}: expected a header with the columns image,labels, '
+                                f'got {",".join(reader.fieldnames or []) or "nothing"}')
+            for line, row in enumerate(reader, start=2):
+                image = (row.get('image') or '').strip()
+                if not image:
+                    raise DataError(f'{path} line {line}: the image field is empty')
+                labels = sorted(set((row.get('labels') or '').split()))
+                if image in seen:
+                    if seen[image] != labels:
+                        _logger.warning('%s line %d: %s is listed again with other labels; keeping the first row',
+                                        path, line, image)
+                    continue
+                seen[image] = labels
+                rows.append((line, root / image, labels))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f'{path}: not a readable CSV file ({e})') from None
+    if not rows:
+        raise DataError(f'{path}: no rows')
+    for line, image, _ in rows:
+        if not image.is_file():
+            raise DataError(f'{path} line {line}: image {image} not found (image paths are relative to '
+                            f'--image-root, default the CSV\'s folder)')
+    return [(str(image), labels) for _, image, labels in rows]
+
+
+def _multi_hot(rows, class_names: List[str], path) -> List[np.ndarray]:
+    index = {c: i for i, c in enumerate(class_names)}
+    targets = []
+    for image, labels in rows:
+        unknown = [label for label in labels if label not in index]
+        if unknown:
+            raise DataError(f'{path}: {image} has labels not in --classes: {", ".join(unknown)}')
+        vector = np.zeros(len(class_names), dtype=np.float32)
+        vector[[index[label] for label in labels]] = 1
+        targets.append(vector)
+    return targets
+
+
+def csv_data(
+        train_csv: Union[str, Path],
+        val_csv: Union[str, Path, None] = None,
+        image_root: Union[str, Path, None] = None,
+        classes: Union[None, str, Sequence[str]] = None,
+        val_fraction: Optional[float] = None,
+        seed: int = 0,
+        mode: str = 'RGB',
+        strict: bool = False,
+) -> TrainValData:
+    """Multi-label data from CSV files (``image,labels``); one file is split iterative-stratified."""
+    train_rows = read_label_csv(train_csv, image_root)
+    val_rows = read_label_csv(val_csv, image_root) if val_csv else None
+    class_names = _parse_classes(classes)
+    if class_names is None:
+        class_names = sorted({label for _, labels in train_rows + (val_rows or []) for label in labels})
+    if not class_names:
+        raise DataError(f'{train_csv}: no labels in any row; give the class list with --classes')
+    train_targets = _multi_hot(train_rows, class_names, train_csv)
+    if val_rows is None:
+        if val_fraction is None:
+            raise DataError('give --val-csv, or --val-split to split --train-csv')
+        train_idx, val_idx = stratified_split(train_targets, val_fraction, seed)
+        val_rows, val_targets = [train_rows[i] for i in val_idx], [train_targets[i] for i in val_idx]
+        train_rows, train_targets = [train_rows[i] for i in train_idx], [train_targets[i] for i in train_idx]
+    else:
+        val_targets = _multi_hot(val_rows, class_names, val_csv)
+    train, bad_train = drop_unreadable([(p, t) for (p, _), t in zip(train_rows, train_targets)], strict)
+    val, bad_val = drop_unreadable([(p, t) for (p, _), t in zip(val_rows, val_targets)], strict)
+    return TrainValData(
+        ImageSamples([p for p, _ in train], [t for _, t in train], mode=mode),
+        ImageSamples([p for p, _ in val], [t for _, t in val], mode=mode),
+        class_names, multilabel=True, name=Path(train_csv).stem, skipped=bad_train + bad_val)
+
+
+class _HFColumn:
+    """Lazy access to one column of a Hugging Face dataset."""
+
+    def __init__(self, dataset, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[int(index)][self.column]
+
+
+def hf_data(
+        name: str,
+        data_dir: Union[str, Path, None] = None,
+        val_fraction: Optional[float] = None,
+        seed: int = 0,
+        mode: str = 'RGB',
+) -> TrainValData:
+    """A Hugging Face dataset with an image column and a ClassLabel column (``imagefolder`` + ``--data-dir`` too)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError('--dataset needs the Hugging Face datasets library: pip install "fishzoo[hf]"') from None
+    if name == 'imagefolder' and not data_dir:
+        raise DataError('--dataset imagefolder needs --data-dir')
+    try:
+        loaded = datasets.load_dataset(name, data_dir=str(data_dir) if data_dir else None)
+    except Exception as e:  # network, missing dataset, malformed folder: one sentence, no traceback
+        raise DataError(f'--dataset {name}: could not be loaded ({type(e).__name__}: {str(e).splitlines()[0]})') from None
+    train = loaded['train'] if 'train' in loaded else None
+    if train is None:
+        raise DataError(f'--dataset {name} has no train split (splits: {", ".join(loaded)})')
+    features = train.features
+    image_col = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    label_col = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if image_col is None or label_col is None:
+        raise DataError(f'--dataset {name}: expected an image column and a class-label column, '
+                        f'got {", ".join(features)}')
+    val = next((loaded[s] for s in ('validation', 'val', 'test') if s in loaded), None)
+    if val is None:
+        if val_fraction is None:
+            raise DataError(f'--dataset {name} has no validation split; give --val-split')
+        train_idx, val_idx = stratified_split(list(train[label_col]), val_fraction, seed)
+        train, val = train.select(train_idx), train.select(val_idx)
+    return TrainValData(
+        ImageSamples(_HFColumn(train, image_col), list(train[label_col]), mode=mode),
+        ImageSamples(_HFColumn(val, image_col), list(val[label_col]), mode=mode),
+        list(features[label_col].names), name=name)
+
+
+def image_mode(in_chans: int) -> str:
+    modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
+    if in_chans not in modes:
+        raise DataError(f'--in-chans must be 1, 3 or 4 for image data, got {in_chans}')
+    return modes[in_chans]

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Train a timm model with Accelerate into a hub folder (see fishzoo/train.py).
+
+    accelerate launch scripts/train.py [options]
+"""
+import sys
+
+from fishzoo.train import main
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Small real image files for data and training tests: learnable classes, every awkward format."""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FORMATS = ('rgb.jpg', 'gray.png', 'rgba.png', 'palette.png', 'gray16.png')
+
+
+def class_image(cls: int, index: int, size: int = 40) -> np.ndarray:
+    """An RGB picture whose class is visible: a bright bar whose orientation and color depend on cls."""
+    rng = np.random.default_rng(1000 * cls + index)
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    offset = 8 + (index % 3) * 4
+    if cls % 3 == 0:
+        img[offset:offset + 8, :, cls % 3] = 230
+    elif cls % 3 == 1:
+        img[:, offset:offset + 8, cls % 3] = 230
+    else:
+        np.fill_diagonal(img[:, :, 2], 230)
+        img[np.arange(size), np.clip(np.arange(size) + 1, 0, size - 1), 2] = 230
+    return img
+
+
+def save_as(array: np.ndarray, path: Path, fmt: str) -> Path:
+    path = path.with_name(f'{path.stem}_{fmt}')
+    img = Image.fromarray(array)
+    if fmt == 'rgb.jpg':
+        img.save(path, quality=95)
+    elif fmt == 'gray.png':
+        img.convert('L').save(path)
+    elif fmt == 'rgba.png':
+        rgba = img.convert('RGBA')
+        rgba.putalpha(200)
+        rgba.save(path)
+    elif fmt == 'palette.png':
+        img.convert('P', palette=Image.ADAPTIVE, colors=32).save(path)
+    elif fmt == 'gray16.png':
+        Image.fromarray(array.mean(2).astype(np.uint16) * 257).save(path)
+    return path
+
+
+def make_image_folder(root: Path, classes=('cat', 'dog', 'fish'), per_class: int = 8, size: int = 40) -> Path:
+    """root/CLASS/IMAGE files cycling through every format."""
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            save_as(class_image(c, i, size), folder / f'{i:03d}', FORMATS[i % len(FORMATS)])
+    return root
+
+
+def make_train_val(root: Path, classes=('cat', 'dog', 'fish'), train: int = 8, val: int = 4) -> Path:
+    make_image_folder(root / 'train', classes, train)
+    for c, name in enumerate(classes):  # different pictures for val
+        folder = root / 'val' / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(val):
+            save_as(class_image(c, 100 + i), folder / f'v{i:03d}', FORMATS[i % len(FORMATS)])
+    return root
+
+
+def make_multilabel_csv(root: Path, rows: int = 24):
+    """image,labels CSV over 3 labels (some rows with none) with the images in root/images."""
+    images = root / 'images'
+    images.mkdir(parents=True, exist_ok=True)
+    lines = ['image,labels']
+    for i in range(rows):
+        labels = [name for bit, name in enumerate(('red', 'green', 'blue')) if (i >> bit) & 1]
+        array = np.full((32, 32, 3), 20, np.uint8)
+        for name in labels:
+            array[:, :, ('red', 'green', 'blue').index(name)] = 220
+        Image.fromarray(array).save(images / f'{i:03d}.png')
+        lines.append(f'images/{i:03d}.png,{" ".join(labels)}')
+    (root / 'labels.csv').write_text('\n'.join(lines) + '\n')
+    return root / 'labels.csv'

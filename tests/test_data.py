@@ -1,0 +1,126 @@
+"""fishzoo.data: image conversion, every data source, splits, and clear errors for bad data."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fishzoo import data
+from fishzoo.data import DataError, load_image
+from tests.helpers.images import FORMATS, class_image, make_image_folder, make_multilabel_csv, make_train_val
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+@pytest.mark.parametrize('mode', ['L', 'RGB'])
+def test_every_format_converts(tmp_path, fmt, mode):
+    from tests.helpers.images import save_as
+    path = save_as(class_image(0, 0), tmp_path / 'img', fmt)
+    img = load_image(path, mode)
+    assert img.mode == mode and img.size == (40, 40)
+    # the bright bar survives every conversion
+    array = np.asarray(img.convert('L'), dtype=np.float32)
+    assert array[8:16].mean() > array[20:].mean() + 30
+
+
+def test_16bit_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(tmp_path / 'g16.png')
+    assert np.asarray(load_image(tmp_path / 'g16.png', 'L')).max() == 128
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.new('RGB', (30, 10), 'white')
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / 'rot.jpg', exif=exif)
+    assert load_image(tmp_path / 'rot.jpg').size == (10, 30)
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    Image.new('RGBA', (4, 4), (0, 0, 0, 0)).save(tmp_path / 't.png')
+    assert np.asarray(load_image(tmp_path / 't.png', 'RGB')).min() == 255
+
+
+def test_digits_split_is_stratified_and_fixed():
+    a, b = data.digits_data(0.2, seed=0), data.digits_data(0.2, seed=0)
+    assert len(a.train) + len(a.val) == 1797 and len(a.val) == 360
+    assert a.val.targets == b.val.targets
+    assert np.bincount(a.val.targets).min() >= 35  # every digit ~36 times
+    image, target = a.train[0]
+    assert image.mode == 'L' and image.size == (8, 8) and 0 <= target < 10
+
+
+def test_image_folder_train_val(tmp_path):
+    d = data.image_folder_data(make_train_val(tmp_path / 'ds'))
+    assert d.class_names == ['cat', 'dog', 'fish'] and len(d.train) == 24 and len(d.val) == 12
+    assert sorted(set(d.val.targets)) == [0, 1, 2]
+
+
+def test_image_folder_single_tree_split(tmp_path):
+    d = data.image_folder_data(make_image_folder(tmp_path / 'ds', per_class=10), val_fraction=0.3, seed=1)
+    assert len(d.train) == 21 and len(d.val) == 9
+    assert np.bincount(d.val.targets).tolist() == [3, 3, 3]
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match=f'--data-dir {tmp_path / "nope"}: no such directory'):
+        data.image_folder_data(tmp_path / 'nope')
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(DataError, match='no train/ and val/ sub-folders; give --val-split'):
+        data.image_folder_data(tmp_path / 'empty')
+    with pytest.raises(DataError, match='no images found in class sub-folders'):
+        data.image_folder_data(tmp_path / 'empty', val_fraction=0.2)
+    root = make_train_val(tmp_path / 'ds')
+    (root / 'val' / 'fish').rename(root / 'val' / 'bird')
+    with pytest.raises(DataError, match=r"differ: only in train: \['fish'\]; only in val: \['bird'\]"):
+        data.image_folder_data(root)
+
+
+def test_unreadable_images_are_skipped_and_counted_or_fatal(tmp_path):
+    root = make_train_val(tmp_path / 'ds')
+    (root / 'train' / 'cat' / 'empty.png').write_bytes(b'')
+    good = (root / 'train' / 'cat').glob('*.jpg').__next__().read_bytes()
+    (root / 'train' / 'cat' / 'cut.jpg').write_bytes(good[:len(good) // 2])
+    d = data.image_folder_data(root)
+    assert len(d.train) == 24 and sorted(p.rsplit('/', 1)[1] for p, _ in d.skipped) == ['cut.jpg', 'empty.png']
+    with pytest.raises(DataError, match='unreadable image .*--strict-images'):
+        data.image_folder_data(root, strict=True)
+
+
+def test_multilabel_csv(tmp_path):
+    csv_path = make_multilabel_csv(tmp_path, rows=40)
+    d = data.csv_data(csv_path, val_fraction=0.25, seed=0)
+    assert d.multilabel and d.class_names == ['blue', 'green', 'red']
+    assert len(d.train) + len(d.val) == 40
+    targets = np.stack(d.train.targets + d.val.targets)
+    assert (targets.sum(1) == 0).sum() == 5  # rows 0, 8, 16, 24, 32 carry no label
+    image, target = d.val[0]
+    assert isinstance(target, torch.Tensor) and target.shape == (3,)
+    # iterative stratification keeps each label's share in both parts
+    val_share = np.stack(d.val.targets).mean(0)
+    assert np.all(np.abs(val_share - targets.mean(0)) < 0.15)
+    given = data.csv_data(csv_path, val_csv=csv_path, classes='red,green,blue,yellow')
+    assert given.class_names == ['red', 'green', 'blue', 'yellow'] and len(given.val) == 40
+
+
+def test_csv_errors(tmp_path):
+    csv_path = make_multilabel_csv(tmp_path, rows=8)
+    text = csv_path.read_text()
+    (tmp_path / 'missing.csv').write_text(text + 'nope.png,red\n')
+    with pytest.raises(DataError, match=r'missing.csv line 10: image .*nope.png not found'):
+        data.csv_data(tmp_path / 'missing.csv', val_fraction=0.5)
+    with pytest.raises(DataError, match='has labels not in --classes: blue'):
+        data.csv_data(csv_path, val_csv=csv_path, classes=['red', 'green'])
+    (tmp_path / 'header.csv').write_text('file,tags\na.png,red\n')
+    with pytest.raises(DataError, match='expected a header with the columns image,labels, got file,tags'):
+        data.csv_data(tmp_path / 'header.csv', val_fraction=0.5)
+    with pytest.raises(DataError, match='give --val-csv, or --val-split'):
+        data.csv_data(csv_path)
+
+
+def test_hf_imagefolder(tmp_path):
+    pytest.importorskip('datasets')
+    d = data.hf_data('imagefolder', make_train_val(tmp_path / 'ds'))
+    assert d.class_names == ['cat', 'dog', 'fish'] and len(d.train) == 24 and len(d.val) == 12
+    image, target = d.train[0]
+    assert image.mode == 'RGB' and target in (0, 1, 2)
+    with pytest.raises(DataError, match='--dataset imagefolder needs --data-dir'):
+        data.hf_data('imagefolder')
