@@ -55,3 +55,49 @@ def train_benchmark_table(result: Dict) -> str:
     rows.append(f"Last epoch / second epoch time: {result['last_over_second']:.2f} "
                 f"(1.00 = flat). Machine: {result['machine']}.")
     return '\n'.join(rows)
+
+
+def transfer_study(work_dir: str, pretrain_epochs: int = 6, epochs: int = 3, lr: float = 3e-3,
+                   freeze_epochs: int = 1) -> Dict:
+    """Pretrain a low-resolution FishNet on digits 0-4, then train on digits 5-9 at the same budget:
+    from that hub folder with each fine-tuning mode, and from random initialisation."""
+    import time
+    from fishzoo.train import main
+    work = Path(work_dir)
+    common = ['--model', 'fishnet_s64', '--img-size', '32', '--in-chans', '1', '--opt', 'adamw',
+              '--weight-decay', '0.05', '--batch-size', '64', '--hflip', '0', '--color-jitter', '0',
+              '--scale', '0.8', '1.0', '--ratio', '0.9', '1.1', '--overwrite']
+    pretrained = work / 'digits0-4'
+    if main([*common, '--digits', '0,1,2,3,4', '--epochs', str(pretrain_epochs), '--lr', '3e-3',
+             '--output-dir', str(pretrained)]) != 0:
+        raise SystemExit('pretraining failed')
+    source_top1 = json.loads((pretrained / 'metrics.json').read_text())[-1]['val_top1']
+    runs = [('random init', []), ('frozen', ['--finetune', 'frozen']), ('full', ['--finetune', 'full']),
+            ('gradual', ['--finetune', 'gradual', '--freeze-epochs', str(freeze_epochs)])]
+    rows = []
+    for name, extra in runs:
+        out = work / f'digits5-9-{name.replace(" ", "-")}'
+        model = ['--model', 'fishnet_s64'] if name == 'random init' else \
+            ['--model', f'local-dir:{pretrained}', '--pretrained']
+        start = time.perf_counter()
+        if main([*common, *model, '--digits', '5,6,7,8,9', '--epochs', str(epochs), '--lr', str(lr),
+                 '--output-dir', str(out), *extra]) != 0:
+            raise SystemExit(f'{name} failed')
+        history = json.loads((out / 'metrics.json').read_text())
+        rows.append(dict(mode=name, val_top1=history[-1]['val_top1'],
+                         trainable_params=max(r['trainable_params'] for r in history),
+                         trainable_params_first_epoch=history[1]['trainable_params'],
+                         seconds=time.perf_counter() - start))
+    return dict(machine=machine_summary(), source_val_top1=source_top1, epochs=epochs, lr=lr, rows=rows)
+
+
+def transfer_table(result: Dict) -> str:
+    lines = ['| digits 5-9 | val top-1 (%) | trainable params (first epoch / most) | seconds |',
+             '|---|---:|---:|---:|']
+    for r in result['rows']:
+        lines.append(f"| {r['mode']} | {r['val_top1']:.2f} | {r['trainable_params_first_epoch']:,} / "
+                     f"{r['trainable_params']:,} | {r['seconds']:.0f} |")
+    lines.append('')
+    lines.append(f"Pretrained on digits 0-4 (val top-1 {result['source_val_top1']:.2f}%), then {result['epochs']} "
+                 f"epochs on digits 5-9 for every row, AdamW lr {result['lr']}. Machine: {result['machine']}.")
+    return '\n'.join(lines)

@@ -144,19 +144,63 @@ def drop_unreadable(samples: List[Tuple[str, object]], strict: bool, workers: in
 
 # --- sources -------------------------------------------------------------------------------------
 
-def digits_data(val_fraction: float = 0.2, seed: int = 0, mode: str = 'L') -> TrainValData:
+def _digit_images():
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return (digits.images * (255.0 / 16.0)).round().astype(np.uint8), digits.target.astype(int)
+
+
+def digits_data(
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        mode: str = 'L',
+        classes: Optional[Sequence[int]] = None,
+) -> TrainValData:
     """scikit-learn's handwritten digits: 1,797 real 8x8 scans of 10 classes, shipped inside scikit-learn.
 
     The 8x8 images (values 0-16) become 8-bit images; the transforms upscale them to the model's size.
+    ``classes`` keeps only those digits (their class indices follow the given order).
     """
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    images = [Image.fromarray((img * (255.0 / 16.0)).round().astype(np.uint8), mode='L') for img in digits.images]
-    targets = [int(t) for t in digits.target]
+    arrays, labels = _digit_images()
+    classes = list(range(10)) if classes is None else [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+        raise DataError(f'--digits must list distinct digits 0-9, got {",".join(map(str, classes))}')
+    index = {digit: i for i, digit in enumerate(classes)}
+    keep = [i for i, t in enumerate(labels) if t in index]
+    images = [Image.fromarray(arrays[i], mode='L') for i in keep]
+    targets = [index[int(labels[i])] for i in keep]
     data = ImageSamples(images, targets, mode=mode)
     train_idx, val_idx = stratified_split(targets, val_fraction, seed)
-    return TrainValData(data.subset(train_idx), data.subset(val_idx), [str(d) for d in range(10)],
-                        name='sklearn digits')
+    name = 'sklearn digits' if len(classes) == 10 else f'sklearn digits {",".join(map(str, classes))}'
+    return TrainValData(data.subset(train_idx), data.subset(val_idx), [str(d) for d in classes], name=name)
+
+
+def write_digits_multilabel(root: Union[str, Path], images: int = 600, empty_slot: float = 0.84,
+                            seed: int = 0) -> Path:
+    """A multi-label set made from the embedded digits: ``root/labels.csv`` and ``root/images/*.png``.
+
+    Each 16x16 image has four 8x8 quadrants, each empty with probability ``empty_slot`` or else a real
+    digit scan; its labels are the digits it shows (about half the images show none, as in the
+    multi-label study).
+    """
+    root = Path(root)
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    arrays, labels = _digit_images()
+    rng = np.random.default_rng(seed)
+    rows = ['image,labels']
+    for i in range(images):
+        canvas = np.zeros((16, 16), np.uint8)
+        shown = set()
+        for slot in range(4):
+            if rng.random() >= empty_slot:
+                j = int(rng.integers(len(arrays)))
+                y, x = 8 * (slot // 2), 8 * (slot % 2)
+                canvas[y:y + 8, x:x + 8] = arrays[j]
+                shown.add(str(labels[j]))
+        Image.fromarray(canvas, mode='L').save(root / 'images' / f'{i:04d}.png')
+        rows.append(f'images/{i:04d}.png,{" ".join(sorted(shown))}')
+    (root / 'labels.csv').write_text('\n'.join(rows) + '\n')
+    return root / 'labels.csv'
 
 
 def _folder_samples(folder: Path, flag: str, class_to_idx=None):

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--image-root', help="folder the CSV image paths are relative to (default: the CSV's)")
     g.add_argument('--classes', help='class list: comma-separated or a text file, one per line')
     g.add_argument('--val-split', type=float, help='fraction held out for validation when no val set is given')
+    g.add_argument('--digits', help='embedded digits: keep these classes only, e.g. 0,1,2,3,4')
+    g.add_argument('--multilabel', action='store_true',
+                   help='multi-label: BCE with logits, sigmoid outputs, F1 / mAP metrics (implied by --train-csv)')
     g.add_argument('--strict-images', action='store_true', help='stop at an unreadable image instead of skipping it')
     g.add_argument('-j', '--workers', type=int, default=0, help='data loading worker processes')
 
@@ -76,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad-checkpointing', action='store_true')
     g.add_argument('--channels-last', action='store_true')
     g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor)')
+
+    g = p.add_argument_group('fine-tuning')
+    g.add_argument('--finetune', choices=('frozen', 'full', 'gradual'),
+                   help='frozen: classifier only (BN statistics frozen); full: everything; '
+                        'gradual: classifier for --freeze-epochs, then one stage more per epoch from the top')
+    g.add_argument('--freeze-epochs', type=int, default=1, help='gradual: epochs training the classifier only')
+    g.add_argument('--threshold-tuning', default='none', choices=('none', 'global', 'per-class'),
+                   help='multi-label: pick decision thresholds on the validation set after training')
 
     g = p.add_argument_group('optimizer')
     g.add_argument('--opt', default='sgd', help="timm optimizer name ('sgd', 'adamw', 'lamb', ...)")
@@ -190,6 +201,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError('--val-csv needs --train-csv')
     if args.dataset and args.train_csv:
         raise ConfigError('give either --dataset or --train-csv, not both')
+    if args.digits and (args.data_dir or args.dataset or args.train_csv):
+        raise ConfigError('--digits selects classes of the embedded digits; it does not go with other data')
+    if args.threshold_tuning != 'none' and not (args.multilabel or args.train_csv):
+        raise ConfigError('--threshold-tuning is for multi-label training (--multilabel or --train-csv)')
+    if args.freeze_epochs < 0:
+        raise ConfigError(f'--freeze-epochs must be 0 or more, got {args.freeze_epochs}')
     if args.report_to != 'none':
         from accelerate import utils
         if not getattr(utils, f'is_{args.report_to}_available')():
@@ -209,10 +226,12 @@ def load_data(args):
         return data.hf_data(args.dataset, args.data_dir, args.val_split, args.seed, mode)
     if args.data_dir:
         return data.image_folder_data(args.data_dir, args.val_split, args.seed, mode, args.strict_images)
-    return data.digits_data(args.val_split or 0.2, args.seed, mode)
+    classes = [c.strip() for c in args.digits.split(',')] if args.digits else None
+    return data.digits_data(args.val_split or 0.2, args.seed, mode, classes)
 
 
-def create_model(args, num_classes: int):
+def create_model(args, num_classes: int, class_names: Optional[List[str]] = None):
+    """The model with a head for ``num_classes``; a pretrained head for other classes is re-initialised."""
     import timm
     kwargs = dict(num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
                   drop_path_rate=args.drop_path)
@@ -225,13 +244,18 @@ def create_model(args, num_classes: int):
         raise ConfigError(f'--model {args.model}: {str(e).splitlines()[0]}') from None
     except (OSError, ValueError) as e:
         raise ConfigError(f'--model {args.model}: could not be loaded ({str(e).splitlines()[0]})') from None
-    source_classes = model.pretrained_cfg.get('num_classes')
-    if args.pretrained and source_classes and source_classes != num_classes:
-        head = model.pretrained_cfg.get('classifier') or 'classifier'
-        names = [f'{head}.{n}' for n, _ in model.get_submodule(head).named_parameters()] \
-            if isinstance(head, str) else list(head)
-        logger.info('replaced the classifier: %d -> %d classes (re-initialised %s)',
-                    source_classes, num_classes, ', '.join(names))
+    if args.pretrained:
+        from fishzoo.finetune import classifier_names
+        source_classes = model.pretrained_cfg.get('num_classes')
+        source_names = model.pretrained_cfg.get('label_names')
+        other_labels = source_names is not None and class_names is not None and \
+            [str(n) for n in source_names] != [str(n) for n in class_names]
+        if source_classes != num_classes or other_labels:
+            if source_classes == num_classes:  # same size, other classes: timm kept the old head
+                model.reset_classifier(num_classes)
+            why = f' (labels {",".join(map(str, source_names))} -> {",".join(class_names)})' if other_labels else ''
+            logger.info('replaced the classifier: %s -> %d classes%s; re-initialised %s', source_classes,
+                        num_classes, why, ', '.join(classifier_names(model)))
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -409,15 +433,16 @@ def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = 
     import matplotlib.pyplot as plt
     epochs = [r['epoch'] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r.get('train_loss') for r in history], 'o-', label='train')
-    ax_loss.plot(epochs, [r.get('val_loss') for r in history], 'o-', label='val')
+    def series(key):
+        return [math.nan if r.get(key) is None else r[key] for r in history]
+    ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
+    ax_loss.plot(epochs, series('val_loss'), 'o-', label='val')
     ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
     keys = [('train_f1_micro', 'train'), ('val_f1_micro', 'val')] if multilabel else \
         [('train_top1', 'train top-1'), ('val_top1', 'val top-1'), ('val_top5', 'val top-5')]
     for key, label in keys:
-        values = [r.get(key) for r in history]
-        if any(v is not None for v in values):
-            ax_acc.plot(epochs, [math.nan if v is None else v for v in values], 'o-', label=label)
+        if any(r.get(key) is not None for r in history):
+            ax_acc.plot(epochs, series(key), 'o-', label=label)
     ax_acc.set(xlabel='epoch', ylabel='micro F1' if multilabel else 'accuracy (%)',
                title='micro F1' if multilabel else 'accuracy')
     for ax in (ax_loss, ax_acc):
@@ -431,7 +456,8 @@ def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = 
 def format_record(record: Dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}"]
     for key, fmt in (('train_loss', '.4f'), ('val_loss', '.4f'), ('val_top1', '.2f'), ('val_top5', '.2f'),
-                     ('val_f1_micro', '.4f'), ('ema_val_top1', '.2f'), ('lr', '.2e'), ('img_per_s', '.0f'),
+                     ('val_f1_micro', '.4f'), ('val_map', '.4f'), ('ema_val_top1', '.2f'), ('lr', '.2e'),
+                     ('trainable_params', ',d'), ('img_per_s', '.0f'),
                      ('epoch_seconds', '.1f')):
         if record.get(key) is not None:
             parts.append(f'{key} {record[key]:{fmt}}')
@@ -443,10 +469,13 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace):
         from accelerate import Accelerator, DataLoaderConfiguration
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
         self.args = args
         self.output_dir = Path(args.output_dir)
+        # gradual unfreezing switches requires_grad after DDP is built: frozen parameters are "unused"
+        ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=args.finetune == 'gradual')
         self.accelerator = Accelerator(
+            kwargs_handlers=[ddp_kwargs],
             gradient_accumulation_steps=args.grad_accum_steps,
             mixed_precision=args.mixed_precision,
             log_with=None if args.report_to == 'none' else args.report_to,
@@ -471,8 +500,15 @@ class Trainer:
         if self.num_classes != len(self.data.class_names):
             raise ConfigError(f'--num-classes {args.num_classes} does not match the {len(self.data.class_names)} '
                               'classes of the data')
-        self.multilabel = self.data.multilabel
-        model = create_model(args, self.num_classes)
+        self.multilabel = self.data.multilabel or args.multilabel
+        if self.multilabel and not self.data.multilabel:
+            from fishzoo.finetune import one_hot_targets
+            for split in (self.data.train, self.data.val):
+                split.targets = one_hot_targets(split.targets, self.num_classes)
+        model = create_model(args, self.num_classes, self.data.class_names)
+        if args.finetune == 'frozen':
+            from fishzoo.finetune import freeze_backbone
+            freeze_backbone(model)
         self.data_config = self._data_config(model)
         train_tf, val_tf = build_transforms(args, model, self.data_config)
         self.data.train.transform, self.data.val.transform = train_tf, val_tf
@@ -515,6 +551,12 @@ class Trainer:
         self.model, self.optimizer, self.train_loader, self.val_loader = self.accelerator.prepare(
             model, optimizer, train_loader, val_loader)
         self.accelerator.register_save_state_pre_hook(_contiguous_weights)
+        self.unfreezer = None
+        if args.finetune == 'gradual':
+            from fishzoo.finetune import GradualUnfreezer
+            self.unfreezer = GradualUnfreezer(self.accelerator.unwrap_model(self.model), args.freeze_epochs,
+                                              self.optimizer.optimizer)
+        self.thresholds: Optional[List[float]] = None
         self.epoch = 0
         self.num_updates = 0
         self.history: List[Dict[str, Any]] = []
@@ -627,9 +669,31 @@ class Trainer:
 
     def evaluate(self, model, prefix: str = 'val') -> Dict[str, float]:
         logits, targets = self.predict(model, self.val_loader)
-        metrics = single_label_metrics(logits, targets)
+        if self.multilabel:
+            from fishzoo.finetune import multilabel_metrics
+            metrics = multilabel_metrics(logits.sigmoid().numpy(), targets.numpy())
+            metrics['loss'] = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
+        else:
+            metrics = single_label_metrics(logits, targets)
         metrics['samples'] = len(targets)  # gathered from every process: each val image exactly once
         return {f'{prefix}_{k}': v for k, v in metrics.items()}
+
+    def tune_thresholds(self) -> None:
+        """Multi-label: thresholds picked on the validation set; F1 before and after goes to the log and metrics."""
+        from fishzoo.finetune import multilabel_metrics, tune_thresholds
+        logits, targets = self.predict(self.final_model(), self.val_loader)
+        probs, targets = logits.sigmoid().numpy(), targets.numpy()
+        before = multilabel_metrics(probs, targets)['f1_micro']
+        self.thresholds = tune_thresholds(probs, targets, self.args.threshold_tuning)
+        after = multilabel_metrics(probs, targets, self.thresholds)['f1_micro']
+        self.history[-1].update(val_f1_micro_tuned=after)
+        if self.accelerator.is_main_process:
+            logger.info('threshold tuning (%s): val micro-F1 %.4f at 0.5 -> %.4f with tuned thresholds',
+                        self.args.threshold_tuning, before, after)
+            write_json_atomic(self.output_dir / 'thresholds.json', dict(
+                mode=self.args.threshold_tuning, f1_micro_before=before, f1_micro_after=after,
+                thresholds=dict(zip(self.data.class_names, self.thresholds))))
+            write_json_atomic(self.output_dir / 'metrics.json', self.history)
 
     def run(self) -> Dict[str, Any]:
         acc, args = self.accelerator, self.args
@@ -646,9 +710,17 @@ class Trainer:
             logger.info('training %s on %s: %d train / %d val images, %d classes, %d processes',
                         args.model, self.data.name, len(self.data.train), len(self.data.val), self.num_classes,
                         acc.num_processes)
+        if self.epoch == 0 and not self.history:
+            # epoch 0: the untrained head, a sanity check of the metrics before any update
+            record = dict(epoch=0, **self.evaluate(self.model), trainable_params=self._trainable())
+            self.history.append(record)
+            if acc.is_main_process:
+                print(format_record(record, args.epochs), flush=True)
         while self.epoch < args.epochs:
             start = time.perf_counter()
-            record = dict(epoch=self.epoch + 1)
+            if self.unfreezer is not None:
+                self.unfreezer.set_epoch(self.epoch)
+            record = dict(epoch=self.epoch + 1, trainable_params=self._trainable())
             record.update(self.train_one_epoch())
             record.update(self.evaluate(self.model))
             if self.ema is not None:
@@ -664,9 +736,14 @@ class Trainer:
                 write_json_atomic(self.output_dir / 'metrics.json', self.history)
             if self.epoch % args.checkpoint_every == 0 or self.epoch == args.epochs:
                 self.save_checkpoint()
+        if self.multilabel and args.threshold_tuning != 'none':
+            self.tune_thresholds()
         self.finish()
         acc.end_training()
         return self.history[-1] if self.history else {}
+
+    def _trainable(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def final_model(self):
         return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
@@ -680,10 +757,16 @@ class Trainer:
         from fishzoo.hub import push_to_hub, save_pretrained
         last = self.history[-1]
         prefix = 'ema_val' if self.ema is not None else 'val'
-        metrics = {k: last[f'{prefix}_{k}'] for k in ('top1', 'top5') if f'{prefix}_{k}' in last}
+        names = ('f1_micro', 'f1_macro', 'map', 'subset_acc') if self.multilabel else ('top1', 'top5')
+        metrics = {k: last[f'{prefix}_{k}'] for k in names if f'{prefix}_{k}' in last}
+        extra_config = None
+        if self.multilabel:
+            # fishzoo predict applies these (sigmoid outputs, one decision threshold per class)
+            extra_config = dict(multilabel=True, threshold_tuning=args.threshold_tuning,
+                                thresholds=self.thresholds or [0.5] * self.num_classes)
         model = self.final_model().float().eval().to(memory_format=torch.contiguous_format)
         save_pretrained(
-            model, self.output_dir, label_names=self.data.class_names,
+            model, self.output_dir, label_names=self.data.class_names, extra_config=extra_config,
             data_config={k: self.data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
             repo_id=args.push_to_hub, dataset=self.data.name, metrics=metrics,
             metrics_source=f'measured by fishzoo-train on the validation split after {last["epoch"]} epochs',

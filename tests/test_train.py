@@ -60,11 +60,11 @@ def test_end_to_end_outputs(trained_run, image_dataset):
     assert {'model.safetensors', 'config.json', 'README.md', 'metrics.json', 'curves.png'} <= \
         {p.name for p in out.iterdir()}
     history = json.loads((out / 'metrics.json').read_text())
-    assert [r['epoch'] for r in history] == [1, 2, 3]
+    assert [r['epoch'] for r in history] == [0, 1, 2, 3]  # epoch 0: the untrained head
     for key in ('train_loss', 'val_loss', 'val_top1', 'val_top5', 'lr', 'img_per_s', 'epoch_seconds'):
-        assert all(isinstance(r[key], float) for r in history), key
+        assert all(isinstance(r[key], float) for r in history[1:]), key
     assert all(r['val_samples'] == 12 for r in history)
-    assert history[-1]['train_loss'] < history[0]['train_loss']
+    assert history[-1]['train_loss'] < history[1]['train_loss']
     assert [p.name for p in train.checkpoint_dirs(out)] == ['epoch_0002', 'epoch_0003']  # --keep-checkpoints 2
     config = json.loads((out / 'config.json').read_text())
     assert config['label_names'] == ['cat', 'dog', 'fish']
@@ -95,11 +95,11 @@ def test_training_options(image_dataset, tmp_path, extra):
     assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '2', *TRAIN_ARGS,
                  *extra]) == 0
     history = json.loads((out / 'metrics.json').read_text())
-    assert len(history) == 2 and all(torch.isfinite(torch.tensor(r['train_loss'])) for r in history)
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(r['train_loss'])) for r in history[1:])
     if '--model-ema' in extra:
         assert 'ema_val_top1' in history[-1]
     if '--sched' in extra and extra[extra.index('--sched') + 1] in ('step', 'onecycle'):
-        assert history[0]['lr'] != history[1]['lr']
+        assert history[1]['lr'] != history[2]['lr']
 
 
 def test_pretrained_head_is_replaced_and_logged(image_dataset, tmp_path, caplog):
@@ -109,7 +109,26 @@ def test_pretrained_head_is_replaced_and_logged(image_dataset, tmp_path, caplog)
     with caplog.at_level('INFO', logger='fishzoo.train'):
         assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'ft'), '--epochs', '1',
                      *TRAIN_ARGS, '--model', f'local-dir:{source}', '--pretrained']) == 0
-    assert 'replaced the classifier: 5 -> 3 classes (re-initialised fc.weight, fc.bias)' in caplog.text
+    assert 'replaced the classifier: 5 -> 3 classes; re-initialised fc.weight, fc.bias' in caplog.text
+
+
+def test_pretrained_head_for_other_labels_is_replaced(trained_run, image_dataset, tmp_path, caplog):
+    """Same number of classes, other label names: the old head would silently map old classes to new ones."""
+    import shutil
+    renamed = tmp_path / 'renamed'
+    shutil.copytree(image_dataset, renamed)
+    for split in ('train', 'val'):
+        for old, new in (('cat', 'ant'), ('dog', 'bee'), ('fish', 'cow')):
+            (renamed / split / old).rename(renamed / split / new)
+    with caplog.at_level('INFO', logger='fishzoo.train'):
+        assert main(['--data-dir', str(renamed), '--output-dir', str(tmp_path / 'ft'), '--epochs', '1',
+                     *TRAIN_ARGS, '--model', f'local-dir:{trained_run}', '--pretrained']) == 0
+    assert 'replaced the classifier: 3 -> 3 classes (labels cat,dog,fish -> ant,bee,cow)' in caplog.text
+    caplog.clear()
+    with caplog.at_level('INFO', logger='fishzoo.train'):
+        assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'same'), '--epochs', '1',
+                     *TRAIN_ARGS, '--model', f'local-dir:{trained_run}', '--pretrained']) == 0
+    assert 'replaced the classifier' not in caplog.text  # same classes: the trained head is kept
 
 
 def _weights(folder):
@@ -137,7 +156,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(image_dataset, tmp_path):
     assert resumed.keys() == reference.keys()
     for key in reference:
         assert torch.equal(resumed[key], reference[key]), key
-    assert [r['epoch'] for r in json.loads((killed / 'metrics.json').read_text())] == [1, 2, 3]
+    assert [r['epoch'] for r in json.loads((killed / 'metrics.json').read_text())] == [0, 1, 2, 3]
 
 
 def test_two_processes_gather_every_val_image_once(tmp_path):
@@ -151,7 +170,7 @@ def test_two_processes_gather_every_val_image_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '2 processes' in proc.stdout + proc.stderr
     history = json.loads((out / 'metrics.json').read_text())
-    assert history[0]['val_samples'] == 9
+    assert [r['val_samples'] for r in history] == [9, 9]
     assert (out / 'model.safetensors').exists()
 
 
