@@ -7,7 +7,6 @@ The checkpoint is read with ``torch.load(weights_only=True)`` (through timm) and
 ``fishzoo.models.fishnet.checkpoint_filter_fn``. The card's accuracy is the authors' reported number,
 labelled as such: nothing is evaluated here.
 """
-import pickle
 from pathlib import Path
 from typing import Optional, Union
 
@@ -16,6 +15,7 @@ from timm.data import ImageNetInfo
 
 from fishzoo.hub import push_to_hub as _push_to_hub
 from fishzoo.hub import save_pretrained
+from fishzoo.models._pretrained import CheckpointError
 from fishzoo.models.fishnet import REPORTED_ACCURACY
 
 CONVERTIBLE = ('fishnet99', 'fishnet150', 'fishnet201')
@@ -54,11 +54,8 @@ def convert_fishnet(
         raise ConversionError(f'{output_dir} already holds a model; pass --overwrite to replace it')
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
-    except pickle.UnpicklingError as e:
-        raise ConversionError(f'{checkpoint}: refused to load ({str(e).splitlines()[0]})') from None
-    except (KeyError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0][:300]
-        raise ConversionError(f'{checkpoint}: not a {name.split(".")[0]} checkpoint ({reason})') from None
+    except CheckpointError as e:  # names the file: refused pickle, corrupted file, another architecture
+        raise ConversionError(f'{e} (converting it as {name.split(".")[0]})') from None
     top1, top5 = REPORTED_ACCURACY[name]
     info = ImageNetInfo()
     save_pretrained(

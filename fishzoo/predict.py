@@ -19,22 +19,39 @@ class PredictError(ValueError):
 
 
 def load_model(model_or_dir: str):
+    import pickle
+
     import timm
-    name = f'local-dir:{model_or_dir}' if Path(model_or_dir).is_dir() else model_or_dir
+    from safetensors import SafetensorError
+
+    from fishzoo.hub import HubFolderError, check_hub_folder
+    from fishzoo.models._pretrained import CheckpointError
+    folder = model_or_dir[len('local-dir:'):] if model_or_dir.startswith('local-dir:') else model_or_dir
     try:
-        model = timm.create_model(name, pretrained=True)
-    except (RuntimeError, OSError, ValueError) as e:
+        if Path(folder).is_dir():
+            check_hub_folder(folder)
+            model_or_dir = f'local-dir:{folder}'
+        model = timm.create_model(model_or_dir, pretrained=True)
+    except (HubFolderError, CheckpointError) as e:
+        raise PredictError(str(e)) from None
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, SafetensorError) as e:
         raise PredictError(f'{model_or_dir}: could not load the model ({str(e).strip().splitlines()[0]})') from None
     return model.eval()
 
 
-def read_thresholds(model_or_dir: str) -> Optional[List[float]]:
+def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
     """Per-class decision thresholds of a multi-label folder (config.json 'thresholds'), if any."""
-    path = Path(model_or_dir) / 'config.json'
+    folder = model_or_dir[len('local-dir:'):] if model_or_dir.startswith('local-dir:') else model_or_dir
+    path = Path(folder) / 'config.json'
     if not path.is_file():
         return None
     thresholds = json.loads(path.read_text()).get('thresholds')
-    return list(thresholds) if thresholds is not None else None
+    if thresholds is None:
+        return None
+    if not isinstance(thresholds, list) or len(thresholds) != num_classes or \
+            not all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds):
+        raise PredictError(f'{path}: "thresholds" must be {num_classes} numbers between 0 and 1')
+    return [float(t) for t in thresholds]
 
 
 def predict(
@@ -46,7 +63,7 @@ def predict(
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``."""
     from timm.data import create_transform, resolve_input_data_config
     model = load_model(model_or_dir)
-    thresholds = read_thresholds(model_or_dir)
+    thresholds = read_thresholds(model_or_dir, model.num_classes)
     names = model.pretrained_cfg.get('label_names')
     names = list(names) if names else [str(i) for i in range(model.num_classes)]
     config = resolve_input_data_config(model)

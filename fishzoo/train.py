@@ -21,7 +21,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -44,6 +46,14 @@ STATE_FILE = 'fishzoo_state.pt'  # fishzoo's part of a checkpoint, next to Accel
 
 class ConfigError(ValueError):
     """A bad flag, config key or value; the message names it."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (a signal) or by a fault it reports in one sentence; ``exit_code`` for main."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # --- arguments -----------------------------------------------------------------------------------
@@ -233,10 +243,19 @@ def load_data(args):
 def create_model(args, num_classes: int, class_names: Optional[List[str]] = None):
     """The model with a head for ``num_classes``; a pretrained head for other classes is re-initialised."""
     import timm
+    from fishzoo.hub import HubFolderError, check_hub_folder
+    from fishzoo.models._pretrained import CheckpointError
     kwargs = dict(num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
                   drop_path_rate=args.drop_path)
     try:
+        if args.model.startswith('local-dir:'):
+            check_hub_folder(args.model[len('local-dir:'):])
         model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except (HubFolderError, CheckpointError) as e:
+        raise ConfigError(f'--model {args.model}: {e}') from None
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f'--model {args.model}: refused to load a pickle that is not plain weights '
+                          f'({str(e).splitlines()[0][:200]})') from None
     except RuntimeError as e:
         if str(e).startswith('Unknown model'):
             raise ConfigError(f'--model {args.model}: unknown model (`fishzoo list` and timm.list_models() '
@@ -359,13 +378,23 @@ def single_label_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[st
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
+def _checkpoint_position(path: Path):
+    """(epochs done, batches into the next epoch) from 'epoch_0003' or 'epoch_0003_batch_000012'."""
+    parts = path.name.split('_')
+    try:
+        return int(parts[1]), int(parts[3]) if len(parts) == 4 and parts[2] == 'batch' else 0
+    except (IndexError, ValueError):
+        return None
+
+
 def checkpoint_dirs(output_dir: Path) -> List[Path]:
     """Complete checkpoints, oldest first (a folder is complete once renamed from its .tmp name)."""
     root = output_dir / 'checkpoints'
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith('epoch_') and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split('_')[1]))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith('epoch_') and (p / STATE_FILE).is_file()
+             and _checkpoint_position(p) is not None]
+    return sorted(found, key=_checkpoint_position)
 
 
 def find_resume_checkpoint(output_dir: Path, resume: str) -> Optional[Path]:
@@ -557,6 +586,8 @@ class Trainer:
             self.unfreezer = GradualUnfreezer(self.accelerator.unwrap_model(self.model), args.freeze_epochs,
                                               self.optimizer.optimizer)
         self.thresholds: Optional[List[float]] = None
+        self.partial: Optional[Dict[str, Any]] = None  # a mid-epoch checkpoint's progress, when resuming one
+        self.stop_signal: Optional[int] = None
         self.epoch = 0
         self.num_updates = 0
         self.history: List[Dict[str, Any]] = []
@@ -566,25 +597,37 @@ class Trainer:
         return resolve_input_data_config(model, args=dict(img_size=self.args.img_size) if self.args.img_size else {})
 
     # checkpoint state -------------------------------------------------------------------------
-    def save_checkpoint(self) -> Optional[Path]:
-        """Accelerate's state plus fishzoo's, written under a .tmp name and renamed when complete."""
+    def save_checkpoint(self, partial: Optional[Dict[str, Any]] = None) -> Path:
+        """Accelerate's state plus fishzoo's, written under a .tmp name and renamed when complete.
+
+        ``partial`` (mid-epoch, on a signal) holds the batches done in the running epoch and its sums.
+        A failed write (a full disk) removes the .tmp folder and leaves the previous checkpoint as it was.
+        """
         acc = self.accelerator
         root = self.output_dir / 'checkpoints'
-        final = root / f'epoch_{self.epoch:04d}'
-        tmp = root / f'.epoch_{self.epoch:04d}.tmp'
+        name = f'epoch_{self.epoch:04d}' + (f'_batch_{partial["batches"]:06d}' if partial else '')
+        final, tmp = root / name, root / f'.{name}.tmp'
         if acc.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        try:
+            acc.save_state(str(tmp))
+            if acc.is_main_process:
+                state = dict(epoch=self.epoch, num_updates=self.num_updates, history=self.history,
+                             schedule=self.schedule.state_dict(),
+                             ema=self.ema.state_dict() if self.ema is not None else None, partial=partial)
+                torch.save(state, tmp / STATE_FILE)
+                for f in tmp.iterdir():
+                    with open(f, 'rb') as fh:
+                        os.fsync(fh.fileno())
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = checkpoint_dirs(self.output_dir)
+            kept = f'the previous checkpoint {previous[-1]} is intact' if previous else 'no earlier checkpoint exists'
+            raise TrainingStopped(f'could not write checkpoint {final} ({e.strerror or e}); {kept}; '
+                                  'free space and continue with --resume auto') from None
         if acc.is_main_process:
-            state = dict(epoch=self.epoch, num_updates=self.num_updates, history=self.history,
-                         schedule=self.schedule.state_dict(),
-                         ema=self.ema.state_dict() if self.ema is not None else None)
-            torch.save(state, tmp / STATE_FILE)
-            for f in tmp.iterdir():
-                with open(f, 'rb') as fh:
-                    os.fsync(fh.fileno())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             fsync_dir(root)
@@ -594,9 +637,25 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
-        state = torch.load(path / STATE_FILE, map_location='cpu', weights_only=True)
+        """Everything is read with safetensors or torch.load(weights_only=True) (Accelerate's loader included):
+        a checkpoint file that would run code when unpickled is refused."""
+        from safetensors import SafetensorError
+        try:
+            # Accelerate logs and skips random-state files it cannot read; a resume without them would not
+            # be exact, so they are read (weights_only, as Accelerate does) and refused here first
+            from accelerate.utils import load as accelerate_load
+            for rng_file in sorted(path.glob('random_states_*.pkl')):
+                accelerate_load(rng_file)
+            self.accelerator.load_state(str(path))
+            state = torch.load(path / STATE_FILE, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ConfigError(f'--resume {path}: refused a file that is not plain tensors and numbers '
+                              f'({str(e).splitlines()[0][:200]})') from None
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, SafetensorError) as e:
+            raise ConfigError(f'--resume {path}: the checkpoint cannot be loaded ({type(e).__name__}: '
+                              f'{str(e).strip().splitlines()[0][:200] if str(e).strip() else "corrupted"})') from None
         self.epoch, self.num_updates, self.history = state['epoch'], state['num_updates'], state['history']
+        self.partial = state.get('partial')
         self.schedule.load_state_dict(state['schedule'])
         if self.ema is not None and state.get('ema') is not None:
             self.ema.load_state_dict(state['ema'])
@@ -610,9 +669,16 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         loss_sum = torch.zeros((), device=acc.device)
         correct = torch.zeros((), device=acc.device)
-        seen = 0
-        start = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f'epoch {self.epoch + 1} train', leave=False, mininterval=1.0,
+        seen, batches, elapsed = 0, 0, 0.0
+        loader = self.train_loader
+        if self.partial:  # resuming a checkpoint written mid-epoch: same data order, the done batches skipped
+            batches, seen, elapsed = self.partial['batches'], self.partial['seen'], self.partial['seconds']
+            loss_sum += self.partial['loss_sum']
+            correct += self.partial['correct']
+            loader = acc.skip_first_batches(self.train_loader, batches)
+            self.partial = None
+        start = time.perf_counter() - elapsed
+        bar = tqdm(loader, desc=f'epoch {self.epoch + 1} train', leave=False, mininterval=1.0,
                    disable=None if acc.is_local_main_process else True)  # None: off when not a terminal
         for images, targets in bar:
             if args.channels_last:
@@ -625,8 +691,11 @@ class Trainer:
                     logits = self.model(images)
                     loss = self.loss_fn(logits, targets)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f'the loss became {loss.item()} at epoch {self.epoch + 1}, '
-                                             f'update {self.num_updates}')
+                    good = checkpoint_dirs(self.output_dir)
+                    raise TrainingStopped(
+                        f'the loss became {loss.item()} at epoch {self.epoch + 1}, batch {batches + 1} '
+                        f'(update {self.num_updates + 1}); stopped without saving; '
+                        + (f'the last good checkpoint is {good[-1]}' if good else 'no checkpoint was written yet'))
                 acc.backward(loss)
                 if acc.sync_gradients and args.clip_grad:
                     acc.clip_grad_norm_(self.model.parameters(), args.clip_grad)
@@ -642,12 +711,37 @@ class Trainer:
             if not self.multilabel and self.mixup is None:
                 correct += (logits.detach().argmax(1) == hard_targets).sum()
             seen += images.shape[0]
+            batches += 1
+            if acc.sync_gradients and self._stop_requested():
+                self.save_checkpoint(partial=dict(
+                    batches=batches, seen=seen, seconds=time.perf_counter() - start,
+                    loss_sum=loss_sum.item(), correct=correct.item()))
+                signum = self.stop_signal
+                raise TrainingStopped(
+                    f'stopped by {signal.Signals(signum).name} in epoch {self.epoch + 1} after {batches} batches; '
+                    'checkpoint saved, continue with --resume auto', exit_code=130 if signum == signal.SIGINT else 0)
         seconds = time.perf_counter() - start
         totals = acc.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=acc.device)]), 'sum')
         record = dict(train_loss=(totals[0] / totals[2]).item(), img_per_s=totals[2].item() / seconds)
         if not self.multilabel and self.mixup is None:
             record['train_top1'] = 100.0 * (totals[1] / totals[2]).item()
         return record
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal arrived, agreed by every process so that all of them save the same checkpoint."""
+        flag = self.stop_signal is not None
+        if self.accelerator.num_processes > 1:
+            flag = bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device),
+                                                'max').item())
+            if flag and self.stop_signal is None:
+                self.stop_signal = signal.SIGTERM
+        return flag
+
+    def _on_signal(self, signum, frame):
+        if self.stop_signal is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        logger.warning('%s received: saving a checkpoint at the end of this batch', signal.Signals(signum).name)
 
     @torch.no_grad()
     def predict(self, model, loader):
@@ -696,6 +790,14 @@ class Trainer:
             write_json_atomic(self.output_dir / 'metrics.json', self.history)
 
     def run(self) -> Dict[str, Any]:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> Dict[str, Any]:
         acc, args = self.accelerator, self.args
         if args.resume:
             checkpoint = find_resume_checkpoint(self.output_dir, args.resume)
@@ -788,7 +890,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parse_args(argv)
         prepare_output_dir(args)
         Trainer(args).run()
-    except (ConfigError, DataError, HubUploadError, FloatingPointError) as e:
+    except TrainingStopped as e:
+        print(f'fishzoo-train: {e}', file=sys.stderr)
+        return e.exit_code
+    except (ConfigError, DataError, HubUploadError) as e:
         print(f'fishzoo-train: {e}', file=sys.stderr)
         return 2
     return 0

@@ -53,7 +53,8 @@ def test_cli_tag_and_refusals(checkpoint, tmp_path, capsys):
     assert 'already holds a model; pass --overwrite' in capsys.readouterr().err
     assert main(['convert', 'fishnet99', str(checkpoint), '--output-dir', str(out), '--overwrite']) == 0
     assert main(['convert', 'fishnet150', str(checkpoint), '--output-dir', str(tmp_path / 'o2')]) == 2
-    assert 'not a fishnet150 checkpoint' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'the checkpoint does not fit fishnet150' in err and 'missing keys' in err and str(checkpoint) in err
     assert main(['convert', 'resnet50', str(checkpoint), '--output-dir', str(tmp_path / 'o3')]) == 2
     assert "ARCH must be one of fishnet99, fishnet150, fishnet201" in capsys.readouterr().err
     assert main(['convert', 'fishnet99.bogus', str(checkpoint), '--output-dir', str(tmp_path / 'o4')]) == 2

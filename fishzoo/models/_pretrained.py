@@ -8,6 +8,7 @@ address and shows how to load a local copy.
 """
 import http.client
 import os
+import pickle
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from timm.models import build_model_with_cfg
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
@@ -24,6 +26,53 @@ DOWNLOAD_TIMEOUT_S = 30
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """The pretrained weights could not be found locally nor downloaded."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model or cannot be read; the message names the file."""
+
+
+def _short(keys, n=3) -> str:
+    keys = list(keys)
+    return ', '.join(keys[:n]) + (f', ... ({len(keys)} in all)' if len(keys) > n else '')
+
+
+def validate_state_dict(state_dict: dict, model) -> dict:
+    """Check a (converted) state dict against ``model`` before timm loads it, so a checkpoint of another
+    architecture or size gets one message listing the first missing and unexpected keys and shape
+    mismatches. The classifier is skipped when the user asked for another ``num_classes`` (timm then
+    re-initialises it), the first conv when ``in_chans`` differs (timm adapts it)."""
+    expected = model.state_dict()
+    cfg = model.pretrained_cfg
+    skip = set()
+    if model.num_classes != cfg.get('num_classes'):
+        classifier = cfg.get('classifier')
+        for name in ([classifier] if isinstance(classifier, str) else classifier or []):
+            skip |= {f'{name}.weight', f'{name}.bias'}
+    first_conv = cfg.get('first_conv')
+    if isinstance(first_conv, str):
+        skip_shape = {f'{first_conv}.weight'}
+    else:
+        skip_shape = set()
+    missing = [k for k in expected if k not in state_dict and k not in skip]
+    unexpected = [k for k in state_dict if k not in expected and k not in skip]
+    mismatched = [f'{k} {list(v.shape)} vs {list(expected[k].shape)}' for k, v in state_dict.items()
+                  if k in expected and k not in skip and k not in skip_shape
+                  and hasattr(v, 'shape') and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing keys ({_short(missing)})')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected keys ({_short(unexpected)})')
+        if mismatched:
+            parts.append(f'{len(mismatched)} shape mismatches (checkpoint vs model: {_short(mismatched)})')
+        hint = ''
+        if mismatched and any(k.split(' ')[0] in {f'{c}.weight' for c in [cfg.get('classifier')] if c}
+                              for k in mismatched):
+            hint = f'; for another number of classes pass num_classes (the checkpoint has a different head)'
+        raise CheckpointError(f'the checkpoint does not fit {cfg.get("architecture")}: {"; ".join(parts)}{hint}')
+    return state_dict
 
 
 def is_offline() -> bool:
@@ -66,11 +115,38 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
+def _load_source(variant: str, kwargs: dict):
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    return _resolve_pretrained_source(cfg.to_dict())
+
+
 def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
-    """``timm.models.build_model_with_cfg`` that fails fast, with one clear message, when weights can't be had."""
+    """``timm.models.build_model_with_cfg`` that fails fast, with one clear message, when weights can't be had,
+    and names the file when a checkpoint is refused, corrupted or of another model."""
     download = _weights_to_download(variant, kwargs) if pretrained else None
     if download is None:
-        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+        if not pretrained:
+            return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+        load_from, location = _load_source(variant, kwargs)
+        if load_from == 'local-dir':
+            from fishzoo.hub import HubFolderError, check_hub_folder
+            try:
+                check_hub_folder(location)
+            except HubFolderError as e:
+                raise CheckpointError(str(e)) from None
+        where = location if load_from in ('file', 'local-dir', 'hf-hub') else f'the {load_from} weights'
+        try:
+            return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+        except CheckpointError as e:
+            raise CheckpointError(f'{where}: {e}') from None
+        except FileNotFoundError:
+            raise
+        except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+            # weights_only refusals, truncated or garbled files (safetensors and pickle alike)
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f'{where}: cannot be loaded ({type(e).__name__}: {reason[:300]})') from None
     name, url = download
     if is_offline():
         raise PretrainedWeightsUnavailable(unavailable_message(name, url, 'offline: HF_HUB_OFFLINE is set'))

@@ -60,7 +60,7 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ._pretrained import build_model
+from ._pretrained import CheckpointError, build_model, validate_state_dict
 
 __all__ = ['FishNet']
 
@@ -615,12 +615,18 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    converted = _convert_state_dict(state_dict)
+    return validate_state_dict(converted, model) if model is not None else converted
+
+
+def _convert_state_dict(state_dict: Dict[str, Any]) -> Dict[str, Any]:
     if any(k.startswith('fish.fish.') for k in state_dict):
         source, remap = 'FishNet authors', _remap_original_key
         last_stage = max(int(k.split('.')[2]) for k in state_dict if k.startswith('fish.fish.'))
     elif any(k.startswith('features.hg.') for k in state_dict):
         source, remap = 'pytorchcv', _remap_pytorchcv_key
-        last_stage = 3 * sum(1 for k in state_dict if re.match(r'features\.hg\.down2_seq\.unit\d+\.blocks\.block1\.body\.conv1\.conv\.weight$', k))
+        head_units = r'features\.hg\.down2_seq\.unit\d+\.blocks\.block1\.body\.conv1\.conv\.weight$'
+        last_stage = 3 * sum(1 for k in state_dict if re.match(head_units, k))
     else:
         return state_dict
     num_down = last_stage // 3
@@ -628,7 +634,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str
     for key, value in state_dict.items():
         new_key = remap(key, num_down)
         if new_key is None:
-            raise KeyError(f'no counterpart in fishzoo for the {source} FishNet key {key!r}')
+            raise CheckpointError(f'no counterpart in fishzoo for the {source} FishNet key {key!r}')
         if new_key == 'fc.weight':
             value = value.flatten(1)  # 1x1 conv on the pooled map -> Linear
         out[new_key] = value

@@ -41,8 +41,13 @@ import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvNormAct, DropPath, calculate_drop_path_rates, create_classifier, make_divisible
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+
+from ._pretrained import build_model, validate_state_dict
+from .fishnet import check_input
+
+torch.fx.wrap('check_input')  # fx patches by name in each calling module
 
 __all__ = ['MobileNetV2Dual']
 
@@ -114,8 +119,10 @@ class MobileNetV2Dual(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.min_input_size = 32  # five stride-2 stages
 
         stem_chs = make_divisible(stem_chs * width)
         self.conv_stem = ConvNormAct(in_chans, stem_chs, 3, stride=2, act_layer=act_layer)
@@ -196,6 +203,7 @@ class MobileNetV2Dual(nn.Module):
             intermediates_only: return only the levels.
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
+        check_input(x, self.in_chans, self.min_input_size)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         take_stages = [self._level_stage[i] for i in take_indices]
         last_stage = self._level_stage[max_index] if stop_early else len(self.blocks) - 1
@@ -233,6 +241,7 @@ class MobileNetV2Dual(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_chans, self.min_input_size)
         x = self.conv_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x, flatten=True)
@@ -251,10 +260,17 @@ class MobileNetV2Dual(nn.Module):
         return self.forward_head(x)
 
 
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: MobileNetV2Dual) -> Dict[str, torch.Tensor]:
+    """fishzoo's own checkpoints, checked to fit (one message for another architecture or size)."""
+    state_dict = state_dict.get('state_dict', state_dict)
+    return validate_state_dict(state_dict, model)
+
+
 def _create_mobilenetv2_dual(variant: str, pretrained: bool = False, **kwargs) -> MobileNetV2Dual:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3, 4))
-    return build_model_with_cfg(
+    return build_model(
         MobileNetV2Dual, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )

@@ -1,0 +1,439 @@
+"""Hostile inputs and faults: nothing executes from a checkpoint, nothing finished is lost, every bad input
+gets one clear sentence.
+
+The matrix (rows tested in other files are named there):
+
+Loading       pickle payload via file overlay, local-dir pytorch_model.bin, convert, --resume (each file),
+              --model local-dir:, predict .................................... test_payload_*
+              truncated / bit-flipped model.safetensors ........................ test_corrupted_safetensors
+              another architecture, another number of classes ................. test_other_architecture,
+                                                                                   test_other_number_of_classes
+              config.json unknown architecture / malformed; folder without weights test_bad_hub_folders
+Model inputs  channels, 2-D / 5-D, below the minimum size .................... test_bad_model_inputs
+                                                                                   (+ test_fishnet.py)
+Data          empty / missing folders, zero-byte and truncated images, EXIF, 16-bit, CSV missing images and
+              unknown labels ......... test_data.py, test_train.py::test_bad_inputs_get_one_line
+              CSV duplicate rows .............................................. test_csv_duplicate_rows
+Training      NaN / inf loss .................................................. test_nan_loss_keeps_last_good_checkpoint
+              SIGTERM / SIGINT ................................................ test_signal_saves_and_exits
+              full disk while saving .......................................... test_full_disk_keeps_previous_checkpoint
+              kill -9 several times, resumed each time ........................ test_repeated_kill_9
+Hub           no token, bad token, network down ... test_hub.py::test_push_without_token,
+              test_push_failure_keeps_folder_and_hides_token, and test_push_with_the_hub_offline below
+Fuzzing       config.json reader, CSV reader (hypothesis) ..................... test_fuzz_*
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+import fishzoo  # noqa: F401
+from fishzoo import data
+from fishzoo.cli import main as cli_main
+from fishzoo.hub import HubFolderError, HubUploadError, push_to_hub, read_hub_config, save_pretrained
+from fishzoo.models._pretrained import CheckpointError
+from fishzoo.train import STATE_FILE, checkpoint_dirs, main
+from tests.conftest import TRAIN_ARGS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    path = tmp_path / 'PAYLOAD_RAN'
+    yield path
+    assert not path.exists(), 'a checkpoint executed code'
+
+
+def _evil_checkpoint(path, marker, state=None):
+    torch.save({'state_dict': state or {'x': torch.zeros(1)}, 'payload': Payload(marker)}, path)
+    return path
+
+
+@pytest.fixture
+def hub_folder(tmp_path):
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    return model, save_pretrained(model, tmp_path / 'hub', label_names=['a', 'b', 'c'])
+
+
+def _one_line(capsys, needle):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    return err[0]
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def test_payload_via_file_overlay(tmp_path, marker):
+    path = _evil_checkpoint(tmp_path / 'evil.tar', marker)
+    with pytest.raises(CheckpointError, match=f'{path}: cannot be loaded .*weights_only'):
+        timm.create_model('fishnet99', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_payload_via_local_dir_bin_and_predict(hub_folder, tmp_path, marker, capsys):
+    _, folder = hub_folder
+    (folder / 'model.safetensors').unlink()
+    _evil_checkpoint(folder / 'pytorch_model.bin', marker)
+    with pytest.raises(CheckpointError, match='pytorch_model.bin|cannot be loaded'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (64, 64)).save(image)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    _one_line(capsys, str(folder))
+
+
+def test_payload_via_convert_script(tmp_path, marker):
+    path = _evil_checkpoint(tmp_path / 'evil.tar', marker)
+    proc = subprocess.run([sys.executable, str(REPO / 'scripts' / 'convert_fishnet.py'), 'fishnet99', str(path),
+                           '--output-dir', str(tmp_path / 'out')], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and 'weights_only' in lines[0]
+    assert not (tmp_path / 'out' / 'model.safetensors').exists()
+
+
+def test_payload_via_model_local_dir_in_training(hub_folder, image_dataset, tmp_path, marker, capsys):
+    _, folder = hub_folder
+    (folder / 'model.safetensors').unlink()
+    _evil_checkpoint(folder / 'pytorch_model.bin', marker)
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), *TRAIN_ARGS,
+                 '--model', f'local-dir:{folder}', '--pretrained']) == 2
+    _one_line(capsys, f'--model local-dir:{folder}')
+
+
+@pytest.fixture
+def checkpointed_run(trained_run, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(trained_run, run)
+    return run
+
+
+@pytest.mark.parametrize('victim', ['optimizer.bin', 'random_states_0.pkl', STATE_FILE])
+def test_payload_via_resume(checkpointed_run, image_dataset, marker, capsys, victim):
+    newest = checkpoint_dirs(checkpointed_run)[-1]
+    torch.save({'payload': Payload(marker)}, newest / victim)
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(checkpointed_run), *TRAIN_ARGS,
+                 '--epochs', '4', '--resume', 'auto']) == 2
+    line = _one_line(capsys, f'--resume {newest}: refused a file that is not plain tensors')
+    assert 'Traceback' not in line
+
+
+def _flip_bit(path: Path, offset: int):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'flipped data bit', 'flipped header bit'])
+def test_corrupted_safetensors(hub_folder, image_dataset, tmp_path, capsys, damage):
+    _, folder = hub_folder
+    weights = folder / 'model.safetensors'
+    size = weights.stat().st_size
+    if damage == 'truncated':
+        weights.write_bytes(weights.read_bytes()[:size // 2])
+    else:
+        _flip_bit(weights, size - 100 if damage == 'flipped data bit' else 20)
+    with pytest.raises(CheckpointError, match=f'{weights}: corrupted'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), *TRAIN_ARGS,
+                 '--model', f'local-dir:{folder}', '--pretrained']) == 2
+    _one_line(capsys, f'{weights}: corrupted')
+
+
+def test_corrupted_safetensors_without_recorded_hash(hub_folder):
+    """Folders not written by fishzoo carry no hash: a truncated file still gets a sentence naming it."""
+    _, folder = hub_folder
+    config = json.loads((folder / 'config.json').read_text())
+    del config['weights_sha256']
+    (folder / 'config.json').write_text(json.dumps(config))
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=f'{folder}: cannot be loaded \\(SafetensorError'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_other_architecture(tmp_path):
+    path = tmp_path / 'resnet.pth'
+    torch.save(timm.create_model('resnet18').state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        timm.create_model('fishnet_s64', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    message = str(err.value)
+    assert message.startswith(f'{path}: the checkpoint does not fit fishnet_s64')
+    assert 'missing keys (stem.conv1.conv.weight' in message and 'unexpected keys (conv1.weight' in message
+    assert len(message) < 600 and '\n' not in message
+    mobilenet = tmp_path / 'mobilenet.pth'
+    torch.save(timm.create_model('mobilenetv2_dual_050').state_dict(), mobilenet)
+    with pytest.raises(CheckpointError, match='does not fit fishnet_s64'):
+        timm.create_model('fishnet_s64', pretrained=True, pretrained_cfg_overlay=dict(file=str(mobilenet)))
+    with pytest.raises(CheckpointError, match='does not fit mobilenetv2_dual_100'):
+        timm.create_model('mobilenetv2_dual_100', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_other_number_of_classes(tmp_path):
+    path = tmp_path / 'five.pth'
+    five = timm.create_model('fishnet_s64', num_classes=5)
+    torch.save(five.state_dict(), path)
+    overlay = dict(file=str(path))
+    # not asked for: an error naming the head
+    with pytest.raises(CheckpointError, match=r'shape mismatches .*fc.weight \[5, 264\] vs \[200, 264\].*num_classes'):
+        timm.create_model('fishnet_s64', pretrained=True, pretrained_cfg_overlay=overlay)
+    # asked for: the head is re-initialised, the rest loaded
+    seven = timm.create_model('fishnet_s64', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=7)
+    assert seven.fc.out_features == 7
+    assert torch.equal(seven.stem.conv1.conv.weight, five.stem.conv1.conv.weight)
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{"architecture": "fishnet_nope", "num_classes": 3}', "unknown architecture 'fishnet_nope'"),
+    ('{"architecture": "fishnet_s64", ', 'not valid JSON'),
+    ('[1, 2]', 'expected a JSON object'),
+    ('{"num_classes": 3}', 'no "architecture" name'),
+    ('{"architecture": "fishnet_s64", "num_classes": -1}', '"num_classes" must be a non-negative integer'),
+])
+def test_bad_hub_folders(hub_folder, image_dataset, tmp_path, capsys, content, message):
+    _, folder = hub_folder
+    (folder / 'config.json').write_text(content)
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (64, 64)).save(image)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    _one_line(capsys, message)
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), *TRAIN_ARGS,
+                 '--model', f'local-dir:{folder}', '--pretrained']) == 2
+    _one_line(capsys, message)
+
+
+def test_hub_folder_without_weights(hub_folder, capsys, tmp_path):
+    _, folder = hub_folder
+    (folder / 'model.safetensors').unlink()
+    with pytest.raises(CheckpointError, match=f'{folder}: no weights'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (64, 64)).save(image)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    _one_line(capsys, 'no weights (expected model.safetensors next to config.json)')
+
+
+# --- model inputs --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['fishnet_s64', 'fishnet99', 'mobilenetv2_dual_050'])
+@pytest.mark.parametrize('shape, message', [
+    ((1, 1, 64, 64), 'expected 3 input channels, got 1'),
+    ((64, 64), 'expected a 4-D image batch'),
+    ((1, 1, 3, 64, 64), 'expected a 4-D image batch'),
+])
+def test_bad_model_inputs(name, shape, message):
+    model = timm.create_model(name, num_classes=2).eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(*shape))
+    too_small = model.min_input_size - 1
+    with pytest.raises(ValueError, match=f'at least {model.min_input_size}x{model.min_input_size} px'):
+        model(torch.randn(1, 3, too_small, 64))
+    with pytest.raises(ValueError, match='expected 3 input channels'):
+        model.forward_intermediates(torch.randn(1, 4, 64, 64))
+
+
+# --- data and training ---------------------------------------------------------------------------
+
+def test_csv_duplicate_rows(tmp_path, caplog):
+    from tests.helpers.images import make_multilabel_csv
+    csv_path = make_multilabel_csv(tmp_path, rows=8)
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text('\n'.join(lines + [lines[3], lines[4].split(',')[0] + ',red green blue']) + '\n')
+    with caplog.at_level('WARNING', logger='fishzoo.data'):
+        rows = data.read_label_csv(csv_path)
+    assert len(rows) == 8
+    assert 'listed again with other labels; keeping the first row' in caplog.text
+
+
+def test_nan_loss_keeps_last_good_checkpoint(image_dataset, tmp_path, capsys, monkeypatch):
+    from fishzoo import train
+    real_create_loss = train.create_loss
+
+    def poisoned(args, multilabel):
+        loss_fn, calls = real_create_loss(args, multilabel), [0]
+
+        def loss(logits, targets):
+            calls[0] += 1
+            value = loss_fn(logits, targets)
+            return value * float('nan') if calls[0] > 8 else value  # 6 batches an epoch: NaN in epoch 2
+        return loss
+    monkeypatch.setattr(train, 'create_loss', poisoned)
+    out = tmp_path / 'nan'
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3', *TRAIN_ARGS]) == 2
+    line = _one_line(capsys, 'the loss became nan at epoch 2, batch 3 (update 9)')
+    assert f'the last good checkpoint is {out / "checkpoints" / "epoch_0001"}' in line
+    assert [p.name for p in checkpoint_dirs(out)] == ['epoch_0001']
+
+
+def test_full_disk_keeps_previous_checkpoint(image_dataset, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+    real_save = Accelerator.save_state
+    saves = [0]
+
+    def save_state(self, output_dir=None, **kwargs):
+        saves[0] += 1
+        if saves[0] == 2:  # the second checkpoint: write half of it, then the disk is full
+            real_save(self, output_dir, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(self, output_dir, **kwargs)
+    monkeypatch.setattr(Accelerator, 'save_state', save_state)
+    out = tmp_path / 'full'
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3', *TRAIN_ARGS]) == 2
+    line = _one_line(capsys, 'could not write checkpoint')
+    assert 'No space left on device' in line and f'the previous checkpoint {out}/checkpoints/epoch_0001 is intact' in line
+    assert [p.name for p in (out / 'checkpoints').iterdir()] == ['epoch_0001']  # no half-written folder left
+    monkeypatch.setattr(Accelerator, 'save_state', real_save)
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3', *TRAIN_ARGS,
+                 '--resume', 'auto']) == 0
+
+
+def _start(args, out):
+    return subprocess.Popen([sys.executable, '-m', 'fishzoo.train', *args, '--output-dir', str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_signal_saves_and_exits(image_dataset, tmp_path, signum, code):
+    args = ['--data-dir', str(image_dataset), '--epochs', '3', *TRAIN_ARGS]
+    out = tmp_path / 'sig'
+    proc = _start(args, out)
+    deadline = time.monotonic() + 300
+    while not (out / 'metrics.json').exists():  # epoch 0 evaluated: training has begun
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == code, stderr
+    assert f'stopped by {signal.Signals(signum).name}' in stderr and 'checkpoint saved' in stderr
+    newest = checkpoint_dirs(out)[-1]
+    assert (newest / STATE_FILE).exists()
+    assert main([*args, '--output-dir', str(out), '--resume', 'auto']) == 0
+    assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())][-1] == 3
+
+
+def test_repeated_kill_9(image_dataset, tmp_path):
+    """kill -9 at random moments (during saves too), resumed with --resume auto each time: the final weights
+    equal an uninterrupted run's."""
+    args = ['--data-dir', str(image_dataset), '--epochs', '8', *TRAIN_ARGS]
+    straight = tmp_path / 'straight'
+    assert main([*args, '--output-dir', str(straight)]) == 0
+    out = tmp_path / 'killed'
+    rng = random.Random(1234)
+    kills = 0
+    first = True
+    while kills < 3:
+        proc = _start(args + ([] if first else ['--resume', 'auto']), out)
+        first = False
+        time.sleep(rng.uniform(3.5, 7.0))  # interpreter start takes ~3 s; a run ~4 s more
+        if proc.poll() is not None:
+            break  # finished before this kill
+        proc.kill()
+        proc.wait()
+        kills += 1
+    if not (out / 'model.safetensors').exists():
+        assert main([*args, '--output-dir', str(out), '--resume', 'auto']) == 0
+    assert kills >= 2
+    resumed, reference = load_file(out / 'model.safetensors'), load_file(straight / 'model.safetensors')
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+
+
+# --- hub -----------------------------------------------------------------------------------------
+
+def test_push_with_the_hub_offline(hub_folder, monkeypatch):
+    """The real network path with the network off (HF_HUB_OFFLINE): nothing replaced."""
+    _, folder = hub_folder
+    token = 'hf_RealLookingTokenValue123456'
+    monkeypatch.setenv('HF_TOKEN', token)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(HubUploadError) as err:
+        push_to_hub(folder, 'someone/fishnet')
+    assert 'offline' in str(err.value).lower() and token not in str(err.value)
+    assert f'retry with `fishzoo push {folder} someone/fishnet`' in str(err.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+# --- fuzzing -------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12)
+config_like = st.fixed_dictionaries({}, optional={
+    'architecture': st.sampled_from(['fishnet_s64', 'resnet18', 'nope', '']) | st.integers() | st.none(),
+    'num_classes': st.integers(-3, 5) | st.text(max_size=3) | st.none() | st.booleans(),
+    'pretrained_cfg': json_values, 'model_args': json_values, 'label_names': json_values})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.one_of(config_like.map(json.dumps), json_values.map(json.dumps), st.text(max_size=200),
+                          st.binary(max_size=200)))
+def test_fuzz_hub_config_reader(tmp_path, document):
+    folder = tmp_path / 'fuzz'
+    folder.mkdir(exist_ok=True)
+    path = folder / 'config.json'
+    path.write_bytes(document if isinstance(document, bytes) else document.encode('utf-8', 'surrogatepass'))
+    try:
+        config = read_hub_config(folder)
+    except HubFolderError as e:
+        assert str(path) in str(e)
+    else:
+        assert isinstance(config['architecture'], str)
+
+
+csv_cells = st.text(alphabet=st.characters(blacklist_categories=('Cs',)), max_size=15)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(csv_cells, csv_cells), max_size=6),
+       header=st.sampled_from(['image,labels', 'labels,image', 'file,tags', '', 'image']),
+       raw=st.binary(max_size=60))
+def test_fuzz_csv_reader(tmp_path, rows, header, raw):
+    folder = tmp_path / 'csvfuzz'
+    (folder / 'img').mkdir(parents=True, exist_ok=True)
+    (folder / 'img' / 'a.png').write_bytes(b'')
+    path = folder / 'labels.csv'
+    import csv as csv_module
+    import io
+    buffer = io.StringIO()
+    writer = csv_module.writer(buffer)
+    if header:
+        buffer.write(header + '\n')
+    for image, labels in rows:
+        writer.writerow([image, labels])
+    path.write_bytes(buffer.getvalue().encode('utf-8', 'surrogatepass') + raw)
+    try:
+        parsed = data.read_label_csv(path)
+    except data.DataError as e:
+        assert str(path) in str(e)
+    else:
+        assert all(Path(image).is_file() for image, _ in parsed)
