@@ -44,16 +44,11 @@ def validate_state_dict(state_dict: dict, model) -> dict:
     re-initialises it), the first conv when ``in_chans`` differs (timm adapts it)."""
     expected = model.state_dict()
     cfg = model.pretrained_cfg
-    skip = set()
-    if model.num_classes != cfg.get('num_classes'):
-        classifier = cfg.get('classifier')
-        for name in ([classifier] if isinstance(classifier, str) else classifier or []):
-            skip |= {f'{name}.weight', f'{name}.bias'}
+    classifier = cfg.get('classifier')
+    head = {f'{classifier}.weight', f'{classifier}.bias'} if isinstance(classifier, str) else set()
+    skip = head if model.num_classes != cfg.get('num_classes') else set()
     first_conv = cfg.get('first_conv')
-    if isinstance(first_conv, str):
-        skip_shape = {f'{first_conv}.weight'}
-    else:
-        skip_shape = set()
+    skip_shape = {f'{first_conv}.weight'} if isinstance(first_conv, str) else set()
     missing = [k for k in expected if k not in state_dict and k not in skip]
     unexpected = [k for k in state_dict if k not in expected and k not in skip]
     mismatched = [f'{k} {list(v.shape)} vs {list(expected[k].shape)}' for k, v in state_dict.items()
@@ -67,10 +62,9 @@ def validate_state_dict(state_dict: dict, model) -> dict:
             parts.append(f'{len(unexpected)} unexpected keys ({_short(unexpected)})')
         if mismatched:
             parts.append(f'{len(mismatched)} shape mismatches (checkpoint vs model: {_short(mismatched)})')
-        hint = ''
-        if mismatched and any(k.split(' ')[0] in {f'{c}.weight' for c in [cfg.get('classifier')] if c}
-                              for k in mismatched):
-            hint = f'; for another number of classes pass num_classes (the checkpoint has a different head)'
+        head_differs = any(m.split(' ')[0] in head for m in mismatched)
+        hint = '; for another number of classes pass num_classes (the checkpoint has a different head)' \
+            if head_differs else ''
         raise CheckpointError(f'the checkpoint does not fit {cfg.get("architecture")}: {"; ".join(parts)}{hint}')
     return state_dict
 

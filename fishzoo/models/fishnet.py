@@ -534,6 +534,14 @@ _REFINE_KEYS = (('0.', 'blocks.'), ('1.', 'transfer.'))
 _FINAL_KEYS = (('3.0.', 'score.bn1.'), ('3.2.', 'score.conv.'), ('3.3.', 'score.bn2.'), ('4.1.', 'fc.'))
 
 
+def _replace_prefix(key: str, table) -> Optional[str]:
+    """``key`` with the first matching (old prefix, new prefix) of ``table`` applied; None if none matches."""
+    for old, new in table:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
 def _remap_original_key(key: str, num_down: int) -> Optional[str]:
     """Map one key of the authors' state dict to this implementation (None: no counterpart)."""
     m = re.match(r'conv([123])\.([01])\.(.*)', key)
@@ -543,26 +551,30 @@ def _remap_original_key(key: str, num_down: int) -> Optional[str]:
     if not m:
         return None
     i, rest = int(m[1]), m[2]
-    if i < num_down:
-        table = (('0.', 'blocks.'),)
-    elif i == num_down:
-        table = _BRIDGE_KEYS
-    else:
-        table = _REFINE_KEYS
-        if i == 3 * num_down:
-            for old, new in _FINAL_KEYS:
-                if rest.startswith(old):
-                    return new + rest[len(old):]
-    for old, new in table:
-        if rest.startswith(old):
-            rest = new + rest[len(old):]
-            rest = rest.replace('.shortcut.0.', '.shortcut.bn.').replace('.shortcut.2.', '.shortcut.conv.')
-            return f'stages.{i}.{rest}'
-    return None
+    if i == 3 * num_down:  # the last head stage also holds the final score block and the classifier
+        final = _replace_prefix(rest, _FINAL_KEYS)
+        if final is not None:
+            return final
+    table = (('0.', 'blocks.'),) if i < num_down else _BRIDGE_KEYS if i == num_down else _REFINE_KEYS
+    rest = _replace_prefix(rest, table)
+    if rest is None:
+        return None
+    return f"stages.{i}.{rest.replace('.shortcut.0.', '.shortcut.bn.').replace('.shortcut.2.', '.shortcut.conv.')}"
 
 
-# pytorchcv's FishNet: the same network with its modules grouped differently ("skip" units hold the
-# transfer blocks and the bridge, "down2" is the head). Unit numbers are 1-based; for n = 3 stages:
+# pytorchcv's FishNet is the same network with its modules grouped differently: "down1" is the tail,
+# "up" the body, "down2" the head, and the "skip" units hold the transfer blocks and the bridge
+_PYTORCHCV_BRIDGE_KEYS = (
+    ('conv1.bn.', 'score.bn1.'), ('conv1.conv.', 'score.conv.'), ('conv2.bn.', 'score.bn2.'),
+    ('conv2.conv.', 'score_fc.'), ('se.bn.', 'attn.bn.'), ('se.conv1.', 'attn.fc1.'), ('se.conv2.', 'attn.fc2.'),
+)
+_PYTORCHCV_BLOCK_KEYS = (
+    ('body.conv1.bn.', 'bn1.'), ('body.conv1.conv.', 'conv1.'), ('body.conv2.bn.', 'bn2.'),
+    ('body.conv2.conv.', 'conv2.'), ('body.conv3.bn.', 'bn3.'), ('body.conv3.conv.', 'conv3.'),
+    ('identity_conv.bn.', 'shortcut.bn.'), ('identity_conv.conv.', 'shortcut.conv.'),
+)
+
+
 def _remap_pytorchcv_key(key: str, num_down: int) -> Optional[str]:
     """Map one key of a pytorchcv FishNet state dict to this implementation (None: no counterpart)."""
     n = num_down
@@ -580,11 +592,9 @@ def _remap_pytorchcv_key(key: str, num_down: int) -> Optional[str]:
         return None
     seq, unit, rest = m[1], int(m[2]), m[3]
     if seq == 'skip1' and unit == n + 1:  # the bridge
-        for old, new in (('conv1.bn.', 'score.bn1.'), ('conv1.conv.', 'score.conv.'), ('conv2.bn.', 'score.bn2.'),
-                         ('conv2.conv.', 'score_fc.'), ('se.bn.', 'attn.bn.'), ('se.conv1.', 'attn.fc1.'),
-                         ('se.conv2.', 'attn.fc2.')):
-            if rest.startswith(old):
-                return f'stages.{n}.{new}{rest[len(old):]}'
+        bridge = _replace_prefix(rest, _PYTORCHCV_BRIDGE_KEYS)
+        if bridge is not None:
+            return f'stages.{n}.{bridge}'
         stage, part = n, 'blocks'
     else:
         stage, part = {
@@ -597,13 +607,8 @@ def _remap_pytorchcv_key(key: str, num_down: int) -> Optional[str]:
     m = re.match(r'blocks\.block(\d+)\.(.*)', rest)
     if not m:
         return None
-    block, rest = int(m[1]) - 1, m[2]
-    for old, new in (('body.conv1.bn.', 'bn1.'), ('body.conv1.conv.', 'conv1.'), ('body.conv2.bn.', 'bn2.'),
-                     ('body.conv2.conv.', 'conv2.'), ('body.conv3.bn.', 'bn3.'), ('body.conv3.conv.', 'conv3.'),
-                     ('identity_conv.bn.', 'shortcut.bn.'), ('identity_conv.conv.', 'shortcut.conv.')):
-        if rest.startswith(old):
-            return f'stages.{stage}.{part}.{block}.{new}{rest[len(old):]}'
-    return None
+    block, rest = int(m[1]) - 1, _replace_prefix(m[2], _PYTORCHCV_BLOCK_KEYS)
+    return None if rest is None else f'stages.{stage}.{part}.{block}.{rest}'
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: FishNet) -> Dict[str, torch.Tensor]:
