@@ -6,6 +6,7 @@ Importing fishzoo registers every architecture with timm's registry, so ``timm.c
 from typing import List
 
 from . import models  # noqa: F401  (registers the architectures)
+from .inference import optimize_for_inference  # noqa: F401
 
 __version__ = '0.1.0'
 

@@ -53,6 +53,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
@@ -85,6 +86,20 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
 
 # a leaf for torch.fx.symbolic_trace too (register_notrace_function covers timm's own tracer)
 torch.fx.wrap('check_input')
+
+
+def fold_conv_bn_act(conv: nn.Conv2d, bn: BatchNormAct2d) -> Tuple[nn.Conv2d, nn.Module]:
+    """A conv followed by BN + activation -> (the conv with the BN folded in, the activation alone)."""
+    if not isinstance(bn, nn.BatchNorm2d):  # already folded
+        return conv, bn
+    return fuse_conv_bn_eval(conv.eval(), bn.eval()), bn.act
+
+
+class FoldableConvNormAct(ConvNormAct):
+    """timm's ConvNormAct (same state dict) whose BatchNorm folds into the conv for inference."""
+
+    def reparameterize(self):
+        self.conv, self.bn = fold_conv_bn_act(self.conv, self.bn)
 
 
 class ChannelSqueeze(nn.Module):
@@ -150,6 +165,14 @@ class PreActBottleneck(nn.Module):
             self.shortcut = nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
+    def reparameterize(self):
+        """Fold bn2 into conv1 and bn3 into conv2 for inference (timm's reparameterize_model calls this).
+
+        bn1 normalises the block input, a sum of two paths, and cannot be folded backwards; it stays.
+        """
+        self.conv1, self.bn2 = fold_conv_bn_act(self.conv1, self.bn2)
+        self.conv2, self.bn3 = fold_conv_bn_act(self.conv2, self.bn3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.bn1(x))
         out = self.conv2(self.bn2(out))
@@ -165,6 +188,10 @@ class ScoreBlock(nn.Module):
         self.bn1 = norm_act_layer(in_chs)
         self.conv = nn.Conv2d(in_chs, in_chs // 2, 1, bias=False)
         self.bn2 = norm_act_layer(in_chs // 2)
+
+    def reparameterize(self):
+        """Fold bn2 into the conv for inference; bn1 precedes the conv and stays."""
+        self.conv, self.bn2 = fold_conv_bn_act(self.conv, self.bn2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv(self.bn1(x)))
@@ -356,9 +383,10 @@ class FishNet(nn.Module):
         block_kwargs = dict(bottle_ratio=bottle_ratio, groups=groups)
         stem_conv_stride = 2 if stem_stride == 4 else 1
         self.stem = nn.Sequential()
-        self.stem.add_module('conv1', ConvNormAct(in_chans, stem_chs // 2, 3, stride=stem_conv_stride, padding=1))
-        self.stem.add_module('conv2', ConvNormAct(stem_chs // 2, stem_chs // 2, 3, padding=1))
-        self.stem.add_module('conv3', ConvNormAct(stem_chs // 2, stem_chs, 3, padding=1))
+        self.stem.add_module(
+            'conv1', FoldableConvNormAct(in_chans, stem_chs // 2, 3, stride=stem_conv_stride, padding=1))
+        self.stem.add_module('conv2', FoldableConvNormAct(stem_chs // 2, stem_chs // 2, 3, padding=1))
+        self.stem.add_module('conv3', FoldableConvNormAct(stem_chs // 2, stem_chs, 3, padding=1))
         self.stem.add_module('pool', nn.MaxPool2d(3, stride=2, padding=1) if stem_stride == 4 else nn.Identity())
         self.feature_info = [dict(num_chs=stem_chs, reduction=stem_conv_stride, module='stem.conv3')]
 
