@@ -790,7 +790,10 @@ class Trainer:
             write_json_atomic(self.output_dir / 'metrics.json', self.history)
 
     def run(self) -> Dict[str, Any]:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        import threading
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self._run()
         finally:

@@ -392,7 +392,7 @@ config_like = st.fixed_dictionaries({}, optional={
     'pretrained_cfg': json_values, 'model_args': json_values, 'label_names': json_values})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=st.one_of(config_like.map(json.dumps), json_values.map(json.dumps), st.text(max_size=200),
                           st.binary(max_size=200)))
 def test_fuzz_hub_config_reader(tmp_path, document):
@@ -411,7 +411,7 @@ def test_fuzz_hub_config_reader(tmp_path, document):
 csv_cells = st.text(alphabet=st.characters(blacklist_categories=('Cs',)), max_size=15)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(csv_cells, csv_cells), max_size=6),
        header=st.sampled_from(['image,labels', 'labels,image', 'file,tags', '', 'image']),
        raw=st.binary(max_size=60))

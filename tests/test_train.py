@@ -266,3 +266,14 @@ def test_push_to_hub_after_training(image_dataset, tmp_path, monkeypatch):
                  '--push-to-hub', 'me/shapes']) == 0
     assert sorted(sent) == ['README.md', 'config.json', 'curves.png', 'metrics.json', 'model.safetensors']
     assert "hf-hub:me/shapes" in (out / 'README.md').read_text()
+
+
+def test_training_from_a_worker_thread(image_dataset, tmp_path):
+    """A notebook or service may train off the main thread, where signal handlers cannot be installed."""
+    import threading
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(code=main(
+        ['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 't'), '--epochs', '1', *TRAIN_ARGS])))
+    thread.start()
+    thread.join(timeout=300)
+    assert result.get('code') == 0
