@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from fishzoo.data import DataError, load_image
+from fishzoo.data import DataError, image_mode, load_image
 
 
 class PredictError(ValueError):
@@ -68,7 +68,7 @@ def predict(
     names = list(names) if names else [str(i) for i in range(model.num_classes)]
     config = resolve_input_data_config(model)
     transform = create_transform(**{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
-    mode = {1: 'L', 3: 'RGB', 4: 'RGBA'}[config['input_size'][0]]
+    mode = image_mode(config['input_size'][0])
     results = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]

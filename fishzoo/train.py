@@ -280,7 +280,7 @@ def create_model(args, num_classes: int, class_names: Optional[List[str]] = None
     return model
 
 
-def build_transforms(args, model, data_config):
+def build_transforms(args, data_config):
     from timm.data import create_transform
     from torchvision import transforms as T
     train_tf = create_transform(
@@ -539,7 +539,7 @@ class Trainer:
             from fishzoo.finetune import freeze_backbone
             freeze_backbone(model)
         self.data_config = self._data_config(model)
-        train_tf, val_tf = build_transforms(args, model, self.data_config)
+        train_tf, val_tf = build_transforms(args, self.data_config)
         self.data.train.transform, self.data.val.transform = train_tf, val_tf
 
         world = self.accelerator.num_processes
