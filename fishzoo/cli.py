@@ -8,6 +8,10 @@
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
     fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV]
                                               labels of images with a trained folder or a timm model
+    fishzoo export MODEL_OR_DIR --format onnx [-o FILE] [--img-size H [W]] [--opset N]
+                                              ONNX with dynamic batch/size, checked against onnxruntime
+    fishzoo benchmark [--quick] [--json FILE] [--readme README]
+                                              fishzoo against pytorchcv and timm's resnet50, one process
 
 A user's mistake ends the command with one line on stderr and exit status 2, never a traceback.
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import fishzoo
+from fishzoo.export import DEFAULT_OPSET
 
 
 class UserError(Exception):
@@ -101,6 +106,46 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import timm
+
+    from fishzoo.export import ExportError, export_and_verify
+    from fishzoo.predict import PredictError, load_model
+    try:
+        if args.pretrained or Path(args.model.replace('local-dir:', '', 1)).is_dir() or ':' in args.model:
+            model = load_model(args.model)
+        else:
+            model = timm.create_model(args.model)
+    except PredictError as e:
+        raise UserError(str(e)) from None
+    except RuntimeError as e:  # timm: unknown model name
+        raise UserError(f'{args.model}: {str(e).splitlines()[0]}') from None
+    input_size = tuple(model.pretrained_cfg.get('input_size', (3, 224, 224)))
+    if args.img_size:
+        size = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
+        if len(size) != 2 or min(size) < 1:
+            raise UserError(f'--img-size takes one or two positive numbers (H [W]), got {args.img_size}')
+        input_size = (input_size[0], *size)
+    output = Path(args.output or f"{args.model.rstrip('/').split('/')[-1].split(':')[-1]}.onnx")
+    try:
+        result = export_and_verify(model, output, input_size, opset=args.opset, dynamic=not args.static,
+                                   verify=not args.no_verify)
+    except ExportError as e:
+        raise UserError(str(e)) from None
+    shape = 'dynamic batch and spatial size' if not args.static else f'fixed input 2x{"x".join(map(str, input_size))}'
+    print(f"wrote {output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
+    for size, rel in result.get('max_rel_diff', {}).items():
+        print(f'  onnxruntime vs PyTorch at {size}: {rel:.1e} relative')
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from fishzoo.peer_benchmark import run_from_args
+    if args.readme and not Path(args.readme).is_file():
+        raise UserError(f'--readme {args.readme}: no such file')
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fishzoo', description='The FishNet family as timm models.')
     parser.add_argument('--version', action='version', version=f'fishzoo {fishzoo.__version__}')
@@ -142,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--top-k', type=int, default=5, help='labels per image (single-label models)')
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser('export', help='export a model to ONNX, checked against onnxruntime')
+    p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
+    p.add_argument('--format', choices=['onnx'], default='onnx')
+    p.add_argument('--output', '-o', metavar='FILE', help='default: MODEL.onnx in the current folder')
+    p.add_argument('--pretrained', action='store_true', help="load a timm name's pretrained weights")
+    p.add_argument('--img-size', type=int, nargs='+', metavar='N', help="export size (default: the model's)")
+    p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset, >= 17 (default {DEFAULT_OPSET})')
+    p.add_argument('--static', action='store_true', help='fix batch and spatial size instead of dynamic axes')
+    p.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check')
+    p.set_defaults(func=_cmd_export)
+
+    from fishzoo.peer_benchmark import add_arguments
+    p = sub.add_parser('benchmark', help="fishzoo against pytorchcv and timm's resnet50: speed, memory, roofline")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 

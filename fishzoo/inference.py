@@ -1,13 +1,27 @@
 """``optimize_for_inference``: one call to the fastest inference form of a model on this machine.
 
-BatchNorm folded into the preceding convolutions (timm's ``reparameterize_model``, which calls the
-blocks' ``reparameterize()``), channels_last memory format, and ``torch.compile`` with inductor's
-``freezing`` (weights treated as constants, so the folding and layout changes are baked in). Where
-compilation is unavailable or fails (no C++ compiler, an unsupported platform), the folded eager model
-runs instead, with one warning.
+On the CPU: BatchNorm folded into the preceding convolutions (timm's ``reparameterize_model``, which calls
+the blocks' ``reparameterize()``), channels_last, and ``torch.compile`` by inductor with *freezing*
+(weights become constants, so inductor pre-packs them for oneDNN and fuses the remaining BatchNorm,
+ReLU and residual adds into the convolutions) and its C++ wrapper. Freezing is an inductor *config*
+setting read when the graph is compiled, i.e. at the first call and at every recompilation:
+``torch.compile(options={'freezing': True})`` does not reach it (measured: no weight is packed), so the
+config is patched around each call instead. On CUDA: channels_last, bf16 autocast (fp16 where bf16 is
+not supported) and the same compile. Where compilation is unavailable or fails (no C++ compiler, an
+unsupported platform), the folded eager model runs instead, with one warning.
+
+``select_fast_path`` holds the device decisions, so they are tested on machines without the device.
 """
+import contextlib
+import ctypes
+import ctypes.util
 import logging
+import os
+import shutil
+import sys
 import warnings
+from dataclasses import dataclass, replace
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -15,46 +29,144 @@ from timm.models import reparameterize_model
 
 _logger = logging.getLogger(__name__)
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_retaining = False
+
+
+def retain_freed_memory() -> bool:
+    """Keep the memory freed tensors leave behind inside the process (glibc only; process-wide, idempotent).
+
+    glibc hands big blocks (activations of a few MB and more) back to the kernel when they are freed, so
+    every forward pass faults all of its activation pages in again; on a virtual machine each fresh page
+    is a trip to the hypervisor. Serving them from the heap instead and never trimming it measured +15-20%
+    eager FishNet-150 throughput on the 2-core VM this project is benchmarked on (``fishzoo benchmark``).
+    The price: the process keeps its peak memory until it exits. Returns whether the setting is in effect.
+    """
+    global _retaining
+    if _retaining:
+        return True
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    _retaining = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    if _retaining:
+        _logger.info('glibc malloc: freed memory is kept in the process (fishzoo.retain_freed_memory)')
+    return _retaining
+
+
+def _cpu_compiler_available() -> bool:
+    return bool(os.environ.get('CXX') or shutil.which('c++') or shutil.which('g++') or shutil.which('clang++'))
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How a model runs fastest on one device (what ``optimize_for_inference`` and the benchmark apply)."""
+    device: str
+    channels_last: bool
+    autocast_dtype: Optional[torch.dtype]
+    compile: bool
+    freezing: bool
+    cpp_wrapper: bool
+    retain_freed_memory: bool
+
+    def inductor_config(self) -> dict:
+        return dict(freezing=self.freezing, cpp_wrapper=self.cpp_wrapper)
+
+
+def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = True) -> FastPath:
+    """The fast-path settings for ``device``; reads device capabilities but allocates nothing on it."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        # Tensor cores want channels_last and 16-bit inputs; bf16 keeps fp32's range, fp16 is the fallback
+        # on GPUs older than Ampere. The C++ wrapper only pays off where Python overhead is the cost (CPU).
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return FastPath('cuda', channels_last=True, autocast_dtype=dtype, compile=compile, freezing=True,
+                        cpp_wrapper=False, retain_freed_memory=False)
+    if device.type == 'cpu':
+        compiles = compile and _cpu_compiler_available()
+        # fp32 on the CPU: bf16 autocast would change the numbers (and only pays off with AMX).
+        return FastPath('cpu', channels_last=True, autocast_dtype=None, compile=compiles, freezing=True,
+                        cpp_wrapper=compiles, retain_freed_memory=True)
+    # mps, xpu and others: layout and compile support vary, so only the folding is applied
+    return FastPath(device.type, channels_last=False, autocast_dtype=None, compile=False, freezing=False,
+                    cpp_wrapper=False, retain_freed_memory=False)
+
 
 class InferenceModel(nn.Module):
     """A folded model, compiled when possible; falls back to eager on the first compile failure."""
 
-    def __init__(self, model: nn.Module, compiled=None, channels_last: bool = True):
+    def __init__(self, model: nn.Module, fast_path: FastPath, compiled=None):
         super().__init__()
         self.model = model
+        self.fast_path = fast_path
         self._compiled = compiled
-        self.channels_last = channels_last
 
     @property
     def compiled(self) -> bool:
         return self._compiled is not None
 
+    @property
+    def channels_last(self) -> bool:
+        return self.fast_path.channels_last
+
+    def _autocast(self):
+        if self.fast_path.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.fast_path.device, dtype=self.fast_path.autocast_dtype)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.fast_path.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._compiled is not None:
-            try:
-                return self._compiled(x)
-            except Exception as e:  # compilation happens at the first call; any failure -> eager
-                warnings.warn(f'torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
-                              'running the folded model eagerly', RuntimeWarning, stacklevel=2)
-                self._compiled = None
-        return self.model(x)
+        with self._autocast():
+            if self._compiled is not None:
+                import torch._inductor.config as inductor_config
+                try:
+                    with inductor_config.patch(self.fast_path.inductor_config()):
+                        return self._compiled(x)
+                except Exception as e:  # compilation happens at the first call; any failure -> eager
+                    warnings.warn(f'torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+                                  'running the folded model eagerly', RuntimeWarning, stacklevel=2)
+                    self._compiled = None
+            return self.model(x)
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True, compile: bool = True) -> InferenceModel:
-    """The model (a deep copy) in eval mode with BN folded, channels_last and compiled with freezing."""
-    folded = reparameterize_model(model.eval(), inplace=False).eval()
+def optimize_for_inference(
+        model: nn.Module,
+        channels_last: Optional[bool] = None,
+        compile: bool = True,
+        device: Union[str, torch.device, None] = None,
+        retain_memory: Optional[bool] = None,
+) -> InferenceModel:
+    """The model (a deep copy) in eval mode with BN folded, in the device's fastest layout, compiled.
+
+    ``device`` defaults to the model's; ``channels_last`` and ``retain_memory`` (see
+    ``retain_freed_memory``) default to what ``select_fast_path`` chooses for it.
+    """
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else 'cpu'
+    fast_path = select_fast_path(device, compile=compile)
+    if channels_last is not None:
+        fast_path = replace(fast_path, channels_last=channels_last)
+    if retain_memory if retain_memory is not None else fast_path.retain_freed_memory:
+        retain_freed_memory()
+    folded = reparameterize_model(model.eval(), inplace=False).eval().to(fast_path.device)
     for p in folded.parameters():
         p.requires_grad_(False)
-    if channels_last:
+    if fast_path.channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     compiled = None
-    if compile:
+    if fast_path.compile:
         try:
-            compiled = torch.compile(folded, options={'freezing': True})
+            compiled = torch.compile(folded)
         except Exception as e:
             warnings.warn(f'torch.compile unavailable ({type(e).__name__}: {e}); running the folded model eagerly',
                           RuntimeWarning, stacklevel=2)
-    return InferenceModel(folded, compiled, channels_last)
+    return InferenceModel(folded, fast_path, compiled)

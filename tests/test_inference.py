@@ -1,10 +1,16 @@
 """optimize_for_inference and BN folding: same outputs, fewer BatchNorms, a clean eager fallback."""
+import platform
+import shutil
+import sys
+import warnings
+
 import pytest
 import timm
 import torch
 from timm.utils import reparameterize_model
 
 import fishzoo
+from fishzoo.inference import FastPath, InferenceModel, retain_freed_memory, select_fast_path
 
 
 def _with_statistics(name):
@@ -48,7 +54,7 @@ def test_optimize_for_inference_eager():
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         reference = model(x)
-    fast = fishzoo.optimize_for_inference(model, compile=False)
+    fast = fishzoo.optimize_for_inference(model, compile=False, retain_memory=False)
     assert not fast.compiled
     out = fast(x)
     assert _rel(out, reference) <= 1e-4 and not out.requires_grad
@@ -62,7 +68,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         return run
     monkeypatch.setattr(torch, 'compile', broken_compile)
     model = _with_statistics('fishnet_s64')
-    fast = fishzoo.optimize_for_inference(model)
+    fast = fishzoo.optimize_for_inference(model, retain_memory=False)
     assert fast.compiled
     x = torch.randn(2, 3, 64, 64)
     with pytest.warns(RuntimeWarning, match='torch.compile failed .*no C\\+\\+ compiler here.*eagerly'):
@@ -70,3 +76,62 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     assert not fast.compiled
     with torch.no_grad():
         assert _rel(out, model(x)) <= 1e-4
+
+
+def test_compile_applies_freezing():
+    """Inductor packs the frozen conv weights for oneDNN: what ``options={'freezing': True}`` silently skips."""
+    from torch._dynamo.utils import counters
+    if not select_fast_path('cpu').compile:
+        pytest.skip('no C++ compiler for inductor')
+    torch._dynamo.reset()
+    counters.clear()
+    model = _with_statistics('fishnet_s64')
+    fast = fishzoo.optimize_for_inference(model, retain_memory=False)
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)  # no fallback to eager
+        out = fast(x)
+    assert fast.compiled
+    assert counters['inductor']['mkldnn_conv_weight_pack_matcher_count'] > 0
+    with torch.no_grad():
+        assert _rel(out, model(x)) <= 1e-4
+        assert _rel(fast(torch.ones(1, 3, 96, 80)), model(torch.ones(1, 3, 96, 80))) <= 1e-4  # recompiles
+
+
+def test_fast_path_selection_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+    path = select_fast_path('cuda:0')
+    assert (path.device, path.channels_last, path.autocast_dtype, path.compile, path.freezing) == \
+        ('cuda', True, torch.bfloat16, True, True)
+    assert not path.cpp_wrapper and not path.retain_freed_memory
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: False)  # pre-Ampere
+    assert select_fast_path('cuda').autocast_dtype == torch.float16
+    assert not select_fast_path('cuda', compile=False).compile
+
+
+def test_fast_path_selection_cpu(monkeypatch):
+    monkeypatch.setattr(shutil, 'which', lambda name: '/usr/bin/' + name)
+    path = select_fast_path('cpu')
+    assert (path.channels_last, path.autocast_dtype, path.compile, path.cpp_wrapper, path.retain_freed_memory) == \
+        (True, None, True, True, True)  # fp32: bf16 autocast would change the numbers
+    monkeypatch.setattr(shutil, 'which', lambda name: None)
+    monkeypatch.delenv('CXX', raising=False)
+    assert not select_fast_path('cpu').compile  # no C++ compiler: eager, without trying
+    other = select_fast_path('mps')
+    assert not other.compile and not other.channels_last and other.autocast_dtype is None
+
+
+def test_autocast_branch_on_cpu():
+    """The CUDA path's autocast, exercised with bf16 on the CPU."""
+    model = _with_statistics('fishnet_s64')
+    fast_path = FastPath('cpu', channels_last=True, autocast_dtype=torch.bfloat16, compile=False, freezing=True,
+                         cpp_wrapper=False, retain_freed_memory=False)
+    fast = InferenceModel(reparameterize_model(model).eval(), fast_path)
+    out = fast(torch.randn(2, 3, 64, 64))
+    assert out.dtype == torch.bfloat16
+
+
+def test_retain_freed_memory_is_idempotent():
+    if not (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'):
+        pytest.skip('glibc only')
+    assert retain_freed_memory() and retain_freed_memory()

@@ -83,13 +83,19 @@ class DualPathBlock(nn.Module):
             ConvNormAct(mid_chs, out_chs, 1, apply_act=False),
         )
         if stride != 1 or in_chs != out_chs:
-            self.shortcut = ConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False)
+            # A 1x1 conv with stride s equals subsampling by s, then the conv at stride 1. It is written that
+            # way because torch 2.14's oneDNN backward of a strided 1x1 conv with a channels_last input and a
+            # contiguous gradient corrupts the heap (seen with 8 input channels at 56-112 px).
+            self.shortcut = ConvNormAct(in_chs, out_chs, 1, apply_act=False)
         else:
             self.shortcut = nn.Identity()
+        self.shortcut_stride = stride
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.drop_path(self.bottleneck(x) + self.inverted(x))
+        s = self.shortcut_stride
+        shortcut = self.shortcut(x[:, :, ::s, ::s] if s > 1 else x)
+        return shortcut + self.drop_path(self.bottleneck(x) + self.inverted(x))
 
 
 class MobileNetV2Dual(nn.Module):

@@ -66,3 +66,24 @@ def test_width_050_is_smaller():
         with torch.device('meta'):
             return sum(p.numel() for p in timm.create_model(name).parameters())
     assert params('mobilenetv2_dual_050') < params('mobilenetv2_dual_100') / 2
+
+
+def test_channels_last_training_keeps_the_heap_intact():
+    """Regression: a strided 1x1 shortcut conv corrupted the heap in channels_last training (torch 2.14's
+    oneDNN backward); glibc aborts the process at the next malloc_trim when that happens."""
+    import subprocess
+    import sys
+    code = '''
+import ctypes, torch, timm, fishzoo
+m = timm.create_model('mobilenetv2_dual_050').train().to(memory_format=torch.channels_last)
+x = torch.randn(2, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+trim = ctypes.CDLL('libc.so.6').malloc_trim
+for _ in range(3):
+    out = m(x)
+    trim(0)
+    out.sum().backward()
+    trim(0)
+print('ok')
+'''
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]

@@ -1,0 +1,73 @@
+"""ONNX export: dynamic batch and spatial size, opset >= 17, onnxruntime agrees with PyTorch within 1e-4."""
+import pytest
+import timm
+import torch
+
+from fishzoo.cli import main
+from fishzoo.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_session, verify_onnx
+
+onnx = pytest.importorskip('onnx')
+pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxscript')
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    model = timm.create_model('fishnet_s64', num_classes=7).eval()
+    with torch.no_grad():  # BN statistics that are not the identity: the export folds them
+        g = torch.Generator().manual_seed(0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    path = export_onnx(model, tmp_path_factory.mktemp('onnx') / 'fishnet_s64.onnx', (3, 64, 64))
+    return model, path
+
+
+def test_dynamic_axes_and_opset(exported):
+    _, path = exported
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert max(o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')) >= 17
+    (inp,), (out,) = graph.graph.input, graph.graph.output
+    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
+    dims = inp.type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, (channels), height, width
+    assert dims[1].dim_value == 3
+
+
+@pytest.mark.parametrize('shape', [(1, 3, 64, 64), (5, 3, 96, 64), (2, 3, 65, 97), (1, 3, 33, 47)])
+def test_onnxruntime_matches_pytorch(exported, shape):
+    model, path = exported
+    errors = verify_onnx(path, model, [shape])
+    assert list(errors.values())[0] <= 1e-4
+
+
+def test_verify_catches_a_different_model(exported):
+    model, path = exported
+    other = timm.create_model('fishnet_s64', num_classes=7).eval()
+    with pytest.raises(ExportError, match='onnxruntime differs from PyTorch by .* more than 0.0001'):
+        verify_onnx(path, other, [(1, 3, 64, 64)])
+
+
+def test_onnx_session_threads(exported):
+    _, path = exported
+    session = onnx_session(path, threads=1)
+    assert session.get_inputs()[0].name == INPUT_NAME
+
+
+def test_cli_export(tmp_path, capsys):
+    out = tmp_path / 'mnv2.onnx'
+    assert main(['export', 'mobilenetv2_dual_050', '--format', 'onnx', '-o', str(out), '--img-size', '64']) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and 'dynamic batch and spatial size' in printed
+    assert printed.count('onnxruntime vs PyTorch at') == 3
+
+
+def test_cli_export_mistakes(tmp_path, capsys):
+    assert main(['export', 'fishnet_s64', '--opset', '13', '-o', str(tmp_path / 'x.onnx')]) == 2
+    assert '--opset must be 17 or later, got 13' in capsys.readouterr().err
+    assert main(['export', 'no_such_model', '-o', str(tmp_path / 'x.onnx')]) == 2
+    assert 'no_such_model' in capsys.readouterr().err
+    assert main(['export', 'fishnet_s64', '--img-size', '1', '2', '3']) == 2
+    assert '--img-size takes one or two positive numbers' in capsys.readouterr().err

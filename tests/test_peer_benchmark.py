@@ -1,0 +1,118 @@
+"""The peer benchmark's machinery (rounds, memory, targets, tables) on a quick run; its numbers are not
+checked here (performance claims live in the benchmark's own output, never in timed tests)."""
+import json
+import math
+
+import pytest
+import torch
+
+from fishzoo import peer_benchmark as pb
+from fishzoo.cli import main
+
+
+@pytest.fixture(scope='module')
+def quick_result():
+    pytest.importorskip('pytorchcv')
+    cfg = pb.BenchmarkConfig.quick()
+    cfg.small_models = ('fishnet_s64',)
+    return pb.run_benchmark(cfg)
+
+
+def test_quick_run_has_every_case(quick_result):
+    keys = {c['key'] for c in quick_result['cases']}
+    for impl, path in [('fishzoo', 'eager NCHW'), ('fishzoo', 'eager channels_last'),
+                       ('fishzoo', 'BN folded, channels_last'), ('fishzoo', 'optimize_for_inference'),
+                       ('pytorchcv', 'eager NCHW'), ('pytorchcv', 'eager channels_last')]:
+        assert f'inference/fishnet99/{impl}/{path}' in keys
+    for impl, path in [('fishzoo', 'eager NCHW'), ('fishzoo', 'eager channels_last, grad checkpointing'),
+                       ('pytorchcv', 'eager NCHW')]:
+        assert f'training/fishnet99/{impl}/{path}' in keys
+    assert 'inference/fishnet_s64/fishzoo/optimize_for_inference' in keys
+    assert 'training/resnet18/timm/eager channels_last' in keys
+    for case in quick_result['cases']:
+        assert len(case['samples']) == (2 if case['section'] == 'inference' else 1)
+        assert case['per_second'] > 0 and math.isfinite(case['gflops'])
+    assert quick_result['roofline']['gflops'] > 0
+
+
+def test_memory_and_activations(quick_result):
+    training = [c for c in quick_result['cases'] if c['section'] == 'training']
+    if quick_result['cases'][0]['peak_mb'] is None:
+        pytest.skip('peak memory needs Linux /proc/self/clear_refs')
+    assert all(c['peak_mb'] > 0 for c in training)
+    act = quick_result['activation_mb']
+    assert 0 < act['checkpointing'] < act['plain']
+
+
+def test_targets_and_tables(quick_result):
+    names = {t['target'] for t in quick_result['targets']}
+    assert 'inference: optimize_for_inference / best pytorchcv eager' in names
+    assert 'training: activation memory with / without grad checkpointing' in names
+    assert not any('compiled' in n for n in names)  # the quick run compiles nothing
+    assert quick_result['fused_max_rel_diff'] <= 1e-4
+    table = pb.markdown(quick_result)
+    assert table.count('\n| inference |') == sum(c['section'] == 'inference' for c in quick_result['cases'])
+    assert 'Conv roofline:' in table and '| target | measured | needed | met |' in table
+
+
+def test_readme_section(tmp_path, quick_result):
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'# x\n{pb.README_START}\nstale table\n{pb.README_END}\nrest\n')
+    pb.write_readme_section(str(readme), pb.markdown(quick_result))
+    text = readme.read_text()
+    assert 'stale table' not in text and text.endswith(f'{pb.README_END}\nrest\n') and 'Conv roofline' in text
+    readme.write_text('no markers')
+    with pytest.raises(ValueError, match='no <!-- benchmark:start --> .* markers'):
+        pb.write_readme_section(str(readme), 'table')
+
+
+def test_target_evaluation():
+    def case(section, impl, path, rate, peak=None, model='fishnet150'):
+        c = pb.Case(section, model, impl, path, 8, 224, 6.4, lambda: None, samples=[rate])
+        c.peak_mb = peak
+        return c
+    roofline = pb.Case('roofline', 'conv', 'torch', 'eager', 1, 56, 10.0, lambda: None, samples=[12.0])  # 240 GFLOP/s
+    cases = [case('inference', 'fishzoo', 'optimize_for_inference', 14.0),
+             case('inference', 'pytorchcv', 'eager NCHW', 10.0), case('inference', 'pytorchcv', 'eager channels_last', 11.0),
+             case('training', 'fishzoo', 'channels_last, compiled (train --compile)', 4.0, peak=900),
+             case('training', 'pytorchcv', 'eager NCHW', 3.0, peak=1000),
+             case('training', 'fishzoo', 'eager channels_last', 3.5),
+             case('training', 'fishzoo', 'eager channels_last, grad checkpointing', 2.8)]
+    rows = {t['target']: t for t in pb.evaluate_targets(cases, pb.BenchmarkConfig(), roofline,
+                                                         dict(plain=100.0, checkpointing=40.0))}
+    best = rows['inference: optimize_for_inference / best pytorchcv eager']
+    assert best['value'] == pytest.approx(14 / 11) and best['met']
+    roof = rows['inference: optimize_for_inference GFLOP/s / conv roofline']
+    assert roof['value'] == pytest.approx(14 * 12.8 / 240) and not roof['met']
+    assert rows['training: fishzoo compiled / best pytorchcv eager']['met']  # 1.33
+    assert rows['training: fishzoo compiled peak memory / pytorchcv eager (lowest)']['met']
+    assert rows['training: activation memory with / without grad checkpointing']['met']
+    assert rows['training: step time with / without grad checkpointing']['value'] == pytest.approx(1.25)
+    assert 'inference: optimize_for_inference / onnxruntime' not in rows  # no onnxruntime case: left out
+
+
+def test_device_tools_cuda_selection(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda *a: calls.append('sync'))
+    monkeypatch.setattr(torch.cuda, 'reset_peak_memory_stats', lambda *a: calls.append('reset'))
+    monkeypatch.setattr(torch.cuda, 'memory_allocated', lambda *a: 100)
+    monkeypatch.setattr(torch.cuda, 'max_memory_allocated', lambda *a: 612)
+    tools = pb.device_tools('cuda')
+    base = tools.reset_peak()
+    tools.sync()
+    assert tools.peak_since(base) == 512 and calls == ['sync', 'reset', 'sync']
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert pb.default_device() == 'cuda'
+
+
+def test_saved_activation_bytes_counts_distinct_non_parameters():
+    conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    nbytes = pb.saved_activation_bytes(conv, lambda: torch.relu(conv(x)))
+    # conv saves its input (x) and weight (a parameter: not counted); relu saves its output
+    assert nbytes == x.numel() * 4 + 2 * 4 * 6 * 6 * 4
+
+
+def test_cli_benchmark_readme_missing(tmp_path, capsys):
+    assert main(['benchmark', '--quick', '--readme', str(tmp_path / 'nope.md')]) == 2
+    assert 'no such file' in capsys.readouterr().err
