@@ -453,9 +453,11 @@ def evaluate_targets(cases: Sequence[Case], cfg: BenchmarkConfig, roofline: Case
            ratio(fast, rate('inference', 'onnxruntime', 'fishzoo export, ORT CPU')), 1.0)
 
     train_fast = rate('training', 'fishzoo', 'channels_last, compiled (train --compile)')
-    pc_train = [r for r in (rate('training', 'pytorchcv', 'eager NCHW'),
-                            rate('training', 'pytorchcv', 'eager channels_last')) if r is not None]
-    target('training: fishzoo compiled / best pytorchcv eager', ratio(train_fast, max(pc_train, default=None)), 1.3)
+    # pytorchcv as shipped runs NCHW; its channels_last variant is the stricter comparison, shown as well
+    target('training: fishzoo compiled / pytorchcv eager (as shipped, NCHW)',
+           ratio(train_fast, rate('training', 'pytorchcv', 'eager NCHW')), 1.3)
+    target('training: fishzoo compiled / pytorchcv eager channels_last',
+           ratio(train_fast, rate('training', 'pytorchcv', 'eager channels_last')), 1.3)
     fast_train_case = _find(cases, 'training', m, 'fishzoo', 'channels_last, compiled (train --compile)')
     pc_peaks = [c.peak_mb for c in cases if c.section == 'training' and c.impl == 'pytorchcv' and c.peak_mb]
     if fast_train_case is not None and fast_train_case.peak_mb and pc_peaks:
@@ -546,7 +548,8 @@ def _activation_memory(cfg: BenchmarkConfig, device) -> Dict[str, float]:
 
 
 def _fused_difference(cfg: BenchmarkConfig, device) -> float:
-    """Max relative difference between the plain model and optimize_for_inference's (eager) form."""
+    """Max relative difference between the plain model and its BN-folded form (fp32, eager; the compiled form
+    runs exactly these weights, and on CUDA optimize_for_inference adds bf16 autocast on top)."""
     model = timm.create_model(cfg.model).eval().to(device)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # BN statistics that are not the identity, so folding has something to get wrong
@@ -556,7 +559,7 @@ def _fused_difference(cfg: BenchmarkConfig, device) -> float:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
         x = torch.randn(2, 3, cfg.img_size, cfg.img_size, generator=g).to(device)
         reference = model(x).float()
-        out = optimize_for_inference(model, compile=False)(x).float()
+        out = reparameterize_model(model, inplace=False).eval()(x).float()
     return ((out - reference).abs().max() / reference.abs().max()).item()
 
 

@@ -102,6 +102,22 @@ class FoldableConvNormAct(ConvNormAct):
         self.conv, self.bn = fold_conv_bn_act(self.conv, self.bn)
 
 
+def channel_squeeze(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Sum each group of ``k`` adjacent channels, keeping the input's memory format.
+
+    Summed over a channels-first view, a channels_last input came out channels-first, and every op after
+    it in the body then ran on mixed layouts; summing over the innermost (channel) axis of the NHWC view
+    keeps it channels_last. The additions are the same either way.
+    """
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1).reshape(n, h, w, c // k, k).sum(-1).permute(0, 3, 1, 2)
+    return x.reshape(n, c // k, k, h, w).sum(2)
+
+
+torch.fx.wrap('channel_squeeze')  # a layout test is control flow that symbolic tracing cannot follow
+
+
 class ChannelSqueeze(nn.Module):
     """Identity of an up-sampling block: sums each group of ``k`` adjacent channels."""
 
@@ -112,8 +128,7 @@ class ChannelSqueeze(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.k == 1:
             return x
-        n, c, h, w = x.shape
-        return x.reshape(n, c // self.k, self.k, h, w).sum(2)
+        return channel_squeeze(x, self.k)
 
 
 class PreActShortcut(nn.Module):

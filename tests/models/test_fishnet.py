@@ -121,3 +121,31 @@ def test_bad_arguments_and_inputs_get_clear_errors():
         model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match='at least 32x32 px, got 31x64'):
         model(torch.randn(1, 3, 31, 64))
+
+
+@pytest.mark.parametrize('k', [2, 4])
+def test_channel_squeeze_keeps_channels_last(k):
+    """Same sums in either layout, and a channels_last input stays channels_last (no mixed layouts after it)."""
+    from fishzoo.models.fishnet import channel_squeeze
+    x = torch.randn(2, 8, 5, 7)
+    nchw = channel_squeeze(x, k)
+    nhwc = channel_squeeze(x.contiguous(memory_format=torch.channels_last), k)
+    assert torch.equal(nchw, nhwc) and nchw.shape == (2, 8 // k, 5, 7)
+    assert nchw.is_contiguous() and nhwc.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nchw, x.reshape(2, 8 // k, k, 5, 7).sum(2), rtol=0, atol=0)
+
+
+def test_channels_last_model_has_no_channels_first_activations():
+    model = timm.create_model('fishnet_s64').eval().to(memory_format=torch.channels_last)
+    mixed = []
+
+    def hook(module, inputs, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[1:]) > 1 \
+                and not out.is_contiguous(memory_format=torch.channels_last):
+            mixed.append(type(module).__name__)
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    for h in handles:
+        h.remove()
+    assert mixed == []
