@@ -410,6 +410,24 @@ def measure_memory(cases: Sequence[Case], tools: DeviceTools) -> None:
         case.peak_mb = tools.peak_since(base) / MB
 
 
+def conv_share(case: Case, tools: DeviceTools) -> Dict[str, float]:
+    """Profile one call of ``case``: the time its convolutions take (forward and backward kernels) and the
+    throughput it would reach if everything else were free, so a gap to the roofline can be split into
+    convolution efficiency and everything else."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CUDA] if tools.device.type == 'cuda' else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        case.step()
+        tools.sync()
+        wall = time.perf_counter() - start
+    conv_us = sum(e.self_device_time_total if tools.device.type == 'cuda' else e.self_cpu_time_total
+                  for e in prof.key_averages() if 'conv' in e.key.lower())
+    conv_s = conv_us / 1e6
+    return dict(conv_seconds=conv_s, profiled_seconds=wall, conv_fraction=conv_s / wall,
+                conv_only_per_second=case.batch / conv_s if conv_s else float('nan'))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Targets, tables, the run
 # ----------------------------------------------------------------------------------------------------------
@@ -491,6 +509,11 @@ def markdown(result: Dict) -> str:
         lines += ['', f"Activation memory saved for backward ({result['config']['model']}, batch "
                       f"{result['config']['train_batch']}): {a['plain']:.0f} MB, with grad checkpointing "
                       f"{a['checkpointing']:.0f} MB."]
+    for key, share in result.get('conv_share', {}).items():
+        lines += ['', f"{key.replace('/', ', ')}: convolutions take {share['conv_fraction']:.0%} of a profiled call "
+                      f"({share['conv_seconds'] * 1e3:.0f} of {share['profiled_seconds'] * 1e3:.0f} ms); were everything "
+                      f"else free it would run {share['conv_only_per_second']:.1f} img/s, "
+                      f"{share['conv_only_of_roofline']:.0%} of the roofline."]
     if result['targets']:
         lines += ['', '| target | measured | needed | met |', '|---|---:|---:|---|']
         for t in result['targets']:
@@ -523,6 +546,15 @@ def run_benchmark(cfg: Optional[BenchmarkConfig] = None, work_dir: Optional[str]
     _log('measuring training')
     measure(training, cfg.train_rounds, 0.0, tools)
     measure_memory(cases, tools)
+    shares = {}
+    for section, path in (('inference', 'optimize_for_inference'),
+                          ('training', 'channels_last, compiled (train --compile)')):
+        case = _find(cases, section, cfg.model, 'fishzoo', path)
+        if case is not None:
+            share = conv_share(case, tools)
+            factor = 3 if section == 'training' else 1
+            share['conv_only_of_roofline'] = share['conv_only_per_second'] * 2 * case.gmacs * factor / roofline.gflops
+            shares[case.key] = share
 
     activation = _activation_memory(cfg, device)
     fused_diff = _fused_difference(cfg, device)
@@ -531,7 +563,7 @@ def run_benchmark(cfg: Optional[BenchmarkConfig] = None, work_dir: Optional[str]
         allocator=('glibc, freed memory kept in the process for every case' if retained else 'default allocator'),
         fast_path={k: str(v) for k, v in asdict(fast_path).items()}, config=asdict(cfg),
         roofline=roofline.as_dict(), cases=[c.as_dict() for c in cases], activation_mb=activation,
-        fused_max_rel_diff=fused_diff,
+        fused_max_rel_diff=fused_diff, conv_share=shares,
     )
     result['targets'] = evaluate_targets(cases, cfg, roofline, activation)
     result['seconds'] = time.perf_counter() - start

@@ -117,3 +117,17 @@ def test_saved_activation_bytes_counts_distinct_non_parameters():
 def test_cli_benchmark_readme_missing(tmp_path, capsys):
     assert main(['benchmark', '--quick', '--readme', str(tmp_path / 'nope.md')]) == 2
     assert 'no such file' in capsys.readouterr().err
+
+
+def test_conv_share_of_a_case():
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 32, 32)
+
+    def step():
+        with torch.no_grad():
+            return torch.relu(conv(x)) * 2 + 1
+    case = pb.Case('inference', 'm', 'fishzoo', 'p', 2, 32, 0.01, step)
+    share = pb.conv_share(case, pb.device_tools('cpu'))
+    assert 0 < share['conv_seconds'] <= share['profiled_seconds'] * 1.05
+    assert 0 < share['conv_fraction'] <= 1.05
+    assert share['conv_only_per_second'] == pytest.approx(2 / share['conv_seconds'])
