@@ -134,6 +134,7 @@ class Case:
     samples: List[float] = field(default_factory=list)  # images (calls) per second, one per round
     peak_mb: Optional[float] = None
     activation_mb: Optional[float] = None
+    module: Optional[nn.Module] = field(default=None, repr=False)  # what step() runs, where it matters later
 
     @property
     def key(self) -> str:
@@ -149,7 +150,7 @@ class Case:
         return self.per_second * 2 * self.gmacs * factor
 
     def as_dict(self) -> Dict:
-        d = {k: v for k, v in asdict(self).items() if k != 'step'}
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ('step', 'module')}
         d.update(key=self.key, per_second=self.per_second, gflops=self.gflops)
         return d
 
@@ -292,7 +293,7 @@ def build_cases(cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, w
         lambda: _inference_step(folded, x_cl))
     fast = optimize_for_inference(fishzoo_model, compile=cfg.compile)
     add('inference', name, 'fishzoo', 'optimize_for_inference', cfg.infer_batch, size, gmacs,
-        lambda: _inference_step(fast, x))
+        lambda: _inference_step(fast, x)).module = fast
 
     peer = _pytorchcv(name)
     if peer is None:
@@ -410,22 +411,59 @@ def measure_memory(cases: Sequence[Case], tools: DeviceTools) -> None:
         case.peak_mb = tools.peak_since(base) / MB
 
 
-def conv_share(case: Case, tools: DeviceTools) -> Dict[str, float]:
-    """Profile one call of ``case``: the time its convolutions take (forward and backward kernels) and the
-    throughput it would reach if everything else were free, so a gap to the roofline can be split into
-    convolution efficiency and everything else."""
+def conv_share(step: Callable[[], Any], batch: int, tools: DeviceTools, calls: int = 2) -> Dict[str, float]:
+    """Profile ``calls`` calls of ``step``: the time its convolutions take (forward and backward kernels) and
+    the throughput it would reach if everything else were free, so a gap to the roofline splits into
+    convolution efficiency and everything else. A first profiled call absorbs the profiler's start-up."""
     from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CUDA] if tools.device.type == 'cuda' else [ProfilerActivity.CPU]
+    cuda = tools.device.type == 'cuda'
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities):
+        step()
+        tools.sync()
     with profile(activities=activities) as prof:
         start = time.perf_counter()
-        case.step()
+        for _ in range(calls):
+            step()
         tools.sync()
-        wall = time.perf_counter() - start
-    conv_us = sum(e.self_device_time_total if tools.device.type == 'cuda' else e.self_cpu_time_total
+        wall = (time.perf_counter() - start) / calls
+    conv_us = sum(e.self_device_time_total if cuda else e.self_cpu_time_total
                   for e in prof.key_averages() if 'conv' in e.key.lower())
-    conv_s = conv_us / 1e6
+    conv_s = conv_us / 1e6 / calls
     return dict(conv_seconds=conv_s, profiled_seconds=wall, conv_fraction=conv_s / wall,
-                conv_only_per_second=case.batch / conv_s if conv_s else float('nan'))
+                conv_only_per_second=batch / conv_s if conv_s else float('nan'))
+
+
+def _conv_shares(cases: Sequence[Case], cfg: BenchmarkConfig, roofline: Case, tools: DeviceTools,
+                 fast_path: FastPath) -> Dict[str, Dict[str, float]]:
+    shares = {}
+
+    def record(case, share, factor):
+        share['conv_only_of_roofline'] = share['conv_only_per_second'] * 2 * case.gmacs * factor / roofline.gflops
+        shares[case.key] = share
+
+    train = _find(cases, 'training', cfg.model, 'fishzoo', 'channels_last, compiled (train --compile)')
+    if train is not None:
+        record(train, conv_share(train.step, train.batch, tools), 3)
+    infer = _find(cases, 'inference', cfg.model, 'fishzoo', 'optimize_for_inference')
+    if infer is not None and fast_path.cpp_wrapper:
+        # Kernels called from inductor's C++ wrapper are invisible to the profiler: profile the same frozen
+        # graph with the Python wrapper (a fresh compile; every case has been measured by now).
+        import torch._inductor.config as inductor_config
+        model = infer.module.model  # the folded channels_last model optimize_for_inference compiled
+        torch._dynamo.reset()
+        compiled = torch.compile(model)
+        x = torch.randn(infer.batch, 3, infer.img_size, infer.img_size, device=tools.device).contiguous(
+            memory_format=torch.channels_last)
+
+        def step():
+            with torch.no_grad(), inductor_config.patch(dict(fast_path.inductor_config(), cpp_wrapper=False)):
+                return compiled(x)
+        step()
+        record(infer, conv_share(step, infer.batch, tools), 1)
+    elif infer is not None:
+        record(infer, conv_share(infer.step, infer.batch, tools), 1)
+    return shares
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -546,15 +584,7 @@ def run_benchmark(cfg: Optional[BenchmarkConfig] = None, work_dir: Optional[str]
     _log('measuring training')
     measure(training, cfg.train_rounds, 0.0, tools)
     measure_memory(cases, tools)
-    shares = {}
-    for section, path in (('inference', 'optimize_for_inference'),
-                          ('training', 'channels_last, compiled (train --compile)')):
-        case = _find(cases, section, cfg.model, 'fishzoo', path)
-        if case is not None:
-            share = conv_share(case, tools)
-            factor = 3 if section == 'training' else 1
-            share['conv_only_of_roofline'] = share['conv_only_per_second'] * 2 * case.gmacs * factor / roofline.gflops
-            shares[case.key] = share
+    shares = _conv_shares(cases, cfg, roofline, tools, fast_path) if cfg.compile else {}
 
     activation = _activation_memory(cfg, device)
     fused_diff = _fused_difference(cfg, device)

@@ -126,8 +126,7 @@ def test_conv_share_of_a_case():
     def step():
         with torch.no_grad():
             return torch.relu(conv(x)) * 2 + 1
-    case = pb.Case('inference', 'm', 'fishzoo', 'p', 2, 32, 0.01, step)
-    share = pb.conv_share(case, pb.device_tools('cpu'))
+    share = pb.conv_share(step, 2, pb.device_tools('cpu'))
     assert 0 < share['conv_seconds'] <= share['profiled_seconds'] * 1.05
     assert 0 < share['conv_fraction'] <= 1.05
     assert share['conv_only_per_second'] == pytest.approx(2 / share['conv_seconds'])
