@@ -75,8 +75,16 @@ class FastPath:
     cpp_wrapper: bool
     retain_freed_memory: bool
 
-    def inductor_config(self) -> dict:
-        return dict(freezing=self.freezing, cpp_wrapper=self.cpp_wrapper)
+    def autocast(self):
+        """The context the model runs in: autocast to ``autocast_dtype``, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, dtype=self.autocast_dtype)
+
+    def inductor_config(self, **overrides):
+        """Inductor's settings for this path, as a context around compiled calls (they compile lazily)."""
+        import torch._inductor.config as inductor_config
+        return inductor_config.patch({'freezing': self.freezing, 'cpp_wrapper': self.cpp_wrapper, **overrides})
 
 
 def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = True) -> FastPath:
@@ -115,20 +123,14 @@ class InferenceModel(nn.Module):
     def channels_last(self) -> bool:
         return self.fast_path.channels_last
 
-    def _autocast(self):
-        if self.fast_path.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.fast_path.device, dtype=self.fast_path.autocast_dtype)
-
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_path.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with self.fast_path.autocast():
             if self._compiled is not None:
-                import torch._inductor.config as inductor_config
                 try:
-                    with inductor_config.patch(self.fast_path.inductor_config()):
+                    with self.fast_path.inductor_config():
                         return self._compiled(x)
                 except Exception as e:  # compilation happens at the first call; any failure -> eager
                     warnings.warn(f'torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '

@@ -165,22 +165,18 @@ def _timed_setup(build: Callable[[], Callable[[], Any]], warmup: int, sync) -> (
 
 
 def _inference_step(model: nn.Module, x: torch.Tensor, fast_path: Optional[FastPath] = None):
-    autocast = torch.autocast(x.device.type, dtype=fast_path.autocast_dtype) \
-        if fast_path is not None and fast_path.autocast_dtype is not None else contextlib.nullcontext()
-
     def step():
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), fast_path.autocast() if fast_path else contextlib.nullcontext():
             return model(x)
     return step
 
 
 def _compile_frozen(model: nn.Module, fast_path: FastPath):
     """A peer compiled the way optimize_for_inference compiles (freezing, C++ wrapper), without the folding."""
-    import torch._inductor.config as inductor_config
     compiled = torch.compile(model)
 
     def run(x):
-        with inductor_config.patch(fast_path.inductor_config()):
+        with fast_path.inductor_config():
             return compiled(x)
     return run
 
@@ -189,12 +185,9 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compile: boo
     model.train()
     forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    autocast = torch.autocast(x.device.type, dtype=fast_path.autocast_dtype) \
-        if fast_path.autocast_dtype is not None else contextlib.nullcontext()
-
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        with fast_path.autocast():
             loss = F.cross_entropy(forward(x), y)
         loss.backward()
         optimizer.step()
@@ -221,14 +214,8 @@ def _roofline_case(device, tools: DeviceTools, channels: Sequence[int] = (128, 2
                 conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             step = _inference_step(conv, x)
             step()
-            tools.sync()
-            start, n = time.perf_counter(), 0
-            while time.perf_counter() - start < 0.5 or n < 3:
-                step()
-                n += 1
-                tools.sync()
             macs = batch * c * c * 9 * s * s / 1e9
-            rate = n * macs / (time.perf_counter() - start)
+            rate = macs * _calls_per_second(step, tools, min_seconds=0.5, min_calls=3)
             if best is None or rate > best[0]:
                 best = (rate, c, s, channels_last, step, macs)
     _, c, s, channels_last, step, macs = best
@@ -382,20 +369,24 @@ def build_cases(cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, w
     return cases
 
 
+def _calls_per_second(step: Callable[[], Any], tools: DeviceTools, min_seconds: float, min_calls: int = 1) -> float:
+    """Call ``step`` until both ``min_seconds`` and ``min_calls`` are reached; calls per second."""
+    tools.sync()
+    start, n = time.perf_counter(), 0
+    while True:
+        step()
+        n += 1
+        tools.sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and n >= min_calls:
+            return n / elapsed
+
+
 def measure(cases: Sequence[Case], rounds: int, min_seconds: float, tools: DeviceTools) -> None:
     """Interleaved rounds: every case once per round, each for at least min_seconds (and one call)."""
     for r in range(rounds):
         for case in cases:
-            tools.sync()
-            start, n = time.perf_counter(), 0
-            while True:
-                case.step()
-                n += 1
-                tools.sync()
-                elapsed = time.perf_counter() - start
-                if elapsed >= min_seconds:
-                    break
-            case.samples.append(n * case.batch / elapsed)
+            case.samples.append(case.batch * _calls_per_second(case.step, tools, min_seconds))
         _log(f'  round {r + 1}/{rounds} done')
 
 
@@ -449,7 +440,6 @@ def _conv_shares(cases: Sequence[Case], cfg: BenchmarkConfig, roofline: Case, to
     if infer is not None and fast_path.cpp_wrapper:
         # Kernels called from inductor's C++ wrapper are invisible to the profiler: profile the same frozen
         # graph with the Python wrapper (a fresh compile; every case has been measured by now).
-        import torch._inductor.config as inductor_config
         model = infer.module.model  # the folded channels_last model optimize_for_inference compiled
         torch._dynamo.reset()
         compiled = torch.compile(model)
@@ -457,7 +447,7 @@ def _conv_shares(cases: Sequence[Case], cfg: BenchmarkConfig, roofline: Case, to
             memory_format=torch.channels_last)
 
         def step():
-            with torch.no_grad(), inductor_config.patch(dict(fast_path.inductor_config(), cpp_wrapper=False)):
+            with torch.no_grad(), fast_path.inductor_config(cpp_wrapper=False):
                 return compiled(x)
         step()
         record(infer, conv_share(step, infer.batch, tools), 1)

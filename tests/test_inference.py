@@ -135,3 +135,15 @@ def test_retain_freed_memory_is_idempotent():
     if not (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'):
         pytest.skip('glibc only')
     assert retain_freed_memory() and retain_freed_memory()
+
+
+def test_inductor_config_context_with_override():
+    import torch._inductor.config as inductor_config
+    path = FastPath('cpu', channels_last=True, autocast_dtype=None, compile=True, freezing=True, cpp_wrapper=True,
+                    retain_freed_memory=False)
+    before = (inductor_config.freezing, inductor_config.cpp_wrapper)
+    with path.inductor_config():
+        assert (inductor_config.freezing, inductor_config.cpp_wrapper) == (True, True)
+    with path.inductor_config(cpp_wrapper=False):
+        assert (inductor_config.freezing, inductor_config.cpp_wrapper) == (True, False)
+    assert (inductor_config.freezing, inductor_config.cpp_wrapper) == before

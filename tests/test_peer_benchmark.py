@@ -1,6 +1,5 @@
 """The peer benchmark's machinery (rounds, memory, targets, tables) on a quick run; its numbers are not
 checked here (performance claims live in the benchmark's own output, never in timed tests)."""
-import json
 import math
 
 import pytest
