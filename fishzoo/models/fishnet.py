@@ -48,58 +48,27 @@ Variants beyond the authors' releases:
   3x3 convolution with stride 2, channels unchanged).
 """
 import re
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    BatchNormAct2d, ConvNormAct, DropPath, calculate_drop_path_rates, create_classifier, register_notrace_function)
+    DropPath, LayerType, calculate_drop_path_rates, create_act_layer, create_classifier, get_norm_act_layer)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+# private to timm: pyproject pins timm to the minor release this is tested with
 from timm.models._features import feature_take_indices
 
-from ._pretrained import CheckpointError, build_model, validate_state_dict
+from ._builder import CheckpointError, build_model, validate_state_dict
+from ._layers import FoldableConvNormAct, check_input, fold_conv_bn_act, init_weights
 
-__all__ = ['FishNet']
+__all__ = ['FishNet', 'FishStageSpec', 'fish_layout']
 
 DOWNSAMPLE_TYPES = ('max2', 'max3', 'avg2', 'conv')
 
-
-@register_notrace_function
-def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
-    """Refuse inputs the network cannot process with a message that says what was expected."""
-    if x.dim() != 4:
-        raise ValueError(
-            'expected a 4-D image batch (N, C, H, W), got a tensor of shape ' + str(list(x.shape)))
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            'expected ' + str(in_chans) + ' input channels, got ' + str(x.shape[1])
-            + ' (input shape ' + str(list(x.shape)) + '); build the model with in_chans=' + str(x.shape[1]))
-    if x.shape[2] < min_size or x.shape[3] < min_size:
-        raise ValueError(
-            'expected an input of at least ' + str(min_size) + 'x' + str(min_size) + ' px, got '
-            + str(x.shape[2]) + 'x' + str(x.shape[3]))
-
-
-# a leaf for torch.fx.symbolic_trace too (register_notrace_function covers timm's own tracer)
-torch.fx.wrap('check_input')
-
-
-def fold_conv_bn_act(conv: nn.Conv2d, bn: BatchNormAct2d) -> Tuple[nn.Conv2d, nn.Module]:
-    """A conv followed by BN + activation -> (the conv with the BN folded in, the activation alone)."""
-    if not isinstance(bn, nn.BatchNorm2d):  # already folded
-        return conv, bn
-    return fuse_conv_bn_eval(conv.eval(), bn.eval()), bn.act
-
-
-class FoldableConvNormAct(ConvNormAct):
-    """timm's ConvNormAct (same state dict) whose BatchNorm folds into the conv for inference."""
-
-    def reparameterize(self):
-        self.conv, self.bn = fold_conv_bn_act(self.conv, self.bn)
+torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
 
 
 def channel_squeeze(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -134,10 +103,11 @@ class ChannelSqueeze(nn.Module):
 class PreActShortcut(nn.Module):
     """BN-ReLU-1x1 conv projection used when a block changes its channel count."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, norm_act_layer=BatchNormAct2d):
+    def __init__(self, in_chs: int, out_chs: int, norm_act_layer: LayerType, device=None, dtype=None):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
-        self.bn = norm_act_layer(in_chs)
-        self.conv = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+        self.bn = norm_act_layer(in_chs, **dd)
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.bn(x))
@@ -154,28 +124,31 @@ class PreActBottleneck(nn.Module):
             self,
             in_chs: int,
             out_chs: int,
+            norm_act_layer: LayerType,
             dilation: int = 1,
             squeeze: int = 0,
             bottle_ratio: float = 0.25,
             groups: int = 1,
             drop_path: float = 0.,
-            norm_act_layer=BatchNormAct2d,
+            device=None,
+            dtype=None,
     ):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
         mid_chs = int(out_chs * bottle_ratio)
-        self.bn1 = norm_act_layer(in_chs)
-        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False)
-        self.bn2 = norm_act_layer(mid_chs)
+        self.bn1 = norm_act_layer(in_chs, **dd)
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.bn2 = norm_act_layer(mid_chs, **dd)
         self.conv2 = nn.Conv2d(
-            mid_chs, mid_chs, 3, padding=dilation, dilation=dilation, groups=groups, bias=False)
-        self.bn3 = norm_act_layer(mid_chs)
-        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False)
+            mid_chs, mid_chs, 3, padding=dilation, dilation=dilation, groups=groups, bias=False, **dd)
+        self.bn3 = norm_act_layer(mid_chs, **dd)
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
         if squeeze:
             if in_chs != out_chs * squeeze:
                 raise ValueError(f'channel squeeze needs in_chs == {squeeze} * out_chs, got {in_chs} -> {out_chs}')
             self.shortcut = ChannelSqueeze(squeeze)
         elif in_chs != out_chs:
-            self.shortcut = PreActShortcut(in_chs, out_chs, norm_act_layer=norm_act_layer)
+            self.shortcut = PreActShortcut(in_chs, out_chs, norm_act_layer, **dd)
         else:
             self.shortcut = nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -198,11 +171,12 @@ class PreActBottleneck(nn.Module):
 class ScoreBlock(nn.Module):
     """BN-ReLU-1x1 conv-BN-ReLU that halves the channels: the paper's score transform."""
 
-    def __init__(self, in_chs: int, norm_act_layer=BatchNormAct2d):
+    def __init__(self, in_chs: int, norm_act_layer: LayerType, device=None, dtype=None):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
-        self.bn1 = norm_act_layer(in_chs)
-        self.conv = nn.Conv2d(in_chs, in_chs // 2, 1, bias=False)
-        self.bn2 = norm_act_layer(in_chs // 2)
+        self.bn1 = norm_act_layer(in_chs, **dd)
+        self.conv = nn.Conv2d(in_chs, in_chs // 2, 1, bias=False, **dd)
+        self.bn2 = norm_act_layer(in_chs // 2, **dd)
 
     def reparameterize(self):
         """Fold bn2 into the conv for inference; bn1 precedes the conv and stays."""
@@ -215,19 +189,21 @@ class ScoreBlock(nn.Module):
 class BridgeAttention(nn.Module):
     """SE-style gate of the bridge: BN-ReLU, global pool, 1x1 squeeze/excite, sigmoid."""
 
-    def __init__(self, in_chs: int, out_chs: int, norm_act_layer=BatchNormAct2d):
+    def __init__(self, in_chs: int, out_chs: int, norm_act_layer: LayerType, act_layer: LayerType,
+                 device=None, dtype=None):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
-        self.bn = norm_act_layer(in_chs)
-        self.fc1 = nn.Conv2d(in_chs, out_chs // 16, 1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(out_chs // 16, out_chs, 1)
+        self.bn = norm_act_layer(in_chs, **dd)
+        self.fc1 = nn.Conv2d(in_chs, out_chs // 16, 1, **dd)
+        self.act = create_act_layer(act_layer, inplace=True)
+        self.fc2 = nn.Conv2d(out_chs // 16, out_chs, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(x).mean((2, 3), keepdim=True)
         return torch.sigmoid(self.fc2(self.act(self.fc1(x))))
 
 
-def create_downsample(kind: str, chs: int, norm_act_layer=BatchNormAct2d) -> nn.Module:
+def create_downsample(kind: str, chs: int, norm_act_layer: LayerType, device=None, dtype=None) -> nn.Module:
     if kind == 'max2':
         return nn.MaxPool2d(2, stride=2)
     if kind == 'max3':
@@ -235,35 +211,49 @@ def create_downsample(kind: str, chs: int, norm_act_layer=BatchNormAct2d) -> nn.
     if kind == 'avg2':
         return nn.AvgPool2d(2, stride=2)
     if kind == 'conv':
-        return nn.Sequential(norm_act_layer(chs), nn.Conv2d(chs, chs, 3, stride=2, padding=1, bias=False))
+        return nn.Sequential(
+            norm_act_layer(chs, device=device, dtype=dtype),
+            nn.Conv2d(chs, chs, 3, stride=2, padding=1, bias=False, device=device, dtype=dtype))
     raise ValueError(f"downsample must be one of {', '.join(map(repr, DOWNSAMPLE_TYPES))}, got {kind!r}")
 
 
-def make_blocks(in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], **kwargs) -> nn.Sequential:
+class FishBlocks(nn.Sequential):
+    """A run of residual blocks (an ``nn.Sequential``: same state dict) that can checkpoint its activations."""
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self, x)
+        for block in self:
+            x = block(x)
+        return x
+
+
+def make_blocks(in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], squeeze: int = 0,
+                **block_kwargs) -> FishBlocks:
     """``depth`` bottlenecks; only the first one takes ``squeeze`` and changes the width."""
-    squeeze = kwargs.pop('squeeze', 0)
-    return nn.Sequential(*[
+    return FishBlocks(*[
         PreActBottleneck(in_chs if i == 0 else out_chs, out_chs, squeeze=squeeze if i == 0 else 0,
-                         drop_path=dprs[i], **kwargs)
+                         drop_path=dprs[i], **block_kwargs)
         for i in range(depth)])
 
 
 class FishTailStage(nn.Module):
     """Tail stage: residual blocks, then down-sampling."""
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: str, dprs: Sequence[float], **block_kwargs):
+    def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: str, dprs: Sequence[float],
+                 **block_kwargs):
         super().__init__()
         self.branch_index = -1
-        self.grad_checkpointing = False
         self.blocks = make_blocks(in_chs, out_chs, depth, dprs, **block_kwargs)
-        self.downsample = create_downsample(downsample, out_chs, block_kwargs.get('norm_act_layer', BatchNormAct2d))
+        self.downsample = create_downsample(
+            downsample, out_chs, block_kwargs['norm_act_layer'], block_kwargs.get('device'), block_kwargs.get('dtype'))
 
     def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.downsample(x)
+        return self.downsample(self.blocks(x))
 
 
 class FishBridge(nn.Module):
@@ -273,24 +263,21 @@ class FishBridge(nn.Module):
     attention vector of ``s``.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], **block_kwargs):
+    def __init__(self, in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], act_layer: LayerType,
+                 **block_kwargs):
         super().__init__()
-        norm_act_layer = block_kwargs.get('norm_act_layer', BatchNormAct2d)
+        norm_act_layer = block_kwargs['norm_act_layer']
+        dd = dict(device=block_kwargs.get('device'), dtype=block_kwargs.get('dtype'))
         self.branch_index = -1
-        self.grad_checkpointing = False
-        self.score = ScoreBlock(in_chs, norm_act_layer=norm_act_layer)
-        self.score_fc = nn.Conv2d(in_chs // 2, out_chs * 2, 1)
+        self.score = ScoreBlock(in_chs, norm_act_layer, **dd)
+        self.score_fc = nn.Conv2d(in_chs // 2, out_chs * 2, 1, **dd)
         self.blocks = make_blocks(out_chs * 2, out_chs, depth, dprs, **block_kwargs)
-        self.attn = BridgeAttention(out_chs * 2, out_chs, norm_act_layer=norm_act_layer)
+        self.attn = BridgeAttention(out_chs * 2, out_chs, norm_act_layer, act_layer, **dd)
 
     def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.score_fc(self.score(x))
         attn = self.attn(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x * attn + attn
+        return self.blocks(x) * attn + attn
 
 
 class FishRefineStage(nn.Module):
@@ -318,7 +305,6 @@ class FishRefineStage(nn.Module):
         super().__init__()
         self.branch_index = branch_index
         self.upsample = upsample
-        self.grad_checkpointing = False
         squeeze = in_chs // out_chs if upsample else 0
         self.blocks = make_blocks(
             in_chs, out_chs, depth, dprs[:depth], squeeze=squeeze, dilation=dilation, **block_kwargs)
@@ -326,16 +312,14 @@ class FishRefineStage(nn.Module):
         if upsample:
             self.downsample = nn.Identity()
         else:
-            self.downsample = create_downsample(downsample, out_chs, block_kwargs.get('norm_act_layer', BatchNormAct2d))
+            self.downsample = create_downsample(
+                downsample, out_chs, block_kwargs['norm_act_layer'], block_kwargs.get('device'),
+                block_kwargs.get('dtype'))
 
     def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
         assert branch is not None
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-            branch = checkpoint_seq(self.transfer, branch)
-        else:
-            x = self.blocks(x)
-            branch = self.transfer(branch)
+        x = self.blocks(x)
+        branch = self.transfer(branch)
         if self.upsample:
             # nearest to the branch's size: identical to scale_factor=2 when the size is even,
             # and also correct for odd sizes where the authors' fixed factor fails in torch.cat
@@ -343,6 +327,52 @@ class FishRefineStage(nn.Module):
         else:
             x = self.downsample(x)
         return torch.cat([x, branch], dim=1)
+
+
+@dataclass(frozen=True)
+class FishStageSpec:
+    """Where one stage of the fish sits: its widths, the earlier feature it joins, its output stride."""
+    kind: str  # 'tail' | 'bridge' | 'body' | 'head'
+    in_chs: int  # trunk channels entering the stage
+    out_chs: int  # trunk channels after its blocks (the authors' network_planes entry)
+    branch_index: int  # the stage whose *input* this stage concatenates (-1: none)
+    branch_chs: int  # channels of that branch (0: none)
+    dilation: int
+    reduction: int  # output stride of the stage's output
+    is_feature: bool  # a pyramid level of feature_info
+
+    @property
+    def output_chs(self) -> int:
+        return self.out_chs + self.branch_chs
+
+
+def fish_layout(stage_chs: Sequence[int], stem_chs: int, stem_stride: int) -> List[FishStageSpec]:
+    """The ``3n + 1`` stages of a fish with ``n`` down-sampling steps, from the stage widths alone.
+
+    A body stage joins the input of its mirror tail stage, a head stage that of its mirror body stage;
+    body stages are dilated 1, 2, 4, ... as in the authors' code; the finest body stage and every head
+    stage are the pyramid levels.
+    """
+    n = (len(stage_chs) - 1) // 3
+    specs: List[FishStageSpec] = []
+    stage_in_chs = [stem_chs]  # stage_in_chs[i]: channels entering stage i
+    for i, out_chs in enumerate(stage_chs):
+        if i < n:
+            kind, branch_index, dilation, reduction = 'tail', -1, 1, stem_stride * 2 ** (i + 1)
+        elif i == n:
+            kind, branch_index, dilation, reduction = 'bridge', -1, 1, stem_stride * 2 ** n
+        elif i <= 2 * n:
+            j = i - n - 1
+            kind, branch_index, dilation, reduction = 'body', n - 1 - j, 2 ** j, stem_stride * 2 ** (n - 1 - j)
+        else:
+            j = i - 2 * n - 1
+            kind, branch_index, dilation, reduction = 'head', 2 * n - j, 1, stem_stride * 2 ** (j + 1)
+        branch_chs = stage_in_chs[branch_index] if branch_index >= 0 else 0
+        spec = FishStageSpec(kind, stage_in_chs[-1], out_chs, branch_index, branch_chs, dilation, reduction,
+                             is_feature=i >= 2 * n)
+        specs.append(spec)
+        stage_in_chs.append(spec.output_chs)
+    return specs
 
 
 class FishNet(nn.Module):
@@ -359,7 +389,9 @@ class FishNet(nn.Module):
         downsample: one of ``'max2'``, ``'max3'``, ``'avg2'``, ``'conv'``.
         bottle_ratio: bottleneck width as a fraction of a block's output width.
         groups: groups (cardinality) of the bottlenecks' 3x3 convolutions.
-        num_classes, in_chans, global_pool, drop_rate, drop_path_rate: as in timm.
+        norm_layer, act_layer: the normalisation and activation of every pre-activation unit (BatchNorm
+            and ReLU in the authors' models; BatchNorm is what the inference folding applies to).
+        num_classes, in_chans, global_pool, drop_rate, drop_path_rate, device, dtype: as in timm.
     """
 
     def __init__(
@@ -372,12 +404,17 @@ class FishNet(nn.Module):
             downsample: str = 'max2',
             bottle_ratio: float = 0.25,
             groups: int = 1,
+            norm_layer: LayerType = 'batchnorm2d',
+            act_layer: LayerType = 'relu',
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
         num_down = (len(stage_chs) - 1) // 3
         if len(stage_chs) != 3 * num_down + 1 or num_down < 1:
@@ -395,63 +432,46 @@ class FishNet(nn.Module):
         # smallest input for which the deepest level is still at least 1 px
         self.min_input_size = stem_stride * 2 ** num_down
 
-        block_kwargs = dict(bottle_ratio=bottle_ratio, groups=groups)
+        norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
+        block_kwargs = dict(bottle_ratio=bottle_ratio, groups=groups, norm_act_layer=norm_act_layer, **dd)
+        conv_kwargs = dict(padding=1, norm_layer=norm_layer, act_layer=act_layer, **dd)
         stem_conv_stride = 2 if stem_stride == 4 else 1
         self.stem = nn.Sequential()
-        self.stem.add_module(
-            'conv1', FoldableConvNormAct(in_chans, stem_chs // 2, 3, stride=stem_conv_stride, padding=1))
-        self.stem.add_module('conv2', FoldableConvNormAct(stem_chs // 2, stem_chs // 2, 3, padding=1))
-        self.stem.add_module('conv3', FoldableConvNormAct(stem_chs // 2, stem_chs, 3, padding=1))
+        self.stem.add_module('conv1', FoldableConvNormAct(in_chans, stem_chs // 2, 3, stem_conv_stride, **conv_kwargs))
+        self.stem.add_module('conv2', FoldableConvNormAct(stem_chs // 2, stem_chs // 2, 3, **conv_kwargs))
+        self.stem.add_module('conv3', FoldableConvNormAct(stem_chs // 2, stem_chs, 3, **conv_kwargs))
         self.stem.add_module('pool', nn.MaxPool2d(3, stride=2, padding=1) if stem_stride == 4 else nn.Identity())
         self.feature_info = [dict(num_chs=stem_chs, reduction=stem_conv_stride, module='stem.conv3')]
 
         # stochastic depth rises linearly over all residual blocks in execution order
-        num_blocks = sum(depths) + sum(transfer_depths)
-        dpr = iter(calculate_drop_path_rates(drop_path_rate, num_blocks))
-
-        def take(n: int) -> List[float]:
-            return [next(dpr) for _ in range(n)]
-
-        # stage_in_chs[i]: channels entering stage i (stage_in_chs[i + 1] is what stage i outputs)
-        stage_in_chs = [stem_chs]
+        dpr = iter(calculate_drop_path_rates(drop_path_rate, sum(depths) + sum(transfer_depths)))
+        transfer_depth = iter(transfer_depths)
         stages = []
-        for i in range(num_down):
-            stages.append(FishTailStage(
-                stage_in_chs[-1], stage_chs[i], depths[i], downsample, take(depths[i]), **block_kwargs))
-            stage_in_chs.append(stage_chs[i])
-        stages.append(FishBridge(stage_in_chs[-1], stage_chs[num_down], depths[num_down], take(depths[num_down]),
-                                 **block_kwargs))
-        stage_in_chs.append(stage_chs[num_down])
-        for j in range(2 * num_down):
-            i = num_down + 1 + j
-            is_body = j < num_down
-            # a body stage joins the input of its mirror tail stage, a head stage that of its mirror body stage
-            branch_index = num_down - 1 - j if is_body else 2 * num_down - (j - num_down)
-            branch_chs = stage_in_chs[branch_index]
-            stages.append(FishRefineStage(
-                stage_in_chs[-1], stage_chs[i], branch_chs, branch_index, depths[i], transfer_depths[j],
-                upsample=is_body, downsample=downsample, dilation=2 ** j if is_body else 1,
-                dprs=take(depths[i] + transfer_depths[j]), **block_kwargs))
-            stage_in_chs.append(stage_chs[i] + branch_chs)
-            reduction = stem_stride * 2 ** (num_down - 1 - j) if is_body else stem_stride * 2 ** (j - num_down + 1)
-            if j >= num_down - 1:  # the finest body stage and every head stage are the pyramid levels
-                self.feature_info.append(dict(num_chs=stage_in_chs[-1], reduction=reduction, module=f'stages.{i}'))
+        for i, (spec, depth) in enumerate(zip(fish_layout(stage_chs, stem_chs, stem_stride), depths)):
+            if spec.kind == 'tail':
+                stage = FishTailStage(spec.in_chs, spec.out_chs, depth, downsample, [next(dpr) for _ in range(depth)],
+                                      **block_kwargs)
+            elif spec.kind == 'bridge':
+                stage = FishBridge(spec.in_chs, spec.out_chs, depth, [next(dpr) for _ in range(depth)], act_layer,
+                                   **block_kwargs)
+            else:
+                transfer = next(transfer_depth)
+                stage = FishRefineStage(
+                    spec.in_chs, spec.out_chs, spec.branch_chs, spec.branch_index, depth, transfer,
+                    upsample=spec.kind == 'body', downsample=downsample, dilation=spec.dilation,
+                    dprs=[next(dpr) for _ in range(depth + transfer)], **block_kwargs)
+            stages.append(stage)
+            if spec.is_feature:
+                self.feature_info.append(dict(num_chs=spec.output_chs, reduction=spec.reduction, module=f'stages.{i}'))
         self.stages = nn.ModuleList(stages)
         # feature level -> index in stages (level 0 is the stem)
         self._level_stage = [-1] + list(range(2 * num_down, 3 * num_down + 1))
 
-        self.score = ScoreBlock(stage_in_chs[-1])
-        self.num_features = self.head_hidden_size = stage_in_chs[-1] // 2
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        final_chs = self.feature_info[-1]['num_chs']
+        self.score = ScoreBlock(final_chs, norm_act_layer, **dd)
+        self.num_features = self.head_hidden_size = final_chs // 2
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
+        init_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -467,8 +487,9 @@ class FishNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, FishBlocks):
+                module.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -477,6 +498,23 @@ class FishNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
         self.num_classes = num_classes
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def _run_stages(self, x: torch.Tensor, last_stage: int, take_stages: List[int]) -> Tuple[torch.Tensor,
+                                                                                               List[torch.Tensor]]:
+        """Route ``x`` through stages 0..``last_stage``, each stage joined with its branch (the input of an
+        earlier stage); returns the last output and the outputs of the stages in ``take_stages``."""
+        inputs: List[torch.Tensor] = []
+        taken: List[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            if i <= last_stage:  # no `break`: TorchScript unrolls this loop
+                inputs.append(x)
+                branch: Optional[torch.Tensor] = None
+                if stage.branch_index >= 0:
+                    branch = inputs[stage.branch_index]
+                x = stage(x, branch)
+                if i in take_stages:
+                    taken.append(x)
+        return x, taken
 
     def forward_intermediates(
             self,
@@ -505,19 +543,9 @@ class FishNet(nn.Module):
         if 0 in take_indices:
             intermediates.append(x)
         x = self.stem[3](x)
-        feats: List[torch.Tensor] = []
         last_stage = self._level_stage[max_index] if stop_early else len(self.stages) - 1
-        for i, stage in enumerate(self.stages):
-            if i > last_stage:
-                break
-            feats.append(x)
-            branch: Optional[torch.Tensor] = None
-            if stage.branch_index >= 0:
-                branch = feats[stage.branch_index]
-            x = stage(x, branch)
-            for level in take_indices:
-                if self._level_stage[level] == i:
-                    intermediates.append(x)
+        x, levels = self._run_stages(x, last_stage, [self._level_stage[i] for i in take_indices if i > 0])
+        intermediates.extend(levels)
         if intermediates_only:
             return intermediates
         if last_stage == len(self.stages) - 1:
@@ -548,13 +576,7 @@ class FishNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_chans, self.min_input_size)
         x = self.stem(x)
-        feats: List[torch.Tensor] = []
-        for stage in self.stages:
-            feats.append(x)
-            branch: Optional[torch.Tensor] = None
-            if stage.branch_index >= 0:
-                branch = feats[stage.branch_index]
-            x = stage(x, branch)
+        x, _ = self._run_stages(x, len(self.stages) - 1, [])
         return self.score(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -757,57 +779,57 @@ default_cfgs = generate_default_cfgs({
     'fishnet_l64': _cfg(num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0, origin_url=''),
 })
 
+# Depths per stage (tail, bridge, body, head) and transfer depths per body and head stage. The authors'
+# three models; the low-resolution variants reuse FishNet-99's (m64) and stretch FishNet-150's (l64).
+FISHNET99_DEPTHS = dict(depths=(2, 2, 6, 2, 1, 1, 1, 1, 2, 2), transfer_depths=(1, 1, 1, 1, 1, 4))
+FISHNET150_DEPTHS = dict(depths=(2, 4, 8, 4, 2, 2, 2, 2, 2, 4), transfer_depths=(2, 2, 2, 2, 2, 4))
+FISHNET201_DEPTHS = dict(depths=(3, 4, 12, 4, 2, 2, 2, 2, 3, 10), transfer_depths=(2, 2, 2, 2, 2, 9))
+SMALL_DEPTHS = dict(depths=(1, 1, 2, 1, 1, 1, 1, 1, 1, 1), transfer_depths=(1, 1, 1, 1, 1, 1))
+LARGE_LOWRES_DEPTHS = dict(depths=(2, 4, 8, 4, 2, 2, 2, 2, 3, 5), transfer_depths=(2, 2, 2, 2, 2, 5))
+
 # the low-resolution variants share the authors' channel plan (network_planes[1:]) divided by 4 and
 # a 16-channel stem; they differ in depth only
-_LOWRES_ARGS = dict(stage_chs=(32, 64, 128, 128, 128, 96, 64, 80, 208, 400), stem_chs=16, stem_stride=1)
+LOWRES_ARGS = dict(stage_chs=(32, 64, 128, 128, 128, 96, 64, 80, 208, 400), stem_chs=16, stem_stride=1)
 
 
 @register_model
 def fishnet99(pretrained: bool = False, **kwargs) -> FishNet:
     """FishNet-99 as released by the authors (16.63M params)."""
-    model_args = dict(depths=(2, 2, 6, 2, 1, 1, 1, 1, 2, 2), transfer_depths=(1, 1, 1, 1, 1, 4))
-    return _create_fishnet('fishnet99', pretrained, **dict(model_args, **kwargs))
+    return _create_fishnet('fishnet99', pretrained, **{**FISHNET99_DEPTHS, **kwargs})
 
 
 @register_model
 def fishnet150(pretrained: bool = False, **kwargs) -> FishNet:
     """FishNet-150 as released by the authors (24.96M params)."""
-    model_args = dict(depths=(2, 4, 8, 4, 2, 2, 2, 2, 2, 4), transfer_depths=(2, 2, 2, 2, 2, 4))
-    return _create_fishnet('fishnet150', pretrained, **dict(model_args, **kwargs))
+    return _create_fishnet('fishnet150', pretrained, **{**FISHNET150_DEPTHS, **kwargs})
 
 
 @register_model
 def fishnet201(pretrained: bool = False, **kwargs) -> FishNet:
     """FishNet-201 as released by the authors (44.58M params)."""
-    model_args = dict(depths=(3, 4, 12, 4, 2, 2, 2, 2, 3, 10), transfer_depths=(2, 2, 2, 2, 2, 9))
-    return _create_fishnet('fishnet201', pretrained, **dict(model_args, **kwargs))
+    return _create_fishnet('fishnet201', pretrained, **{**FISHNET201_DEPTHS, **kwargs})
 
 
 @register_model
 def fishnext150(pretrained: bool = False, **kwargs) -> FishNet:
     """FishNeXt-150: FishNet-150 with 2x wider bottlenecks whose 3x3 conv has 32 groups (25.21M params)."""
-    model_args = dict(
-        depths=(2, 4, 8, 4, 2, 2, 2, 2, 2, 4), transfer_depths=(2, 2, 2, 2, 2, 4),
-        bottle_ratio=0.5, groups=32)
-    return _create_fishnet('fishnext150', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(FISHNET150_DEPTHS, bottle_ratio=0.5, groups=32)
+    return _create_fishnet('fishnext150', pretrained, **{**model_args, **kwargs})
 
 
 @register_model
 def fishnet_s64(pretrained: bool = False, **kwargs) -> FishNet:
     """Small low-resolution FishNet for 32-64 px inputs (0.67M params at 200 classes)."""
-    model_args = dict(depths=(1, 1, 2, 1, 1, 1, 1, 1, 1, 1), transfer_depths=(1, 1, 1, 1, 1, 1), **_LOWRES_ARGS)
-    return _create_fishnet('fishnet_s64', pretrained, **dict(model_args, **kwargs))
+    return _create_fishnet('fishnet_s64', pretrained, **{**SMALL_DEPTHS, **LOWRES_ARGS, **kwargs})
 
 
 @register_model
 def fishnet_m64(pretrained: bool = False, **kwargs) -> FishNet:
     """Medium low-resolution FishNet for 32-64 px inputs: FishNet-99's depths (1.04M params at 200 classes)."""
-    model_args = dict(depths=(2, 2, 6, 2, 1, 1, 1, 1, 2, 2), transfer_depths=(1, 1, 1, 1, 1, 4), **_LOWRES_ARGS)
-    return _create_fishnet('fishnet_m64', pretrained, **dict(model_args, **kwargs))
+    return _create_fishnet('fishnet_m64', pretrained, **{**FISHNET99_DEPTHS, **LOWRES_ARGS, **kwargs})
 
 
 @register_model
 def fishnet_l64(pretrained: bool = False, **kwargs) -> FishNet:
     """Large low-resolution FishNet for 32-64 px inputs (1.80M params at 200 classes)."""
-    model_args = dict(depths=(2, 4, 8, 4, 2, 2, 2, 2, 3, 5), transfer_depths=(2, 2, 2, 2, 2, 5), **_LOWRES_ARGS)
-    return _create_fishnet('fishnet_l64', pretrained, **dict(model_args, **kwargs))
+    return _create_fishnet('fishnet_l64', pretrained, **{**LARGE_LOWRES_DEPTHS, **LOWRES_ARGS, **kwargs})

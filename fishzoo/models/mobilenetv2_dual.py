@@ -40,14 +40,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, DropPath, calculate_drop_path_rates, create_classifier, make_divisible
+from timm.layers import DropPath, LayerType, calculate_drop_path_rates, create_classifier, make_divisible
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+# private to timm: pyproject pins timm to the minor release this is tested with
 from timm.models._features import feature_take_indices
 
-from ._pretrained import build_model, validate_state_dict
-from .fishnet import check_input
+from ._builder import build_model, validate_state_dict
+from ._layers import FoldableConvNormAct, check_input, init_weights
 
-torch.fx.wrap('check_input')  # fx patches by name in each calling module
+torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
 
 __all__ = ['MobileNetV2Dual']
 
@@ -65,28 +66,33 @@ class DualPathBlock(nn.Module):
             out_chs: int,
             stride: int = 1,
             expansion: int = 6,
-            act_layer: str = 'mish',
+            act_layer: LayerType = 'mish',
             drop_path: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
         mid_chs = in_chs * expansion
+        # every conv + BN folds into one conv for inference (timm's reparameterize_model)
+        conv_act = dict(act_layer=act_layer, **dd)
         # ResNet-style bottleneck path
         self.bottleneck = nn.Sequential(
-            ConvNormAct(in_chs, mid_chs, 1, act_layer=act_layer),
-            ConvNormAct(mid_chs, mid_chs, 3, stride=stride, act_layer=act_layer),
-            ConvNormAct(mid_chs, out_chs, 1, apply_act=False),
+            FoldableConvNormAct(in_chs, mid_chs, 1, **conv_act),
+            FoldableConvNormAct(mid_chs, mid_chs, 3, stride=stride, **conv_act),
+            FoldableConvNormAct(mid_chs, out_chs, 1, apply_act=False, **dd),
         )
         # MobileNetV2 inverted residual path
         self.inverted = nn.Sequential(
-            ConvNormAct(in_chs, mid_chs, 1, act_layer=act_layer) if expansion != 1 else nn.Identity(),
-            ConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, act_layer=act_layer),
-            ConvNormAct(mid_chs, out_chs, 1, apply_act=False),
+            FoldableConvNormAct(in_chs, mid_chs, 1, **conv_act) if expansion != 1 else nn.Identity(),
+            FoldableConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, **conv_act),
+            FoldableConvNormAct(mid_chs, out_chs, 1, apply_act=False, **dd),
         )
         if stride != 1 or in_chs != out_chs:
             # A 1x1 conv with stride s equals subsampling by s, then the conv at stride 1. It is written that
             # way because torch 2.14's oneDNN backward of a strided 1x1 conv with a channels_last input and a
             # contiguous gradient corrupts the heap (seen with 8 input channels at 56-112 px).
-            self.shortcut = ConvNormAct(in_chs, out_chs, 1, apply_act=False)
+            self.shortcut = FoldableConvNormAct(in_chs, out_chs, 1, apply_act=False, **dd)
         else:
             self.shortcut = nn.Identity()
         self.shortcut_stride = stride
@@ -107,7 +113,7 @@ class MobileNetV2Dual(nn.Module):
         stem_chs: stem width before the multiplier.
         head_chs: width of the final 1x1 conv (kept for width < 1).
         act_layer: activation of every conv (Mish).
-        num_classes, in_chans, global_pool, drop_rate, drop_path_rate: as in timm.
+        num_classes, in_chans, global_pool, drop_rate, drop_path_rate, device, dtype: as in timm.
     """
 
     def __init__(
@@ -116,13 +122,16 @@ class MobileNetV2Dual(nn.Module):
             arch: Sequence[Tuple[int, int, int, int]] = MOBILENETV2_ARCH,
             stem_chs: int = 32,
             head_chs: int = 1280,
-            act_layer: str = 'mish',
+            act_layer: LayerType = 'mish',
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
     ):
+        dd = dict(device=device, dtype=dtype)
         super().__init__()
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -131,7 +140,7 @@ class MobileNetV2Dual(nn.Module):
         self.min_input_size = 32  # five stride-2 stages
 
         stem_chs = make_divisible(stem_chs * width)
-        self.conv_stem = ConvNormAct(in_chans, stem_chs, 3, stride=2, act_layer=act_layer)
+        self.conv_stem = FoldableConvNormAct(in_chans, stem_chs, 3, stride=2, act_layer=act_layer, **dd)
         self.feature_info = []
 
         dpr = iter(calculate_drop_path_rates(drop_path_rate, sum(n for _, _, n, _ in arch)))
@@ -143,7 +152,7 @@ class MobileNetV2Dual(nn.Module):
             for i in range(n):
                 blocks.append(DualPathBlock(
                     in_chs, out_chs, stride=s if i == 0 else 1, expansion=t, act_layer=act_layer,
-                    drop_path=next(dpr)))
+                    drop_path=next(dpr), **dd))
                 in_chs = out_chs
             reduction *= s
             stages.append(nn.Sequential(*blocks))
@@ -155,17 +164,10 @@ class MobileNetV2Dual(nn.Module):
         self._level_stage = [int(f['module'].split('.')[1]) for f in self.feature_info]
 
         self.num_features = self.head_hidden_size = make_divisible(head_chs * max(1.0, width))
-        self.conv_head = ConvNormAct(in_chs, self.num_features, 1, act_layer=act_layer)
-        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.conv_head = FoldableConvNormAct(in_chs, self.num_features, 1, act_layer=act_layer, **dd)
+        self.global_pool, self.classifier = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, **dd)
+        init_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

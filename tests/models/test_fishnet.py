@@ -2,6 +2,7 @@
 import pytest
 import timm
 import torch
+import torch.nn as nn
 
 import fishzoo
 from fishzoo.models.fishnet import FishNet
@@ -149,3 +150,33 @@ def test_channels_last_model_has_no_channels_first_activations():
     for h in handles:
         h.remove()
     assert mixed == []
+
+
+def test_fish_layout_of_fishnet150():
+    """The pure layout arithmetic: kinds, branch joins, dilations, strides and output widths per stage."""
+    from fishzoo.models.fishnet import fish_layout
+    specs = fish_layout((128, 256, 512, 512, 512, 384, 256, 320, 832, 1600), stem_chs=64, stem_stride=4)
+    assert [s.kind for s in specs] == ['tail'] * 3 + ['bridge'] + ['body'] * 3 + ['head'] * 3
+    assert [s.reduction for s in specs] == [8, 16, 32, 32, 16, 8, 4, 8, 16, 32]
+    assert [s.dilation for s in specs] == [1, 1, 1, 1, 1, 2, 4, 1, 1, 1]
+    assert [s.branch_index for s in specs] == [-1, -1, -1, -1, 2, 1, 0, 6, 5, 4]
+    # a body stage joins its mirror tail stage's input, a head stage its mirror body stage's input
+    assert [s.branch_chs for s in specs[4:]] == [256, 128, 64, 512, 768, 512]
+    assert specs[-1].output_chs == 2112  # FishNet-150's feature width
+    assert [s.is_feature for s in specs] == [False] * 6 + [True] * 4
+    assert all(b.in_chs == a.output_chs for a, b in zip(specs, specs[1:]))
+
+
+@pytest.mark.parametrize('name', ['fishnet_s64', 'mobilenetv2_dual_050'])
+def test_norm_act_device_dtype_reach_every_layer(name):
+    kwargs = dict(num_classes=3, device='meta', dtype=torch.float64)
+    if name.startswith('fishnet'):
+        kwargs.update(norm_layer='layernorm2d', act_layer='silu')
+    model = timm.create_model(name, **kwargs)
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    if name.startswith('fishnet'):
+        assert any(isinstance(m, nn.LayerNorm) for m in model.modules())
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert any(isinstance(m, nn.SiLU) for m in model.modules())
+        assert not any(isinstance(m, nn.ReLU) for m in model.modules())

@@ -15,7 +15,7 @@ import timm
 import torch
 
 import fishzoo  # noqa: F401
-from fishzoo.models._pretrained import CheckpointError, PretrainedWeightsUnavailable
+from fishzoo.errors import CheckpointError, PretrainedWeightsUnavailable
 from fishzoo.models.fishnet import checkpoint_filter_fn
 
 DATA = Path(__file__).resolve().parents[1] / 'data'
@@ -180,7 +180,7 @@ def test_offline_failure_is_short_for_a_user(tmp_path):
                           env={**__import__('os').environ, 'HF_HUB_OFFLINE': '1', 'TORCH_HOME': str(tmp_path)})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith('fishzoo.models._pretrained.PretrainedWeightsUnavailable: pretrained weights for')
+    assert lines[-1].startswith('fishzoo.errors.PretrainedWeightsUnavailable: pretrained weights for')
     assert len(lines) < 20  # the user's call, timm's factory, one message; no chained urllib traceback
 
 

@@ -1,4 +1,4 @@
-"""Building a model whose pretrained weights may have to be downloaded, failing fast and clearly.
+"""Building fishzoo's models: timm's ``build_model_with_cfg`` with weights that fail fast and clearly.
 
 timm downloads ``pretrained_cfg['url']`` weights with ``torch.hub``, which waits on a dead network for
 as long as the operating system lets it and then shows a long urllib traceback. fishzoo's models go
@@ -19,17 +19,16 @@ from urllib.parse import urlparse
 import torch
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg
+# private to timm: pyproject pins timm to the minor release these are tested with
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
+from fishzoo.errors import CheckpointError, HubFolderError, PretrainedWeightsUnavailable, describe
+
+from ._hub_folder import check_hub_folder
+
+__all__ = ['build_model', 'validate_state_dict', 'CheckpointError', 'PretrainedWeightsUnavailable']
+
 DOWNLOAD_TIMEOUT_S = 30
-
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """The pretrained weights could not be found locally nor downloaded."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model or cannot be read; the message names the file."""
 
 
 def _short(keys, n=3) -> str:
@@ -125,7 +124,6 @@ def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
             return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
         load_from, location = _load_source(variant, kwargs)
         if load_from == 'local-dir':
-            from fishzoo.hub import HubFolderError, check_hub_folder
             try:
                 check_hub_folder(location)
             except HubFolderError as e:
@@ -139,8 +137,7 @@ def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
             raise
         except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
             # weights_only refusals, truncated or garbled files (safetensors and pickle alike)
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f'{where}: cannot be loaded ({type(e).__name__}: {reason[:300]})') from None
+            raise CheckpointError(f'{where}: cannot be loaded ({describe(e)})') from None
     name, url = download
     if is_offline():
         raise PretrainedWeightsUnavailable(unavailable_message(name, url, 'offline: HF_HUB_OFFLINE is set'))

@@ -1,0 +1,63 @@
+"""Layers and helpers shared by fishzoo's model families: the input check, BatchNorm folding, weight init."""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, register_notrace_function
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+
+@register_notrace_function
+def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """Refuse inputs the network cannot process with a message that says what was expected.
+
+    A few integer comparisons: no cost on the forward path. Strings are concatenated (no f-strings) so
+    that TorchScript compiles it.
+    """
+    if x.dim() != 4:
+        raise ValueError(
+            'expected a 4-D image batch (N, C, H, W), got a tensor of shape ' + str(list(x.shape)))
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            'expected ' + str(in_chans) + ' input channels, got ' + str(x.shape[1])
+            + ' (input shape ' + str(list(x.shape)) + '); build the model with in_chans=' + str(x.shape[1]))
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            'expected an input of at least ' + str(min_size) + 'x' + str(min_size) + ' px, got '
+            + str(x.shape[2]) + 'x' + str(x.shape[3]))
+
+
+# a leaf for torch.fx.symbolic_trace too (register_notrace_function covers timm's own tracer); fx patches
+# a wrapped function by name in the module that calls it, so each model file wraps it again
+torch.fx.wrap('check_input')
+
+
+def fold_conv_bn_act(conv: nn.Conv2d, bn: nn.Module) -> Tuple[nn.Conv2d, nn.Module]:
+    """A conv followed by BN + activation -> (the conv with the BN folded in, the activation alone).
+
+    Anything that is not a BatchNorm (already folded, or another norm layer) is returned unchanged.
+    """
+    if not isinstance(bn, nn.BatchNorm2d):
+        return conv, bn
+    return fuse_conv_bn_eval(conv.eval(), bn.eval()), getattr(bn, 'act', nn.Identity())
+
+
+class FoldableConvNormAct(ConvNormAct):
+    """timm's ConvNormAct (same state dict) whose BatchNorm folds into the conv for inference.
+
+    timm's ``reparameterize_model`` calls ``reparameterize()``; the folded module computes the same
+    function with one op fewer (the BatchNorm becomes its activation alone).
+    """
+
+    def reparameterize(self):
+        self.conv, self.bn = fold_conv_bn_act(self.conv, self.bn)
+
+
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convolutions, unit-scale zero-shift BatchNorms: both families' initialisation."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
