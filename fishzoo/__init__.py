@@ -5,10 +5,12 @@ Importing fishzoo registers every architecture with timm's registry, so ``timm.c
 """
 from typing import List
 
-from . import models  # noqa: F401  (registers the architectures)
-from .inference import optimize_for_inference  # noqa: F401
-
 __version__ = '0.1.0'
+
+from . import models  # noqa: E402  (registers the architectures)
+from .errors import FishzooError  # noqa: E402, F401
+from .inference import optimize_for_inference  # noqa: E402, F401
+from .loading import load_model  # noqa: E402, F401
 
 
 def list_models(pattern: str = '', pretrained: bool = False) -> List[str]:

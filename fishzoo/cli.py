@@ -10,10 +10,9 @@
                                               labels of images with a trained folder or a timm model
     fishzoo export MODEL_OR_DIR --format onnx [-o FILE] [--img-size H [W]] [--opset N]
                                               ONNX with dynamic batch/size, checked against onnxruntime
-    fishzoo benchmark [--quick] [--json FILE] [--readme README]
-                                              fishzoo against pytorchcv and timm's resnet50, one process
 
-A user's mistake ends the command with one line on stderr and exit status 2, never a traceback.
+A user's mistake ends the command with one line on stderr and exit status 2, never a traceback. The
+benchmarks live in a checkout's ``benchmarks/`` folder (``python benchmarks/peers.py``), not in the package.
 """
 import argparse
 import json
@@ -22,11 +21,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import fishzoo
+from fishzoo.errors import FishzooError, UserError
 from fishzoo.export import DEFAULT_OPSET
-
-
-class UserError(Exception):
-    """A mistake in the user's input; its message is the one line the user sees."""
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -70,34 +66,24 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from fishzoo.convert import ConversionError, convert_fishnet
-    from fishzoo.hub import HubUploadError
-    try:
-        out = convert_fishnet(args.arch, args.checkpoint, args.output_dir, args.push_to_hub, args.overwrite)
-    except (ConversionError, HubUploadError, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
+    from fishzoo.convert import convert_fishnet
+    out = convert_fishnet(args.arch, args.checkpoint, args.output_dir, args.push_to_hub, args.overwrite)
     print(f'wrote {out}' + (f' and uploaded it to {args.push_to_hub}' if args.push_to_hub else ''))
     return 0
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from fishzoo.hub import HubUploadError, push_to_hub
-    try:
-        url = push_to_hub(args.folder, args.repo_id, private=args.private)
-    except HubUploadError as e:
-        raise UserError(str(e)) from None
+    from fishzoo.hub import push_to_hub
+    url = push_to_hub(args.folder, args.repo_id, private=args.private)
     print(f'uploaded {args.folder} to {args.repo_id}: {url}')
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fishzoo.predict import PredictError, predict, write_csv
+    from fishzoo.predict import predict, write_csv
     if args.top_k < 1:
         raise UserError(f'--top-k must be at least 1, got {args.top_k}')
-    try:
-        results = predict(args.model, args.images, top_k=args.top_k)
-    except PredictError as e:
-        raise UserError(str(e)) from None
+    results = predict(args.model, args.images, top_k=args.top_k)
     for result in results:
         labels = ', '.join(f'{label} ({prob:.3f})' for label, prob in result['labels']) or '(no label)'
         print(f"{result['image']}: {labels}")
@@ -107,43 +93,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import timm
-
-    from fishzoo.export import ExportError, export_and_verify
-    from fishzoo.predict import PredictError, load_model
-    try:
-        if args.pretrained or Path(args.model.replace('local-dir:', '', 1)).is_dir() or ':' in args.model:
-            model = load_model(args.model)
-        else:
-            model = timm.create_model(args.model)
-    except PredictError as e:
-        raise UserError(str(e)) from None
-    except RuntimeError as e:  # timm: unknown model name
-        raise UserError(f'{args.model}: {str(e).splitlines()[0]}') from None
+    from fishzoo.export import export_and_verify
+    from fishzoo.loading import load_model, resolve_source
+    source = resolve_source(args.model)
+    model = load_model(args.model, pretrained=args.pretrained or source.has_weights).eval()
     input_size = tuple(model.pretrained_cfg.get('input_size', (3, 224, 224)))
     if args.img_size:
         size = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
         if len(size) != 2 or min(size) < 1:
             raise UserError(f'--img-size takes one or two positive numbers (H [W]), got {args.img_size}')
         input_size = (input_size[0], *size)
-    output = Path(args.output or f"{args.model.rstrip('/').split('/')[-1].split(':')[-1]}.onnx")
-    try:
-        result = export_and_verify(model, output, input_size, opset=args.opset, dynamic=not args.static,
-                                   verify=not args.no_verify)
-    except ExportError as e:
-        raise UserError(str(e)) from None
+    output = Path(args.output or f'{source.display_name}.onnx')
+    result = export_and_verify(model, output, input_size, opset=args.opset, dynamic=not args.static,
+                               verify=not args.no_verify)
     shape = 'dynamic batch and spatial size' if not args.static else f'fixed input 2x{"x".join(map(str, input_size))}'
     print(f"wrote {output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
     for size, rel in result.get('max_rel_diff', {}).items():
         print(f'  onnxruntime vs PyTorch at {size}: {rel:.1e} relative')
     return 0
-
-
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from fishzoo.peer_benchmark import run_from_args
-    if args.readme and not Path(args.readme).is_file():
-        raise UserError(f'--readme {args.readme}: no such file')
-    return run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,11 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--static', action='store_true', help='fix batch and spatial size instead of dynamic axes')
     p.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check')
     p.set_defaults(func=_cmd_export)
-
-    from fishzoo.peer_benchmark import add_arguments
-    p = sub.add_parser('benchmark', help="fishzoo against pytorchcv and timm's resnet50: speed, memory, roofline")
-    add_arguments(p)
-    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 
@@ -210,9 +172,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UserError as e:
+    except FishzooError as e:
         print(f'fishzoo {args.command}: {e}', file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 if __name__ == '__main__':

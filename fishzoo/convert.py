@@ -13,16 +13,13 @@ from typing import Optional, Union
 import timm
 from timm.data import ImageNetInfo
 
+from fishzoo.errors import ConversionError, ModelLoadError
 from fishzoo.hub import push_to_hub as _push_to_hub
 from fishzoo.hub import save_pretrained
-from fishzoo.models._pretrained import CheckpointError
+from fishzoo.loading import load_model
 from fishzoo.models.fishnet import REPORTED_ACCURACY
 
 CONVERTIBLE = ('fishnet99', 'fishnet150', 'fishnet201')
-
-
-class ConversionError(ValueError):
-    """The checkpoint or the arguments cannot be converted; the message names which and why."""
 
 
 def resolve_tag(arch: str) -> str:
@@ -53,9 +50,11 @@ def convert_fishnet(
     if (output_dir / 'model.safetensors').exists() and not overwrite:
         raise ConversionError(f'{output_dir} already holds a model; pass --overwrite to replace it')
     try:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
-    except CheckpointError as e:  # names the file: refused pickle, corrupted file, another architecture
-        raise ConversionError(f'{e} (converting it as {name.split(".")[0]})') from None
+        # the message names the file: a refused pickle, a corrupted file, another architecture
+        model = load_model(name, pretrained=True, label=f'converting as {name.split(".")[0]}',
+                           pretrained_cfg_overlay=dict(file=str(checkpoint)))
+    except ModelLoadError as e:
+        raise ConversionError(str(e)) from None
     top1, top5 = REPORTED_ACCURACY[name]
     info = ImageNetInfo()
     save_pretrained(

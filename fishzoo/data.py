@@ -9,47 +9,19 @@ A user's mistake raises :class:`DataError` with one sentence naming the file, fo
 import csv
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from timm.data.readers.img_extensions import get_img_extensions
+from PIL import Image
 from timm.data.readers.reader_image_folder import find_images_and_targets
 
+from fishzoo.errors import DataError, describe
+from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_mode, load_image  # noqa: F401  (public here too)
+
 _logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = tuple(sorted(get_img_extensions()))
-DIGITS_NAME = 'digits'
-
-
-class DataError(ValueError):
-    """A problem with the user's data; the message names the file, folder or flag."""
-
-
-def load_image(source: Union[str, Path, Image.Image], mode: str = 'RGB') -> Image.Image:
-    """Open an image as ``mode`` ('L', 'RGB' or 'RGBA'), whatever it is stored as.
-
-    EXIF orientation is applied; 16- and 32-bit integer and float images are scaled to 8 bits;
-    palette images keep their transparency; transparent pixels are composed onto white for 'L'/'RGB'.
-    """
-    img = source if isinstance(source, Image.Image) else Image.open(source)
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-        array = np.asarray(img, dtype=np.float64)
-        high = 65535.0 if img.mode.startswith('I;16') or array.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8), mode='L')
-    if img.mode == 'P':
-        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
-    if img.mode in ('LA', 'PA', 'RGBa', 'La'):
-        img = img.convert('RGBA')
-    if mode != 'RGBA' and img.mode == 'RGBA':
-        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert(mode)
 
 
 class ImageSamples(torch.utils.data.Dataset):
@@ -116,30 +88,6 @@ def stratified_split(targets: Sequence, val_fraction: float, seed: int) -> Tuple
     except ValueError as e:
         raise DataError(f'cannot split {len(targets)} images with --val-split {val_fraction}: {e}') from None
     return sorted(train_idx.tolist()), sorted(val_idx.tolist())
-
-
-# --- image checks --------------------------------------------------------------------------------
-
-def _decode_error(path) -> Optional[str]:
-    try:
-        with Image.open(path) as img:
-            img.load()
-        return None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-def drop_unreadable(samples: List[Tuple[str, object]], strict: bool, workers: int = 4):
-    """Decode every file once; unreadable ones are dropped and reported (or fatal when ``strict``)."""
-    paths = [p for p, _ in samples]
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
-        errors = list(pool.map(_decode_error, paths))
-    bad = [(p, e) for p, e in zip(paths, errors) if e is not None]
-    if bad and strict:
-        path, reason = bad[0]
-        raise DataError(f'{path}: unreadable image ({reason}); --strict-images stops at the first one')
-    kept = [s for s, e in zip(samples, errors) if e is None]
-    return kept, bad
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -383,7 +331,7 @@ def hf_data(
     try:
         loaded = datasets.load_dataset(name, data_dir=str(data_dir) if data_dir else None)
     except Exception as e:  # network, missing dataset, malformed folder: one sentence, no traceback
-        raise DataError(f'--dataset {name}: could not be loaded ({type(e).__name__}: {str(e).splitlines()[0]})') from None
+        raise DataError(f'--dataset {name}: could not be loaded ({describe(e)})') from None
     train = loaded['train'] if 'train' in loaded else None
     if train is None:
         raise DataError(f'--dataset {name} has no train split (splits: {", ".join(loaded)})')
@@ -403,10 +351,3 @@ def hf_data(
         ImageSamples(_HFColumn(train, image_col), list(train[label_col]), mode=mode),
         ImageSamples(_HFColumn(val, image_col), list(val[label_col]), mode=mode),
         list(features[label_col].names), name=name)
-
-
-def image_mode(in_chans: int) -> str:
-    modes = {1: 'L', 3: 'RGB', 4: 'RGBA'}
-    if in_chans not in modes:
-        raise DataError(f'--in-chans must be 1, 3 or 4 for image data, got {in_chans}')
-    return modes[in_chans]

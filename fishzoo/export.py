@@ -13,12 +13,10 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
+from fishzoo.errors import ExportError, describe
+
 DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the issue allows
 INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'
-
-
-class ExportError(ValueError):
-    """A bad option or a failed export / check; the message names it."""
 
 
 def _require(*modules: str) -> None:
@@ -52,7 +50,7 @@ def export_onnx(
             folded, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False)
     except Exception as e:
-        raise ExportError(f'ONNX export failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})') from None
+        raise ExportError(f'ONNX export failed ({describe(e)})') from None
     program.save(str(path), external_data=False)
     return path
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
+from fishzoo.errors import describe
+
 _logger = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
@@ -41,7 +43,7 @@ def retain_freed_memory() -> bool:
     glibc hands big blocks (activations of a few MB and more) back to the kernel when they are freed, so
     every forward pass faults all of its activation pages in again; on a virtual machine each fresh page
     is a trip to the hypervisor. Serving them from the heap instead and never trimming it measured +15-20%
-    eager FishNet-150 throughput on the 2-core VM this project is benchmarked on (``fishzoo benchmark``).
+    eager FishNet-150 throughput on the 2-core VM this project is benchmarked on (``benchmarks/peers.py``).
     The price: the process keeps its peak memory until it exits. Returns whether the setting is in effect.
     """
     global _retaining
@@ -133,7 +135,7 @@ class InferenceModel(nn.Module):
                     with self.fast_path.inductor_config():
                         return self._compiled(x)
                 except Exception as e:  # compilation happens at the first call; any failure -> eager
-                    warnings.warn(f'torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+                    warnings.warn(f'torch.compile failed ({describe(e, 200)}); '
                                   'running the folded model eagerly', RuntimeWarning, stacklevel=2)
                     self._compiled = None
             return self.model(x)

@@ -1,8 +1,12 @@
-"""Facts about fishzoo's models (parameters, GMACs, feature levels, weights) and the README table.
+"""Facts about fishzoo's models (parameters, GMACs, feature levels, weights), the README table, and the
+machine that benchmarks and studies report their numbers on.
 
 Everything is measured, never typed: GMACs come from ``torch.utils.flop_counter`` on a model built on
 the meta device, so even FishNet-201 is summarised in about a second without allocating weights.
 """
+import os
+import platform
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import timm
@@ -83,3 +87,17 @@ def replace_readme_table(readme_text: str, table: str) -> str:
     except ValueError:
         raise ValueError(f'README has no models table markers ({README_TABLE_START!r} ... {README_TABLE_END!r})')
     return f'{head}{README_TABLE_START}\n{table}\n{README_TABLE_END}{tail}'
+
+
+def machine_summary() -> str:
+    """CPU model, cores this process may use, torch version and GPU: the line every table's numbers carry."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f'{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, '
+            f'{"CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"}')

@@ -10,40 +10,27 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
+from timm.data import create_transform, resolve_input_data_config
 
-from fishzoo.data import DataError, image_mode, load_image
-
-
-class PredictError(ValueError):
-    """A bad model, image or option; the message names it."""
+from fishzoo.errors import DataError, ModelLoadError, PredictError, first_line
+from fishzoo.images import image_mode, load_image
+from fishzoo.loading import load_model as _load_model
+from fishzoo.loading import resolve_source
 
 
 def load_model(model_or_dir: str):
-    import pickle
-
-    import timm
-    from safetensors import SafetensorError
-
-    from fishzoo.hub import HubFolderError, check_hub_folder
-    from fishzoo.models._pretrained import CheckpointError
-    folder = model_or_dir[len('local-dir:'):] if model_or_dir.startswith('local-dir:') else model_or_dir
+    """The model in eval mode with its weights (a folder's, a hub repo's, or a timm name's pretrained ones)."""
     try:
-        if Path(folder).is_dir():
-            check_hub_folder(folder)
-            model_or_dir = f'local-dir:{folder}'
-        model = timm.create_model(model_or_dir, pretrained=True)
-    except (HubFolderError, CheckpointError) as e:
+        return _load_model(model_or_dir, pretrained=True).eval()
+    except ModelLoadError as e:
         raise PredictError(str(e)) from None
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, SafetensorError) as e:
-        raise PredictError(f'{model_or_dir}: could not load the model ({str(e).strip().splitlines()[0]})') from None
-    return model.eval()
 
 
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
     """Per-class decision thresholds of a multi-label folder (config.json 'thresholds'), if any."""
-    folder = model_or_dir[len('local-dir:'):] if model_or_dir.startswith('local-dir:') else model_or_dir
-    path = Path(folder) / 'config.json'
-    if not path.is_file():
+    folder = resolve_source(model_or_dir).folder
+    path = folder / 'config.json' if folder is not None else None
+    if path is None or not path.is_file():
         return None
     thresholds = json.loads(path.read_text()).get('thresholds')
     if thresholds is None:
@@ -61,7 +48,6 @@ def predict(
         batch_size: int = 16,
 ) -> List[Dict]:
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``."""
-    from timm.data import create_transform, resolve_input_data_config
     model = load_model(model_or_dir)
     thresholds = read_thresholds(model_or_dir, model.num_classes)
     names = model.pretrained_cfg.get('label_names')
@@ -79,7 +65,7 @@ def predict(
             try:
                 batch.append(transform(load_image(image, mode)))
             except (OSError, DataError, ValueError) as e:
-                raise PredictError(f'{image}: unreadable image ({str(e).splitlines()[0]})') from None
+                raise PredictError(f'{image}: unreadable image ({first_line(e)})') from None
         with torch.no_grad():
             logits = model(torch.stack(batch))
         for image, row in zip(chunk, logits):
