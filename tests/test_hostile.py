@@ -12,11 +12,11 @@ Loading       pickle payload via file overlay, local-dir pytorch_model.bin, conv
 Model inputs  channels, 2-D / 5-D, below the minimum size .................... test_bad_model_inputs
                                                                                    (+ test_fishnet.py)
 Data          empty / missing folders, zero-byte and truncated images, EXIF, 16-bit, CSV missing images and
-              unknown labels ......... test_data.py, test_train.py::test_bad_inputs_get_one_line
+              unknown labels ......... test_data.py, train/test_cli.py::test_bad_inputs_get_one_line
               CSV duplicate rows .............................................. test_csv_duplicate_rows
-Training      NaN / inf loss .................................................. test_nan_loss_keeps_last_good_checkpoint
+Training      NaN / inf loss ...... train/test_trainer.py::test_nan_loss_keeps_last_good_checkpoint
               SIGTERM / SIGINT ................................................ test_signal_saves_and_exits
-              full disk while saving .......................................... test_full_disk_keeps_previous_checkpoint
+              full disk while saving  train/test_trainer.py::test_full_disk_keeps_previous_checkpoint
               kill -9 several times, resumed each time ........................ test_repeated_kill_9
 Hub           no token, bad token, network down ... test_hub.py::test_push_without_token,
               test_push_failure_keeps_folder_and_hides_token, and test_push_with_the_hub_offline below
@@ -43,7 +43,7 @@ import fishzoo  # noqa: F401
 from fishzoo import data
 from fishzoo.cli import main as cli_main
 from fishzoo.hub import HubFolderError, HubUploadError, push_to_hub, read_hub_config, save_pretrained
-from fishzoo.models._pretrained import CheckpointError
+from fishzoo.errors import CheckpointError
 from fishzoo.train import STATE_FILE, checkpoint_dirs, main
 from tests.conftest import TRAIN_ARGS
 
@@ -268,50 +268,6 @@ def test_csv_duplicate_rows(tmp_path, caplog):
         rows = data.read_label_csv(csv_path)
     assert len(rows) == 8
     assert 'listed again with other labels; keeping the first row' in caplog.text
-
-
-def test_nan_loss_keeps_last_good_checkpoint(image_dataset, tmp_path, capsys, monkeypatch):
-    from fishzoo import train
-    real_create_loss = train.create_loss
-
-    def poisoned(args, multilabel):
-        loss_fn, calls = real_create_loss(args, multilabel), [0]
-
-        def loss(logits, targets):
-            calls[0] += 1
-            value = loss_fn(logits, targets)
-            return value * float('nan') if calls[0] > 8 else value  # 6 batches an epoch: NaN in epoch 2
-        return loss
-    monkeypatch.setattr(train, 'create_loss', poisoned)
-    out = tmp_path / 'nan'
-    assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3', *TRAIN_ARGS]) == 2
-    line = _one_line(capsys, 'the loss became nan at epoch 2, batch 3 (update 9)')
-    assert f'the last good checkpoint is {out / "checkpoints" / "epoch_0001"}' in line
-    assert [p.name for p in checkpoint_dirs(out)] == ['epoch_0001']
-
-
-def test_full_disk_keeps_previous_checkpoint(image_dataset, tmp_path, capsys, monkeypatch):
-    import errno
-
-    from accelerate import Accelerator
-    real_save = Accelerator.save_state
-    saves = [0]
-
-    def save_state(self, output_dir=None, **kwargs):
-        saves[0] += 1
-        if saves[0] == 2:  # the second checkpoint: write half of it, then the disk is full
-            real_save(self, output_dir, **kwargs)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(self, output_dir, **kwargs)
-    monkeypatch.setattr(Accelerator, 'save_state', save_state)
-    out = tmp_path / 'full'
-    assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3', *TRAIN_ARGS]) == 2
-    line = _one_line(capsys, 'could not write checkpoint')
-    assert 'No space left on device' in line and f'the previous checkpoint {out}/checkpoints/epoch_0001 is intact' in line
-    assert [p.name for p in (out / 'checkpoints').iterdir()] == ['epoch_0001']  # no half-written folder left
-    monkeypatch.setattr(Accelerator, 'save_state', real_save)
-    assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3', *TRAIN_ARGS,
-                 '--resume', 'auto']) == 0
 
 
 def _start(args, out):

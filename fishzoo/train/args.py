@@ -1,0 +1,187 @@
+"""fishzoo-train's command line: the flags (timm's train.py names), YAML recipes with the same keys, checks.
+
+Command line beats config, config beats the defaults; with no data flags the defaults are the embedded
+digits recipe (``configs/digits.yaml``).
+"""
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import accelerate.utils
+import yaml
+
+from fishzoo.errors import ConfigError, first_line
+from fishzoo.finetune import MODES
+
+# the embedded default: scikit-learn's digits, upscaled to 32 px, a small low-resolution FishNet
+DIGITS_RECIPE: Dict[str, Any] = dict(
+    model='fishnet_s64', img_size=32, in_chans=1, epochs=8, batch_size=64, opt='adamw', lr=3e-3,
+    weight_decay=0.05, sched='cosine', warmup_epochs=0, scale=[0.8, 1.0], ratio=[0.9, 1.1], hflip=0.0,
+    color_jitter=0.0, val_split=0.2,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='fishzoo-train', description='Train a timm model with Accelerate into a hub folder.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--config', metavar='FILE.yaml', help='YAML file with the same keys as these flags')
+
+    g = p.add_argument_group('data (none given: the embedded digits)')
+    g.add_argument('--data-dir', help='class-folder tree: train/ and val/, or one tree with --val-split')
+    g.add_argument('--dataset', help="a Hugging Face dataset name, or 'imagefolder' with --data-dir")
+    g.add_argument('--train-csv', help='multi-label CSV with columns image,labels (labels space-separated)')
+    g.add_argument('--val-csv', help='validation CSV (else --val-split of --train-csv)')
+    g.add_argument('--image-root', help="folder the CSV image paths are relative to (default: the CSV's)")
+    g.add_argument('--classes', help='class list: comma-separated or a text file, one per line')
+    g.add_argument('--val-split', type=float, help='fraction held out for validation when no val set is given')
+    g.add_argument('--digits', help='embedded digits: keep these classes only, e.g. 0,1,2,3,4')
+    g.add_argument('--multilabel', action='store_true',
+                   help='multi-label: BCE with logits, sigmoid outputs, F1 / mAP metrics (implied by --train-csv)')
+    g.add_argument('--strict-images', action='store_true', help='stop at an unreadable image instead of skipping it')
+    g.add_argument('-j', '--workers', type=int, default=0, help='data loading worker processes')
+
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default='fishnet_s64', help="timm name, 'local-dir:PATH' or 'hf-hub:REPO_ID'")
+    g.add_argument('--pretrained', action='store_true', help="load the model's pretrained weights")
+    g.add_argument('--num-classes', type=int, help='classifier size (default: the number of classes in the data)')
+    g.add_argument('--in-chans', type=int, default=3, help='image channels: 1 (grayscale), 3 or 4')
+    g.add_argument('--img-size', type=int, help="input size (default: the model's data config)")
+    g.add_argument('--drop', type=float, default=0.0, help='dropout before the classifier')
+    g.add_argument('--drop-path', type=float, default=0.0, help='stochastic depth rate')
+    g.add_argument('--grad-checkpointing', action='store_true')
+    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor)')
+
+    g = p.add_argument_group('fine-tuning')
+    g.add_argument('--finetune', choices=MODES,
+                   help='frozen: classifier only (BN statistics frozen); full: everything; '
+                        'gradual: classifier for --freeze-epochs, then one stage more per epoch from the top')
+    g.add_argument('--freeze-epochs', type=int, default=1, help='gradual: epochs training the classifier only')
+    g.add_argument('--threshold-tuning', default='none', choices=('none', 'global', 'per-class'),
+                   help='multi-label: pick decision thresholds on the validation set after training')
+
+    g = p.add_argument_group('optimizer')
+    g.add_argument('--opt', default='sgd', help="timm optimizer name ('sgd', 'adamw', 'lamb', ...)")
+    g.add_argument('--lr', type=float, default=0.05)
+    g.add_argument('--weight-decay', type=float, default=1e-4)
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--layer-decay', type=float, help='layer-wise LR decay (from the model group_matcher)')
+    g.add_argument('--clip-grad', type=float, help='clip the gradient norm to this value')
+
+    g = p.add_argument_group('schedule')
+    g.add_argument('--sched', default='cosine',
+                   help="timm scheduler ('cosine', 'step', ...), 'plateau' (on the val metric) or 'onecycle'")
+    g.add_argument('--epochs', type=int, default=30)
+    g.add_argument('--warmup-epochs', type=int, default=0)
+    g.add_argument('--warmup-lr', type=float, default=1e-5)
+    g.add_argument('--min-lr', type=float, default=0.0)
+    g.add_argument('--decay-epochs', type=float, default=10, help='step: epochs between decays')
+    g.add_argument('--decay-rate', type=float, default=0.1, help='step / plateau: LR factor')
+    g.add_argument('--patience-epochs', type=int, default=2, help='plateau: epochs without improvement')
+    g.add_argument('--pct-start', type=float, default=0.3, help='onecycle: fraction of steps rising to --lr')
+
+    g = p.add_argument_group('augmentation and regularization')
+    g.add_argument('--no-aug', action='store_true', help='no training augmentation')
+    g.add_argument('--scale', type=float, nargs=2, metavar=('MIN', 'MAX'), help='random-resized-crop area range')
+    g.add_argument('--ratio', type=float, nargs=2, metavar=('MIN', 'MAX'), help='random-resized-crop aspect range')
+    g.add_argument('--train-crop-mode', help="timm train crop: 'rrc' (default), 'rkrc', 'rkrr'")
+    g.add_argument('--hflip', type=float, default=0.5)
+    g.add_argument('--vflip', type=float, default=0.0)
+    g.add_argument('--rotate', type=float, default=0.0, help='random rotation range in degrees (+-)')
+    g.add_argument('--color-jitter', type=float, default=0.4)
+    g.add_argument('--aa', help="timm auto-augment policy, e.g. 'rand-m9-mstd0.5'")
+    g.add_argument('--reprob', type=float, default=0.0, help='random erasing probability')
+    g.add_argument('--remode', default='pixel', help='random erasing mode')
+    g.add_argument('--smoothing', type=float, default=0.0, help='label smoothing')
+    g.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (0: off)')
+    g.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (0: off)')
+    g.add_argument('--mixup-prob', type=float, default=1.0)
+    g.add_argument('--mixup-switch-prob', type=float, default=0.5)
+    g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights (saved as the model)')
+    g.add_argument('--model-ema-decay', type=float, default=0.9998)
+
+    g = p.add_argument_group('training')
+    g.add_argument('-b', '--batch-size', type=int, default=64, help='per process')
+    g.add_argument('--validation-batch-size', type=int, help='default: --batch-size')
+    g.add_argument('--grad-accum-steps', type=int, default=1)
+    g.add_argument('--seed', type=int, default=42)
+    g.add_argument('--mixed-precision', choices=('no', 'fp16', 'bf16'), help="default: accelerate's config")
+
+    g = p.add_argument_group('output')
+    g.add_argument('--output-dir', default='output/train')
+    g.add_argument('--checkpoint-every', type=int, default=1, help='epochs between checkpoints')
+    g.add_argument('--keep-checkpoints', type=int, default=2, help='checkpoints kept (newest)')
+    g.add_argument('--resume', help="'auto' (newest complete checkpoint in --output-dir) or a checkpoint folder")
+    g.add_argument('--overwrite', action='store_true', help='replace the run in --output-dir')
+    g.add_argument('--push-to-hub', metavar='REPO_ID', help='upload the finished folder')
+    g.add_argument('--report-to', default='none', choices=('none', 'tensorboard', 'trackio'))
+    return p
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """The keys of a YAML recipe, checked against the flags, as argparse defaults."""
+    if not os.path.isfile(path):
+        raise ConfigError(f'--config {path}: no such file')
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f'--config {path}: not valid YAML ({first_line(e)})') from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f'--config {path}: expected a mapping of flag names to values')
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in cfg.items():
+        dest = str(key).replace('-', '_')
+        if dest not in actions or dest in ('help', 'config'):
+            raise ConfigError(f'--config {path}: unknown key {key!r} (keys are the flags, e.g. lr, batch-size)')
+        action = actions[dest]
+        if action.type is not None and value is not None:
+            try:
+                value = [action.type(v) for v in value] if action.nargs else action.type(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f'--config {path}: {key}: {value!r} is not a valid {action.type.__name__}') from None
+        if action.choices and value not in action.choices:
+            raise ConfigError(f'--config {path}: {key} must be one of {", ".join(action.choices)}, got {value!r}')
+        out[dest] = value
+    return out
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    config = load_config(pre.config, parser) if pre.config else {}
+    parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    if not (args.data_dir or args.dataset or args.train_csv):
+        # no data given: the embedded digits recipe fills in what neither the command line nor the config set
+        parser.set_defaults(**{**DIGITS_RECIPE, **config})
+        args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    positive = dict(epochs=args.epochs, batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps,
+                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints)
+    for name, value in positive.items():
+        if value is None or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.lr <= 0 or not math.isfinite(args.lr):
+        raise ConfigError(f'--lr must be a positive number, got {args.lr}')
+    if args.val_csv and not args.train_csv:
+        raise ConfigError('--val-csv needs --train-csv')
+    if args.dataset and args.train_csv:
+        raise ConfigError('give either --dataset or --train-csv, not both')
+    if args.digits and (args.data_dir or args.dataset or args.train_csv):
+        raise ConfigError('--digits selects classes of the embedded digits; it does not go with other data')
+    if args.threshold_tuning != 'none' and not (args.multilabel or args.train_csv):
+        raise ConfigError('--threshold-tuning is for multi-label training (--multilabel or --train-csv)')
+    if args.freeze_epochs < 0:
+        raise ConfigError(f'--freeze-epochs must be 0 or more, got {args.freeze_epochs}')
+    if args.report_to != 'none':
+        if not getattr(accelerate.utils, f'is_{args.report_to}_available')():
+            raise ConfigError(f'--report-to {args.report_to}: the {args.report_to} package is not installed '
+                              f'(pip install {args.report_to})')

@@ -1,0 +1,70 @@
+"""``fishzoo-train``: parse the flags, set up Accelerate, build the parts, run the trainer, exit with one line.
+
+    accelerate launch scripts/train.py                      # the embedded digits, a low-res FishNet
+    accelerate launch scripts/train.py --data-dir DIR --model fishnet99 --pretrained --num-classes 10
+    accelerate launch --multi_gpu --num_processes 2 -m fishzoo.train --config configs/digits.yaml
+    fishzoo-train --help
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+from fishzoo.errors import FishzooError
+
+from .args import parse_args
+from .parts import build_parts
+from .run_folder import prepare_output_dir
+from .trainer import Trainer
+
+
+def distributed_on_cpu() -> bool:
+    """Launched as several processes (torchrun / accelerate launch) on a machine without CUDA.
+
+    Accelerate then needs cpu=True to join the processes with gloo; otherwise each runs alone.
+    """
+    launched = int(os.environ.get('WORLD_SIZE', '1')) > 1 or int(os.environ.get('LOCAL_RANK', '-1')) != -1
+    return launched and not torch.cuda.is_available()
+
+
+def create_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The Accelerator the flags ask for (mixed precision, accumulation, trackers, compile), seeded."""
+    # gradual unfreezing switches requires_grad after DDP is built: frozen parameters are "unused"
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=args.finetune == 'gradual')
+    accelerator = Accelerator(
+        kwargs_handlers=[ddp_kwargs],
+        gradient_accumulation_steps=args.grad_accum_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == 'none' else args.report_to,
+        project_dir=str(args.output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dynamo_backend='inductor' if args.compile else 'no',
+        cpu=distributed_on_cpu(),
+    )
+    set_seed(args.seed)
+    if accelerator.device.type == 'cpu':
+        # launchers set OMP_NUM_THREADS=1; on CPU each local process should get its share of the cores
+        local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes))
+        share = max(1, len(os.sched_getaffinity(0)) // local_processes)
+        torch.set_num_threads(max(torch.get_num_threads(), share))
+    return accelerator
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    logging.getLogger('fishzoo').setLevel(logging.INFO)
+    try:
+        args = parse_args(argv)
+        prepare_output_dir(args, PartialState(cpu=distributed_on_cpu()))
+        accelerator = create_accelerator(args)
+        parts = build_parts(args, accelerator.num_processes)
+        Trainer(args, accelerator, parts).run()
+    except FishzooError as e:
+        print(f'fishzoo-train: {e}', file=sys.stderr)
+        return e.exit_code
+    return 0

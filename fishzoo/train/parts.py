@@ -1,0 +1,174 @@
+"""The parts of a training run, built from its arguments: data, model, transforms, loaders, optimizer,
+schedule, loss, Mixup and EMA.
+
+:func:`build_parts` returns them ready for ``Accelerator.prepare``; the :class:`~fishzoo.train.trainer.Trainer`
+takes them as they are, so a test (or a notebook) can hand it parts of its own.
+"""
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from timm.data import Mixup, create_transform, resolve_input_data_config
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from torchvision import transforms as T
+
+from fishzoo import data
+from fishzoo.errors import ConfigError, ModelLoadError
+from fishzoo.finetune import classifier_names, freeze_backbone, one_hot_targets
+from fishzoo.loading import load_model
+
+from .schedule import LRSchedule
+
+_logger = logging.getLogger('fishzoo.train')
+
+
+@dataclass
+class TrainingParts:
+    """Everything a run trains with, before ``Accelerator.prepare``."""
+    model: nn.Module
+    data: data.TrainValData
+    data_config: Dict[str, Any]  # input size, interpolation, mean/std, crop: what the hub folder records
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    mixup: Optional[Mixup] = None
+    ema: Optional[ModelEmaV3] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.class_names)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.data.multilabel
+
+
+def load_data(args: argparse.Namespace) -> data.TrainValData:
+    """The data source the flags name (the embedded digits when none), multi-hot when ``--multilabel``."""
+    mode = data.image_mode(args.in_chans)
+    if args.train_csv:
+        loaded = data.csv_data(args.train_csv, args.val_csv, args.image_root, args.classes, args.val_split,
+                               args.seed, mode, args.strict_images)
+    elif args.dataset:
+        loaded = data.hf_data(args.dataset, args.data_dir, args.val_split, args.seed, mode)
+    elif args.data_dir:
+        loaded = data.image_folder_data(args.data_dir, args.val_split, args.seed, mode, args.strict_images)
+    else:
+        classes = [c.strip() for c in args.digits.split(',')] if args.digits else None
+        loaded = data.digits_data(args.val_split or 0.2, args.seed, mode, classes)
+    for image, reason in loaded.skipped[:5]:
+        _logger.warning('skipped unreadable image %s (%s)', image, reason)
+    if loaded.skipped:
+        _logger.warning('skipped %d unreadable images in all (--strict-images makes this an error)',
+                        len(loaded.skipped))
+    if args.num_classes and args.num_classes != len(loaded.class_names):
+        raise ConfigError(f'--num-classes {args.num_classes} does not match the {len(loaded.class_names)} '
+                          'classes of the data')
+    if args.multilabel and not loaded.multilabel:
+        for split in (loaded.train, loaded.val):
+            split.targets = one_hot_targets(split.targets, len(loaded.class_names))
+        loaded.multilabel = True
+    return loaded
+
+
+def create_model(args: argparse.Namespace, num_classes: int, class_names: Optional[List[str]] = None) -> nn.Module:
+    """The model with a head for ``num_classes``; a pretrained head for other classes is re-initialised."""
+    try:
+        model = load_model(args.model, pretrained=args.pretrained, label=f'--model {args.model}',
+                           num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
+                           drop_path_rate=args.drop_path)
+    except ModelLoadError as e:
+        raise ConfigError(str(e)) from None
+    if args.pretrained:
+        source_classes = model.pretrained_cfg.get('num_classes')
+        source_names = model.pretrained_cfg.get('label_names')
+        other_labels = source_names is not None and class_names is not None and \
+            [str(n) for n in source_names] != [str(n) for n in class_names]
+        if source_classes != num_classes or other_labels:
+            if source_classes == num_classes:  # same size, other classes: timm kept the old head
+                model.reset_classifier(num_classes)
+            why = f' (labels {",".join(map(str, source_names))} -> {",".join(class_names)})' if other_labels else ''
+            _logger.info('replaced the classifier: %s -> %d classes%s; re-initialised %s', source_classes,
+                         num_classes, why, ', '.join(classifier_names(model)))
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def build_transforms(args: argparse.Namespace, data_config: Dict[str, Any]):
+    """timm's training (augmenting) and evaluation transforms for the model's data config."""
+    train_tf = create_transform(
+        data_config['input_size'], is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
+        train_crop_mode=args.train_crop_mode, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+        auto_augment=args.aa, interpolation=data_config['interpolation'], mean=data_config['mean'],
+        std=data_config['std'], re_prob=args.reprob, re_mode=args.remode)
+    if args.rotate and not args.no_aug:
+        train_tf = T.Compose([T.RandomRotation(args.rotate), train_tf])
+    val_tf = create_transform(
+        data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
+        mean=data_config['mean'], std=data_config['std'], crop_pct=data_config['crop_pct'])
+    return train_tf, val_tf
+
+
+def create_loss(args: argparse.Namespace, multilabel: bool) -> nn.Module:
+    if multilabel:
+        return nn.BCEWithLogitsLoss()
+    if args.mixup > 0 or args.cutmix > 0:
+        return SoftTargetCrossEntropy()  # Mixup makes (smoothed) soft targets
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    try:
+        return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                   momentum=args.momentum, layer_decay=args.layer_decay)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(f'--opt {args.opt}: {str(e).strip() or "unknown optimizer"} '
+                          f'(with --lr {args.lr}, --momentum {args.momentum}, '
+                          f'--weight-decay {args.weight_decay})') from None
+
+
+def build_parts(args: argparse.Namespace, num_processes: int = 1) -> TrainingParts:
+    """Every part of the run the flags describe; ``num_processes`` splits the batches and the schedule."""
+    loaded = load_data(args)
+    model = create_model(args, len(loaded.class_names), loaded.class_names)
+    if args.finetune == 'frozen':
+        freeze_backbone(model)
+    # adapts mean/std to the model's channels
+    data_config = resolve_input_data_config(model, args=dict(img_size=args.img_size) if args.img_size else {})
+    loaded.train.transform, loaded.val.transform = build_transforms(args, data_config)
+
+    if args.batch_size * num_processes > len(loaded.train):
+        raise ConfigError(f'--batch-size {args.batch_size} (x {num_processes} processes) is larger than the training '
+                          f'set ({len(loaded.train)} images)')
+    train_loader = torch.utils.data.DataLoader(
+        loaded.train, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
+        persistent_workers=args.workers > 0)
+    val_loader = torch.utils.data.DataLoader(
+        loaded.val, batch_size=args.validation_batch_size or args.batch_size, shuffle=False,
+        num_workers=args.workers)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    optimizer = create_optimizer(args, model)
+    updates_per_epoch = math.ceil(len(train_loader) / num_processes / args.grad_accum_steps)
+    mixup = None
+    if (args.mixup > 0 or args.cutmix > 0) and not loaded.multilabel:
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                      switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
+                      num_classes=len(loaded.class_names))
+    return TrainingParts(
+        model=model, data=loaded, data_config=data_config, train_loader=train_loader, val_loader=val_loader,
+        optimizer=optimizer, schedule=LRSchedule(optimizer, args, updates_per_epoch),
+        loss_fn=create_loss(args, loaded.multilabel), mixup=mixup,
+        ema=ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None)

@@ -1,0 +1,127 @@
+"""The output folder of a run: refused when it holds another run, metrics written as training goes, and at
+the end a hub folder (weights, config, card) with the curves, optionally uploaded.
+
+    OUTPUT_DIR/model.safetensors, config.json, README.md   the hub folder (timm local-dir:)
+    OUTPUT_DIR/metrics.json, curves.png                    one record per epoch, and its plot
+    OUTPUT_DIR/thresholds.json                             multi-label threshold tuning
+    OUTPUT_DIR/checkpoints/                                see fishzoo.train.checkpoints
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import matplotlib
+import torch.nn as nn
+from accelerate import PartialState
+
+from fishzoo.errors import ConfigError
+from fishzoo.hub import push_to_hub, save_pretrained
+
+matplotlib.use('Agg')  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+_logger = logging.getLogger('fishzoo.train')
+
+RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'metrics.json', 'curves.png', 'thresholds.json')
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """``obj`` as JSON at ``path``, replacing the old file only once the new one is complete on disk."""
+    tmp = path.with_name(f'.{path.name}.tmp')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_output_dir(args: argparse.Namespace, state: PartialState) -> Path:
+    """Refuse a folder holding another run unless resuming or overwriting (then the main process clears it)."""
+    output_dir = Path(args.output_dir)
+    previous = [n for n in RUN_FILES if (output_dir / n).exists()] + \
+        (['checkpoints/'] if (output_dir / 'checkpoints').is_dir() else [])
+    if previous and not args.resume and not args.overwrite:
+        raise ConfigError(f'--output-dir {output_dir} holds another run ({", ".join(previous)}); '
+                          'pass --resume auto to continue it or --overwrite to replace it')
+    state.wait_for_everyone()  # every process has looked before anything is removed
+    if state.is_main_process:
+        if previous and not args.resume:
+            for name in previous:
+                target = output_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    return output_dir
+
+
+def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = False) -> None:
+    epochs = [r['epoch'] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+
+    def series(key):
+        return [math.nan if r.get(key) is None else r[key] for r in history]
+    ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
+    ax_loss.plot(epochs, series('val_loss'), 'o-', label='val')
+    ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
+    keys = [('train_f1_micro', 'train'), ('val_f1_micro', 'val')] if multilabel else \
+        [('train_top1', 'train top-1'), ('val_top1', 'val top-1'), ('val_top5', 'val top-5')]
+    for key, label in keys:
+        if any(r.get(key) is not None for r in history):
+            ax_acc.plot(epochs, series(key), 'o-', label=label)
+    ax_acc.set(xlabel='epoch', ylabel='micro F1' if multilabel else 'accuracy (%)',
+               title='micro F1' if multilabel else 'accuracy')
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_record(record: Dict[str, Any], epochs: int) -> str:
+    """One epoch's line in the log."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    for key, fmt in (('train_loss', '.4f'), ('val_loss', '.4f'), ('val_top1', '.2f'), ('val_top5', '.2f'),
+                     ('val_f1_micro', '.4f'), ('val_map', '.4f'), ('ema_val_top1', '.2f'), ('lr', '.2e'),
+                     ('trainable_params', ',d'), ('img_per_s', '.0f'), ('epoch_seconds', '.1f')):
+        if record.get(key) is not None:
+            parts.append(f'{key} {record[key]:{fmt}}')
+    return '  '.join(parts)
+
+
+class RunFolder:
+    """What the main process writes into ``output_dir`` while and after training."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir)
+
+    def write_metrics(self, history: List[Dict[str, Any]]) -> None:
+        write_json_atomic(self.path / 'metrics.json', history)
+
+    def write_thresholds(self, mode: str, before: float, after: float, class_names: Sequence[str],
+                         thresholds: Sequence[float]) -> None:
+        write_json_atomic(self.path / 'thresholds.json', dict(
+            mode=mode, f1_micro_before=before, f1_micro_after=after,
+            thresholds=dict(zip(class_names, thresholds))))
+
+    def publish(self, model: nn.Module, history: List[Dict[str, Any]], *, class_names: Sequence[str],
+                data_config: Mapping[str, Any], metrics: Mapping[str, float], multilabel: bool,
+                extra_config: Optional[dict], dataset: str, description: str,
+                push_to: Optional[str] = None, commit_message: str = '') -> None:
+        """The hub folder (weights, config, card), the curves and, with ``push_to``, the upload."""
+        save_pretrained(
+            model, self.path, label_names=class_names, extra_config=extra_config,
+            data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
+            repo_id=push_to, dataset=dataset, metrics=metrics,
+            metrics_source=f'measured by fishzoo-train on the validation split after {history[-1]["epoch"]} epochs',
+            tags=('fishzoo-train',), description=description)
+        plot_curves(history, self.path / 'curves.png', multilabel)
+        _logger.info('wrote %s', self.path)
+        if push_to:
+            push_to_hub(self.path, push_to, commit_message=commit_message)

@@ -1,0 +1,246 @@
+"""The training loop: ready-built parts in, epochs of training and validation, checkpoints, a hub folder out.
+
+The shape is Accelerate's ``complete_cv_example``: ``prepare`` the model, optimizer and loaders, then
+``accumulate`` / ``autocast`` / ``backward`` per batch and ``gather_for_metrics`` for validation. What is
+fishzoo's own: an epoch-0 evaluation of the untrained head, NaN detection naming the step, checkpoints that
+survive a crash (:mod:`.checkpoints`), stopping on a signal with a checkpoint (:mod:`.signals`),
+multi-label threshold tuning, and the published run folder (:mod:`.run_folder`).
+"""
+import argparse
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from fishzoo.errors import TrainingStopped
+from fishzoo.finetune import GradualUnfreezer, multilabel_metrics, trainable_parameters, tune_thresholds
+
+from .checkpoints import CheckpointStore
+from .evaluation import metrics_of, predict_loader
+from .parts import TrainingParts
+from .run_folder import RunFolder, format_record
+from .signals import StopSignals
+
+_logger = logging.getLogger('fishzoo.train')
+
+
+class Trainer:
+    """One training run over ``parts``, configured by ``args`` (the flags of ``fishzoo-train``).
+
+    ``store`` and ``folder`` default to a :class:`CheckpointStore` and a :class:`RunFolder` in
+    ``args.output_dir``; pass your own to change where (or whether) things are written.
+    """
+
+    def __init__(self, args: argparse.Namespace, accelerator: Accelerator, parts: TrainingParts,
+                 store: Optional[CheckpointStore] = None, folder: Optional[RunFolder] = None):
+        self.args = args
+        self.accelerator = accelerator
+        self.parts = parts
+        self.output_dir = Path(args.output_dir)
+        self.store = store or CheckpointStore(accelerator, self.output_dir, keep=args.keep_checkpoints)
+        self.folder = folder or RunFolder(self.output_dir)
+        self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
+            parts.model, parts.optimizer, parts.train_loader, parts.val_loader)
+        self.unfreezer = None
+        if args.finetune == 'gradual':
+            # built after prepare, so that DDP registered every parameter, frozen ones included
+            self.unfreezer = GradualUnfreezer(accelerator.unwrap_model(self.model), args.freeze_epochs,
+                                              self.optimizer.optimizer)
+        self.signals = StopSignals()
+        self.thresholds: Optional[List[float]] = None
+        self.partial: Optional[Dict[str, Any]] = None  # a mid-epoch checkpoint's progress, when resuming one
+        self.epoch = 0
+        self.num_updates = 0
+        self.history: List[Dict[str, Any]] = []
+
+    # checkpoint state -------------------------------------------------------------------------
+    def save_checkpoint(self, partial: Optional[Dict[str, Any]] = None) -> Path:
+        """A checkpoint of everything; ``partial`` (mid-epoch, on a signal) holds the epoch's progress and sums."""
+        ema = self.parts.ema
+        state = dict(epoch=self.epoch, num_updates=self.num_updates, history=self.history,
+                     schedule=self.parts.schedule.state_dict(),
+                     ema=ema.state_dict() if ema is not None else None, partial=partial)
+        return self.store.save(state, self.epoch, partial['batches'] if partial else None)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = self.store.load(path)
+        self.epoch, self.num_updates, self.history = state['epoch'], state['num_updates'], state['history']
+        self.partial = state.get('partial')
+        self.parts.schedule.load_state_dict(state['schedule'])
+        if self.parts.ema is not None and state.get('ema') is not None:
+            self.parts.ema.load_state_dict(state['ema'])
+        _logger.info('resumed from %s (epoch %d done)', path, self.epoch)
+
+    # epochs -----------------------------------------------------------------------------------
+    def _nan_stop(self, loss: torch.Tensor, batches: int) -> TrainingStopped:
+        good = self.store.complete()
+        return TrainingStopped(
+            f'the loss became {loss.item()} at epoch {self.epoch + 1}, batch {batches + 1} '
+            f'(update {self.num_updates + 1}); stopped without saving; '
+            + (f'the last good checkpoint is {good[-1]}' if good else 'no checkpoint was written yet'))
+
+    def train_one_epoch(self) -> Dict[str, float]:
+        accelerator, args, parts = self.accelerator, self.args, self.parts
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        device = accelerator.device
+        # sums stay on the device: a .item() per batch would sync, a kept graph would grow every epoch
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        seen, batches, elapsed = 0, 0, 0.0
+        loader = self.train_loader
+        if self.partial:  # resuming a checkpoint written mid-epoch: same data order, the done batches skipped
+            batches, seen, elapsed = self.partial['batches'], self.partial['seen'], self.partial['seconds']
+            loss_sum += self.partial['loss_sum']
+            correct += self.partial['correct']
+            loader = accelerator.skip_first_batches(self.train_loader, batches)
+            self.partial = None
+        counts_correct = not parts.multilabel and parts.mixup is None
+        start = time.perf_counter() - elapsed
+        for images, targets in tqdm(loader, desc=f'epoch {self.epoch + 1} train', leave=False, mininterval=1.0,
+                                    disable=None if accelerator.is_local_main_process else True):
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(self.model):
+                hard_targets = targets
+                if parts.mixup is not None:
+                    images, targets = parts.mixup(images, targets)
+                with accelerator.autocast():
+                    logits = self.model(images)
+                    loss = parts.loss_fn(logits, targets)
+                if not torch.isfinite(loss):
+                    raise self._nan_stop(loss, batches)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.clip_grad:
+                    accelerator.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    self.num_updates += 1
+                    parts.schedule.step_update(self.num_updates)
+                    if parts.ema is not None:
+                        parts.ema.update(accelerator.unwrap_model(self.model), step=self.num_updates)
+            loss_sum += loss.detach() * images.shape[0]
+            if counts_correct:
+                correct += (logits.detach().argmax(1) == hard_targets).sum()
+            seen += images.shape[0]
+            batches += 1
+            if accelerator.sync_gradients and self.signals.requested(accelerator):
+                self.save_checkpoint(partial=dict(
+                    batches=batches, seen=seen, seconds=time.perf_counter() - start,
+                    loss_sum=loss_sum.item(), correct=correct.item()))
+                raise TrainingStopped(
+                    f'stopped by {signal.Signals(self.signals.signum).name} in epoch {self.epoch + 1} after '
+                    f'{batches} batches; checkpoint saved, continue with --resume auto',
+                    exit_code=self.signals.exit_code)
+        seconds = time.perf_counter() - start
+        totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]), 'sum')
+        record = dict(train_loss=(totals[0] / totals[2]).item(), img_per_s=totals[2].item() / seconds)
+        if counts_correct:
+            record['train_top1'] = 100.0 * (totals[1] / totals[2]).item()
+        return record
+
+    def evaluate(self, model: nn.Module, prefix: str = 'val') -> Dict[str, float]:
+        logits, targets = predict_loader(self.accelerator, model, self.val_loader, self.args.channels_last)
+        return {f'{prefix}_{k}': v for k, v in metrics_of(logits, targets, self.parts.multilabel).items()}
+
+    def final_model(self) -> nn.Module:
+        return self.parts.ema.module if self.parts.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    def tune_thresholds(self) -> None:
+        """Multi-label: thresholds picked on the validation set; F1 before and after goes to the log and metrics."""
+        logits, targets = predict_loader(self.accelerator, self.final_model(), self.val_loader, self.args.channels_last)
+        probs, targets = logits.sigmoid().numpy(), targets.numpy()
+        before = multilabel_metrics(probs, targets)['f1_micro']
+        self.thresholds = tune_thresholds(probs, targets, self.args.threshold_tuning)
+        after = multilabel_metrics(probs, targets, self.thresholds)['f1_micro']
+        self.history[-1].update(val_f1_micro_tuned=after)
+        if self.accelerator.is_main_process:
+            _logger.info('threshold tuning (%s): val micro-F1 %.4f at 0.5 -> %.4f with tuned thresholds',
+                         self.args.threshold_tuning, before, after)
+            self.folder.write_thresholds(self.args.threshold_tuning, before, after, self.parts.data.class_names,
+                                         self.thresholds)
+            self.folder.write_metrics(self.history)
+
+    # the run ----------------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        """Train to ``--epochs`` (resuming first if asked), then publish the run folder; returns the last record."""
+        with self.signals:
+            return self._run()
+
+    def _log_record(self, record: Dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.accelerator.is_main_process:
+            print(format_record(record, self.args.epochs), flush=True)
+            self.folder.write_metrics(self.history)
+
+    def _run(self) -> Dict[str, Any]:
+        accelerator, args, parts = self.accelerator, self.args, self.parts
+        if args.resume:
+            checkpoint = self.store.find(args.resume)
+            if checkpoint is not None:
+                self.load_checkpoint(checkpoint)
+            else:
+                _logger.info('--resume auto: no checkpoint in %s, starting from scratch', self.output_dir)
+        if args.report_to != 'none':
+            accelerator.init_trackers('fishzoo', config={k: v for k, v in vars(args).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+        if accelerator.is_main_process:
+            _logger.info('training %s on %s: %d train / %d val images, %d classes, %d processes', args.model,
+                         parts.data.name, len(parts.data.train), len(parts.data.val), parts.num_classes,
+                         accelerator.num_processes)
+        if self.epoch == 0 and not self.history:
+            # epoch 0: the untrained head, a sanity check of the metrics before any update
+            self._log_record(dict(epoch=0, **self.evaluate(self.model),
+                                  trainable_params=trainable_parameters(self.model)))
+        while self.epoch < args.epochs:
+            start = time.perf_counter()
+            if self.unfreezer is not None:
+                self.unfreezer.set_epoch(self.epoch)
+            record = dict(epoch=self.epoch + 1, trainable_params=trainable_parameters(self.model))
+            record.update(self.train_one_epoch())
+            record.update(self.evaluate(self.model))
+            if parts.ema is not None:
+                record.update(self.evaluate(parts.ema.module, prefix='ema_val'))
+            record['lr'] = max(g['lr'] for g in self.optimizer.param_groups)
+            record['epoch_seconds'] = time.perf_counter() - start
+            self.epoch += 1
+            parts.schedule.step_epoch(self.epoch, record.get('val_top1', record.get('val_f1_micro')))
+            accelerator.log({k: v for k, v in record.items() if k != 'epoch'}, step=record['epoch'])
+            self._log_record(record)
+            if self.epoch % args.checkpoint_every == 0 or self.epoch == args.epochs:
+                self.save_checkpoint()
+        if parts.multilabel and args.threshold_tuning != 'none':
+            self.tune_thresholds()
+        self.finish()
+        accelerator.end_training()
+        return self.history[-1] if self.history else {}
+
+    def finish(self) -> None:
+        """The hub folder, the curves and (optionally) the upload, from the main process."""
+        accelerator, args, parts = self.accelerator, self.args, self.parts
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        last = self.history[-1]
+        prefix = 'ema_val' if parts.ema is not None else 'val'
+        names = ('f1_micro', 'f1_macro', 'map', 'subset_acc') if parts.multilabel else ('top1', 'top5')
+        extra_config = None
+        if parts.multilabel:
+            # fishzoo predict applies these (sigmoid outputs, one decision threshold per class)
+            extra_config = dict(multilabel=True, threshold_tuning=args.threshold_tuning,
+                                thresholds=self.thresholds or [0.5] * parts.num_classes)
+        data = parts.data
+        self.folder.publish(
+            self.final_model().float().eval().to(memory_format=torch.contiguous_format), self.history,
+            class_names=data.class_names, data_config=parts.data_config, multilabel=parts.multilabel,
+            metrics={k: last[f'{prefix}_{k}'] for k in names if f'{prefix}_{k}' in last},
+            extra_config=extra_config, dataset=data.name,
+            description=f'`{args.model}` trained with fishzoo-train on {data.name} '
+                        f'({len(data.train)} training images, {parts.num_classes} classes).',
+            push_to=args.push_to_hub, commit_message=f'fishzoo-train: {args.model}')
