@@ -1,12 +1,17 @@
 """The peer benchmark's machinery (rounds, memory, targets, tables) on a quick run; its numbers are not
 checked here (performance claims live in the benchmark's own output, never in timed tests)."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from fishzoo import peer_benchmark as pb
-from fishzoo.cli import main
+BENCHMARKS = Path(__file__).resolve().parents[2] / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+import measure  # noqa: E402
+import peers as pb  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -56,39 +61,54 @@ def test_targets_and_tables(quick_result):
 
 def test_readme_section(tmp_path, quick_result):
     readme = tmp_path / 'README.md'
-    readme.write_text(f'# x\n{pb.README_START}\nstale table\n{pb.README_END}\nrest\n')
-    pb.write_readme_section(str(readme), pb.markdown(quick_result))
+    readme.write_text(f'# x\n{measure.README_START}\nstale table\n{measure.README_END}\nrest\n')
+    measure.write_readme_section(str(readme), pb.markdown(quick_result))
     text = readme.read_text()
-    assert 'stale table' not in text and text.endswith(f'{pb.README_END}\nrest\n') and 'Conv roofline' in text
+    assert 'stale table' not in text and text.endswith(f'{measure.README_END}\nrest\n') and 'Conv roofline' in text
     readme.write_text('no markers')
     with pytest.raises(ValueError, match='no <!-- benchmark:start --> .* markers'):
-        pb.write_readme_section(str(readme), 'table')
+        measure.write_readme_section(str(readme), 'table')
 
 
 def test_target_evaluation():
-    def case(section, impl, path, rate, peak=None, model='fishnet150'):
-        c = pb.Case(section, model, impl, path, 8, 224, 6.4, lambda: None, samples=[rate])
+    def case(impl, run, rate, peak=None, section='inference'):
+        c = measure.Case(section, 'fishnet150', impl.value, run.value, 8, 224, 6.4, lambda: None, samples=[rate])
         c.peak_mb = peak
-        return c
-    roofline = pb.Case('roofline', 'conv', 'torch', 'eager', 1, 56, 10.0, lambda: None, samples=[12.0])  # 240 GFLOP/s
-    cases = [case('inference', 'fishzoo', 'optimize_for_inference', 14.0),
-             case('inference', 'pytorchcv', 'eager NCHW', 10.0), case('inference', 'pytorchcv', 'eager channels_last', 11.0),
-             case('training', 'fishzoo', 'channels_last, compiled (train --compile)', 4.0, peak=900),
-             case('training', 'pytorchcv', 'eager NCHW', 3.0, peak=1000),
-             case('training', 'fishzoo', 'eager channels_last', 3.5),
-             case('training', 'fishzoo', 'eager channels_last, grad checkpointing', 2.8)]
-    rows = {t['target']: t for t in pb.evaluate_targets(cases, pb.BenchmarkConfig(), roofline,
-                                                         dict(plain=100.0, checkpointing=40.0))}
+        return pb.CaseKey(section, impl, run), c
+    roofline = measure.Case('roofline', 'conv', 'torch', 'eager', 1, 56, 10.0, lambda: None, samples=[12.0])  # 240 GFLOP/s
+    cases = pb.Cases('fishnet150')
+    for key, c in [case(pb.Impl.FISHZOO, pb.Run.FAST, 14.0), case(pb.Impl.FISHZOO, pb.Run.EAGER_CL, 10.5),
+                   case(pb.Impl.PYTORCHCV, pb.Run.EAGER_NCHW, 10.0), case(pb.Impl.PYTORCHCV, pb.Run.EAGER_CL, 11.0),
+                   case(pb.Impl.PYTORCHCV, pb.Run.PEER_COMPILED, 13.0),
+                   case(pb.Impl.FISHZOO, pb.Run.TRAIN_COMPILED, 4.0, peak=900, section='training'),
+                   case(pb.Impl.PYTORCHCV, pb.Run.EAGER_NCHW, 3.0, peak=1000, section='training'),
+                   case(pb.Impl.PYTORCHCV, pb.Run.EAGER_CL, 3.5, peak=1100, section='training'),
+                   case(pb.Impl.FISHZOO, pb.Run.EAGER_CL, 3.5, section='training'),
+                   case(pb.Impl.FISHZOO, pb.Run.CHECKPOINTING, 2.8, section='training')]:
+        cases.add(key, c)
+    measured = pb.Measured(cases, roofline, dict(plain=100.0, checkpointing=40.0))
+    rows = {t['target']: t for t in pb.evaluate_targets(measured, {'pytorchcv', 'compile', 'memory'})}
     best = rows['inference: optimize_for_inference / best pytorchcv eager']
     assert best['value'] == pytest.approx(14 / 11) and best['met']
     roof = rows['inference: optimize_for_inference GFLOP/s / conv roofline']
     assert roof['value'] == pytest.approx(14 * 12.8 / 240) and not roof['met']
     assert rows['training: fishzoo compiled / pytorchcv eager (as shipped, NCHW)']['met']  # 1.33
-    assert 'training: fishzoo compiled / pytorchcv eager channels_last' not in rows  # no such case
-    assert rows['training: fishzoo compiled peak memory / pytorchcv eager (lowest)']['met']
+    assert rows['training: fishzoo compiled / pytorchcv eager channels_last']['value'] == pytest.approx(4 / 3.5)
+    assert rows['training: fishzoo compiled peak memory / pytorchcv eager (lowest)']['met']  # 900 / 1000
     assert rows['training: activation memory with / without grad checkpointing']['met']
     assert rows['training: step time with / without grad checkpointing']['value'] == pytest.approx(1.25)
-    assert 'inference: optimize_for_inference / onnxruntime' not in rows  # no onnxruntime case: left out
+    assert 'inference: optimize_for_inference / onnxruntime' not in rows  # the run had no onnxruntime
+
+
+def test_target_whose_case_is_missing_fails_loudly():
+    """A target that applies to the run but finds no case is an error, never silently dropped."""
+    roofline = measure.Case('roofline', 'conv', 'torch', 'eager', 1, 56, 10.0, lambda: None, samples=[12.0])
+    measured = pb.Measured(pb.Cases('fishnet150'), roofline, dict(plain=100.0, checkpointing=40.0))
+    onnx_target = next(t for t in pb.TARGETS if 'onnxruntime' in t.name)
+    with pytest.raises(pb.MissingCase, match="target 'inference: optimize_for_inference / onnxruntime' needs a case "
+                                             "this run did not measure: inference / fishnet150 / fishzoo"):
+        pb.evaluate_targets(measured, {'onnx'}, [onnx_target])
+    assert pb.evaluate_targets(measured, set(), [onnx_target]) == []  # not part of this run: not applicable
 
 
 def test_device_tools_cuda_selection(monkeypatch):
@@ -97,25 +117,26 @@ def test_device_tools_cuda_selection(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'reset_peak_memory_stats', lambda *a: calls.append('reset'))
     monkeypatch.setattr(torch.cuda, 'memory_allocated', lambda *a: 100)
     monkeypatch.setattr(torch.cuda, 'max_memory_allocated', lambda *a: 612)
-    tools = pb.device_tools('cuda')
+    tools = measure.device_tools('cuda')
     base = tools.reset_peak()
     tools.sync()
     assert tools.peak_since(base) == 512 and calls == ['sync', 'reset', 'sync']
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    assert pb.default_device() == 'cuda'
+    assert measure.default_device() == 'cuda'
 
 
 def test_saved_activation_bytes_counts_distinct_non_parameters():
     conv = torch.nn.Conv2d(3, 4, 3, bias=False)
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    nbytes = pb.saved_activation_bytes(conv, lambda: torch.relu(conv(x)))
+    nbytes = measure.saved_activation_bytes(conv, lambda: torch.relu(conv(x)))
     # conv saves its input (x) and weight (a parameter: not counted); relu saves its output
     assert nbytes == x.numel() * 4 + 2 * 4 * 6 * 6 * 4
 
 
-def test_cli_benchmark_readme_missing(tmp_path, capsys):
-    assert main(['benchmark', '--quick', '--readme', str(tmp_path / 'nope.md')]) == 2
-    assert 'no such file' in capsys.readouterr().err
+def test_script_readme_missing(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / 'peers.py'), '--quick', '--readme', str(tmp_path / 'nope.md')],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'no such file' in proc.stderr
 
 
 def test_conv_share_of_a_case():
@@ -125,7 +146,7 @@ def test_conv_share_of_a_case():
     def step():
         with torch.no_grad():
             return torch.relu(conv(x)) * 2 + 1
-    share = pb.conv_share(step, 2, pb.device_tools('cpu'))
+    share = measure.conv_share(step, 2, measure.device_tools('cpu'))
     assert 0 < share['conv_seconds'] <= share['profiled_seconds'] * 1.05
     assert 0 < share['conv_fraction'] <= 1.05
     assert share['conv_only_per_second'] == pytest.approx(2 / share['conv_seconds'])
