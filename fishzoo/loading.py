@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 
 from fishzoo.errors import (
     CheckpointError, FishzooError, HubFolderError, ModelLoadError, PretrainedWeightsUnavailable, describe)
-from fishzoo.models._hub_folder import check_hub_folder
+from fishzoo.models._hub_folder import check_hub_folder, hub_repo_folder
 
 LOCAL_DIR, HF_HUB = 'local-dir:', 'hf-hub:'
 
@@ -82,6 +82,9 @@ def load_model(spec: str, *, pretrained: Optional[bool] = None, label: Optional[
             if not source.folder.is_dir():
                 raise HubFolderError(f'{source.folder}: no such directory')
             check_hub_folder(source.folder)
+        elif source.kind == 'hf-hub':
+            # validated before timm reads its model_args (timm calls the constructor with them)
+            check_hub_folder(hub_repo_folder(source.location))
         return timm.create_model(source.timm_name, pretrained=pretrained, **kwargs)
     except (HubFolderError, CheckpointError, PretrainedWeightsUnavailable) as e:
         raise ModelLoadError(f'{label}: {e}') from None

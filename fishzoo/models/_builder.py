@@ -24,7 +24,7 @@ from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_
 
 from fishzoo.errors import CheckpointError, HubFolderError, PretrainedWeightsUnavailable, describe
 
-from ._hub_folder import check_hub_folder
+from ._hub_folder import check_hub_folder, hub_repo_folder
 
 __all__ = ['build_model', 'validate_state_dict', 'CheckpointError', 'PretrainedWeightsUnavailable']
 
@@ -123,9 +123,9 @@ def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
         if not pretrained:
             return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
         load_from, location = _load_source(variant, kwargs)
-        if load_from == 'local-dir':
+        if load_from in ('local-dir', 'hf-hub'):
             try:
-                check_hub_folder(location)
+                check_hub_folder(location if load_from == 'local-dir' else hub_repo_folder(location))
             except HubFolderError as e:
                 raise CheckpointError(str(e)) from None
         where = location if load_from in ('file', 'local-dir', 'hf-hub') else f'the {load_from} weights'

@@ -63,6 +63,7 @@ from timm.models._features import feature_take_indices
 
 from ._builder import CheckpointError, build_model, validate_state_dict
 from ._layers import FoldableConvNormAct, check_input, fold_conv_bn_act, init_weights
+from ._model_args import NAME, Choice, Float, Int, Ints, declare_model_args
 
 __all__ = ['FishNet', 'FishStageSpec', 'fish_layout']
 
@@ -833,3 +834,11 @@ def fishnet_m64(pretrained: bool = False, **kwargs) -> FishNet:
 def fishnet_l64(pretrained: bool = False, **kwargs) -> FishNet:
     """Large low-resolution FishNet for 32-64 px inputs (1.80M params at 200 classes)."""
     return _create_fishnet('fishnet_l64', pretrained, **{**LARGE_LOWRES_DEPTHS, **LOWRES_ARGS, **kwargs})
+
+
+# what a hub folder's config.json may set (fishzoo.models._model_args): up to 6 down-sampling steps
+declare_model_args(
+    ('fishnet99', 'fishnet150', 'fishnet201', 'fishnext150', 'fishnet_s64', 'fishnet_m64', 'fishnet_l64'),
+    dict(stage_chs=Ints(1, 4096, 19), depths=Ints(0, 64, 19), transfer_depths=Ints(0, 64, 12),
+         stem_chs=Int(2, 1024), stem_stride=Choice(1, 4), downsample=Choice(*DOWNSAMPLE_TYPES),
+         bottle_ratio=Float(0.01, 4), groups=Int(1, 1024), norm_layer=NAME, act_layer=NAME))

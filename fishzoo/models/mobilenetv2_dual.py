@@ -47,6 +47,7 @@ from timm.models._features import feature_take_indices
 
 from ._builder import build_model, validate_state_dict
 from ._layers import FoldableConvNormAct, check_input, init_weights
+from ._model_args import NAME, Arg, Float, Int, declare_model_args
 
 torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
 
@@ -314,3 +315,10 @@ def mobilenetv2_dual_100(pretrained: bool = False, **kwargs) -> MobileNetV2Dual:
 def mobilenetv2_dual_050(pretrained: bool = False, **kwargs) -> MobileNetV2Dual:
     """Dual-path MobileNetV2 with Mish, width 0.5."""
     return _create_mobilenetv2_dual('mobilenetv2_dual_050', pretrained, **dict(dict(width=0.5), **kwargs))
+
+
+# what a hub folder's config.json may set (fishzoo.models._model_args)
+declare_model_args(
+    ('mobilenetv2_dual_100', 'mobilenetv2_dual_050'),
+    dict(width=Float(0.05, 8), arch=Arg('int_rows', 1, 4096, max_len=16), stem_chs=Int(1, 1024),
+         head_chs=Int(1, 16384), act_layer=NAME))
