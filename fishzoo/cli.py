@@ -23,6 +23,7 @@ from typing import List, Optional
 import fishzoo
 from fishzoo.errors import FishzooError, UserError
 from fishzoo.export import DEFAULT_OPSET
+from fishzoo.images import refuse_bombs_quietly
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    refuse_bombs_quietly()
     try:
         return args.func(args)
     except FishzooError as e:

@@ -341,6 +341,9 @@ def hf_data(
     if image_col is None or label_col is None:
         raise DataError(f'--dataset {name}: expected an image column and a class-label column, '
                         f'got {", ".join(features)}')
+    # decoded by fishzoo.images (bomb check, one sentence per bad file) instead of by datasets
+    loaded = loaded.cast_column(image_col, datasets.Image(decode=False))
+    train = loaded['train']
     val = next((loaded[s] for s in ('validation', 'val', 'test') if s in loaded), None)
     if val is None:
         if val_fraction is None:

@@ -1,19 +1,60 @@
 """Reading images the way every fishzoo path does: any mode converted, EXIF applied, unreadable files named.
 
 Training data (``fishzoo.data``), ``fishzoo predict`` and calibration sets all decode through
-:func:`load_image`, and check files up front with :func:`drop_unreadable`.
+:func:`load_image`, and check files up front with :func:`drop_unreadable`. An image whose header
+announces more than :data:`MAX_IMAGE_PIXELS` pixels (a few KB on disk can decompress to gigabytes) is
+refused before it is decoded; every refusal is a :class:`~fishzoo.errors.DataError` naming the file.
 """
+import io
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data.readers.img_extensions import get_img_extensions
 
-from fishzoo.errors import DataError, first_line
+from fishzoo.errors import DataError, describe
 
 IMAGE_EXTENSIONS = tuple(sorted(get_img_extensions()))
+# PIL warns above this many pixels and refuses above twice as many; fishzoo refuses above it (89.5 Mpx,
+# e.g. 9459x9459): no image a classifier is trained on or asked about comes close
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# what PIL raises for a file it cannot read: damaged, truncated, unsupported, or a bomb
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def refuse_bombs_quietly() -> None:
+    """For fishzoo's command-line tools: PIL's DecompressionBombWarning is dropped, because fishzoo refuses
+    those images itself with one sentence (a library user keeps PIL's warning)."""
+    warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+
+
+def _name(source: Any) -> str:
+    if isinstance(source, dict):  # a Hugging Face datasets image that was not decoded
+        return source.get('path') or 'an image of the dataset'
+    return str(source)
+
+
+def open_image(source: Union[str, Path, dict]) -> Image.Image:
+    """Open (not yet decode) an image file, refusing one whose size makes it a decompression bomb."""
+    name = _name(source)
+    try:
+        if isinstance(source, dict):
+            img = Image.open(io.BytesIO(source['bytes'])) if source.get('bytes') else Image.open(source['path'])
+        else:
+            img = Image.open(source)
+    except Image.DecompressionBombError as e:
+        raise DataError(f'{name}: refused as a decompression bomb ({describe(e)})') from None
+    except DECODE_ERRORS as e:
+        raise DataError(f'{name}: unreadable image ({describe(e)})') from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DataError(f'{name}: refused as a decompression bomb ({width}x{height} pixels, more than the '
+                        f'{MAX_IMAGE_PIXELS:,} fishzoo decodes)')
+    return img
 
 
 def image_mode(in_chans: int) -> str:
@@ -24,13 +65,22 @@ def image_mode(in_chans: int) -> str:
     return modes[in_chans]
 
 
-def load_image(source: Union[str, Path, Image.Image], mode: str = 'RGB') -> Image.Image:
+def load_image(source: Union[str, Path, dict, Image.Image], mode: str = 'RGB') -> Image.Image:
     """Open an image as ``mode`` ('L', 'RGB' or 'RGBA'), whatever it is stored as.
 
     EXIF orientation is applied; 16- and 32-bit integer and float images are scaled to 8 bits;
     palette images keep their transparency; transparent pixels are composed onto white for 'L'/'RGB'.
     """
-    img = source if isinstance(source, Image.Image) else Image.open(source)
+    if isinstance(source, Image.Image):
+        return _convert(source, mode)
+    img = open_image(source)
+    try:
+        return _convert(img, mode)
+    except DECODE_ERRORS as e:
+        raise DataError(f'{_name(source)}: unreadable image ({describe(e)})') from None
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
         array = np.asarray(img, dtype=np.float64)
@@ -47,12 +97,15 @@ def load_image(source: Union[str, Path, Image.Image], mode: str = 'RGB') -> Imag
 
 
 def _decode_error(path) -> Optional[str]:
+    """Why ``path`` cannot be used (the reason part of the sentence), or None."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
         return None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return first_line(e)
+    except DataError as e:
+        return str(e)[len(f'{path}: '):]
+    except DECODE_ERRORS as e:
+        return f'unreadable image ({describe(e)})'
 
 
 def drop_unreadable(samples: List[Tuple[str, object]], strict: bool, workers: int = 4):
@@ -63,6 +116,6 @@ def drop_unreadable(samples: List[Tuple[str, object]], strict: bool, workers: in
     bad = [(p, e) for p, e in zip(paths, errors) if e is not None]
     if bad and strict:
         path, reason = bad[0]
-        raise DataError(f'{path}: unreadable image ({reason}); --strict-images stops at the first one')
+        raise DataError(f'{path}: {reason}; --strict-images stops at the first one')
     kept = [s for s, e in zip(samples, errors) if e is None]
     return kept, bad

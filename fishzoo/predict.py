@@ -64,7 +64,9 @@ def predict(
                 raise PredictError(f'{image}: no such image file')
             try:
                 batch.append(transform(load_image(image, mode)))
-            except (OSError, DataError, ValueError) as e:
+            except DataError as e:  # names the image: unreadable, or refused as a decompression bomb
+                raise PredictError(str(e)) from None
+            except (OSError, ValueError) as e:
                 raise PredictError(f'{image}: unreadable image ({first_line(e)})') from None
         with torch.no_grad():
             logits = model(torch.stack(batch))

@@ -65,7 +65,7 @@ def load_data(args: argparse.Namespace) -> data.TrainValData:
         classes = [c.strip() for c in args.digits.split(',')] if args.digits else None
         loaded = data.digits_data(args.val_split or 0.2, args.seed, mode, classes)
     for image, reason in loaded.skipped[:5]:
-        _logger.warning('skipped unreadable image %s (%s)', image, reason)
+        _logger.warning('skipped %s: %s', image, reason)
     if loaded.skipped:
         _logger.warning('skipped %d unreadable images in all (--strict-images makes this an error)',
                         len(loaded.skipped))

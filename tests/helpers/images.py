@@ -74,3 +74,22 @@ def make_multilabel_csv(root: Path, rows: int = 24):
         lines.append(f'images/{i:03d}.png,{" ".join(labels)}')
     (root / 'labels.csv').write_text('\n'.join(lines) + '\n')
     return root / 'labels.csv'
+
+
+def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A valid 1-bit PNG of ``width`` x ``height`` blank pixels: about 100 KB on disk at 30000x30000,
+    900 Mpx (2.7 GB as RGB) once decoded. Written row by row, so making it allocates nothing large."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+    row = b'\x00' * (1 + (width + 7) // 8)  # filter byte, then the packed bits
+    compressor, parts = zlib.compressobj(9), []
+    for _ in range(height):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', b''.join(parts))
+                     + chunk(b'IEND', b''))
+    return path
