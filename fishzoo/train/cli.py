@@ -6,6 +6,7 @@
     fishzoo-train --help
 """
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -16,10 +17,11 @@ from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
 from fishzoo.errors import FishzooError
+from fishzoo.images import refuse_bombs_quietly
 
 from .args import parse_args
 from .parts import build_parts
-from .run_folder import prepare_output_dir
+from .run_folder import OutputDirLock, prepare_output_dir
 from .trainer import Trainer
 
 
@@ -58,12 +60,16 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     logging.getLogger('fishzoo').setLevel(logging.INFO)
+    refuse_bombs_quietly()
     try:
         args = parse_args(argv)
-        prepare_output_dir(args, PartialState(cpu=distributed_on_cpu()))
-        accelerator = create_accelerator(args)
-        parts = build_parts(args, accelerator.num_processes)
-        Trainer(args, accelerator, parts).run()
+        state = PartialState(cpu=distributed_on_cpu())
+        # the main process holds the folder for the whole run; a second run on it is refused
+        with OutputDirLock(args.output_dir) if state.is_main_process else contextlib.nullcontext():
+            prepare_output_dir(args, state)
+            accelerator = create_accelerator(args)
+            parts = build_parts(args, accelerator.num_processes)
+            Trainer(args, accelerator, parts).run()
     except FishzooError as e:
         print(f'fishzoo-train: {e}', file=sys.stderr)
         return e.exit_code

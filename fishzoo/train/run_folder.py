@@ -5,8 +5,10 @@ the end a hub folder (weights, config, card) with the curves, optionally uploade
     OUTPUT_DIR/metrics.json, curves.png                    one record per epoch, and its plot
     OUTPUT_DIR/thresholds.json                             multi-label threshold tuning
     OUTPUT_DIR/checkpoints/                                see fishzoo.train.checkpoints
+    OUTPUT_DIR/.fishzoo-train.lock                         held while a run uses the folder
 """
 import argparse
+import errno
 import json
 import logging
 import math
@@ -14,6 +16,11 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked against each other there
+    fcntl = None
 
 import matplotlib
 import torch.nn as nn
@@ -39,6 +46,64 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+LOCK_FILE = '.fishzoo-train.lock'
+
+
+class OutputDirLock:
+    """One run per output folder: an exclusive ``flock`` on ``OUTPUT_DIR/.fishzoo-train.lock``, taken by the
+    main process for the whole run. The kernel drops the lock when the process ends however it ends
+    (``kill -9`` included), so a stale file never blocks; the file holds the holder's process id for the
+    message a second run gets."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> 'OutputDirLock':
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise ConfigError(f'--output-dir {self.path.parent} is in use by another fishzoo-train run '
+                                  f'(process {holder}, lock file {self.path}); wait for it to end or choose '
+                                  'another --output-dir') from None
+            try:  # a run ending between our open and flock removed the file: lock the current one instead
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f'{os.getpid()}\n'.encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> 'OutputDirLock':
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def prepare_output_dir(args: argparse.Namespace, state: PartialState) -> Path:
