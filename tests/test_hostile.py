@@ -9,15 +9,22 @@ Loading       pickle payload via file overlay, local-dir pytorch_model.bin, conv
               another architecture, another number of classes ................. test_other_architecture,
                                                                                    test_other_number_of_classes
               config.json unknown architecture / malformed; folder without weights test_bad_hub_folders
+              config.json model_args: factory keys, unknown keys, types, ranges, and shapes against the
+              model.safetensors header (nothing allocated) ... test_config_model_args_are_checked_before_building,
+                                       test_config_checks_cover_timm_architectures,
+                                       test_huge_num_classes_allocates_nothing
 Model inputs  channels, 2-D / 5-D, below the minimum size .................... test_bad_model_inputs
                                                                                    (+ test_fishnet.py)
 Data          empty / missing folders, zero-byte and truncated images, EXIF, 16-bit, CSV missing images and
               unknown labels ......... test_data.py, train/test_cli.py::test_bad_inputs_get_one_line
               CSV duplicate rows .............................................. test_csv_duplicate_rows
+              decompression bombs (900 Mpx in 100 KB; 100 Mpx) in predict, class folders, CSVs
+                                 test_image_bombs_in_predict, test_image_bombs_in_training_data_are_skipped...
 Training      NaN / inf loss ...... train/test_trainer.py::test_nan_loss_keeps_last_good_checkpoint
               SIGTERM / SIGINT ................................................ test_signal_saves_and_exits
               full disk while saving  train/test_trainer.py::test_full_disk_keeps_previous_checkpoint
               kill -9 several times, resumed each time ........................ test_repeated_kill_9
+              a second run on the same --output-dir ........ test_second_run_on_the_same_output_dir_is_refused
 Hub           no token, bad token, network down ... test_hub.py::test_push_without_token,
               test_push_failure_keeps_folder_and_hides_token, and test_push_with_the_hub_offline below
 Fuzzing       config.json reader, CSV reader (hypothesis) ..................... test_fuzz_*
@@ -25,6 +32,7 @@ Fuzzing       config.json reader, CSV reader (hypothesis) ..................... 
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -170,9 +178,11 @@ def test_corrupted_safetensors_without_recorded_hash(hub_folder):
     del config['weights_sha256']
     (folder / 'config.json').write_text(json.dumps(config))
     weights = folder / 'model.safetensors'
-    weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=f'{folder}: cannot be loaded \\(SafetensorError'):
-        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    data = weights.read_bytes()
+    for cut in (1000, len(data) // 2):  # in the header, in the tensors: refused before a model is built
+        weights.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=f'{weights}: not a readable safetensors file \\(SafetensorError'):
+            timm.create_model(f'local-dir:{folder}', pretrained=True)
 
 
 def test_other_architecture(tmp_path):
@@ -226,6 +236,78 @@ def test_bad_hub_folders(hub_folder, image_dataset, tmp_path, capsys, content, m
     _one_line(capsys, message)
 
 
+def _edit_config(folder, **changes):
+    config = json.loads((folder / 'config.json').read_text())
+    for key, value in changes.items():
+        if key == 'model_args':
+            config['model_args'] = {**config.get('model_args', {}), **value}
+        else:
+            config[key] = value
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize('changes, message', [
+    # timm itself would fail with "got multiple values for keyword argument" inside create_model
+    (dict(model_args={'pretrained_cfg_overlay': {'file': '/etc/passwd'}}),
+     '"model_args.pretrained_cfg_overlay" is not a model argument'),
+    (dict(model_args={'num_classes': 10 ** 9}), '"model_args.num_classes" must be from 0 to 1e+06, got 1000000000'),
+    (dict(model_args={'stage_chs': 'wide'}), '"model_args.stage_chs" must be a list of 1 to 19 integers'),
+    (dict(model_args={'depths': [1, 1, 2, 1, 1, 1, 1, 1, 1, 10 ** 6]}), '"model_args.depths" has an item that'),
+    (dict(model_args={'evil': 1}), '"model_args.evil" is not an argument of fishnet_s64'),
+    (dict(model_args={'act_layer': 'os.system("x")'}), '"model_args.act_layer" must be a short layer name'),
+    (dict(model_args={'act_layer': 'nope'}), '"model_args" do not build fishnet_s64'),
+    # in range, but not what the weights hold: refused from the safetensors header, before any allocation
+    (dict(model_args={'num_classes': 1_000_000}), 'fc.weight is [3, 264] in the weights but [1000000, 264]'),
+    (dict(model_args={'in_chans': 4}), 'stem.conv1.conv.weight is [8, 3, 3, 3] in the weights but [8, 4, 3, 3]'),
+    (dict(architecture='fishnet99'), 'does not describe the model in model.safetensors'),
+])
+def test_config_model_args_are_checked_before_building(hub_folder, tmp_path, capsys, changes, message):
+    _, folder = hub_folder
+    _edit_config(folder, **changes)
+    with pytest.raises(fishzoo.errors.ModelLoadError, match=re.escape(message)):
+        fishzoo.load_model(str(folder))
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (64, 64)).save(image)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    line = _one_line(capsys, message)
+    assert str(folder / 'config.json') in line
+    if 'pretrained_cfg_overlay' not in json.dumps(changes):  # timm's factory rejects that one before fishzoo runs
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_config_checks_cover_timm_architectures(tmp_path):
+    folder = save_pretrained(timm.create_model('resnet18', num_classes=3), tmp_path / 'resnet')
+    _edit_config(folder, model_args={'pretrained_cfg_overlay': {'file': '/etc/passwd'}})
+    with pytest.raises(fishzoo.errors.ModelLoadError, match='"model_args.pretrained_cfg_overlay" is not a model'):
+        fishzoo.load_model(str(folder))
+    _edit_config(folder, model_args={'pretrained_cfg_overlay': None})
+    config = json.loads((folder / 'config.json').read_text())
+    del config['model_args']['pretrained_cfg_overlay']
+    config['model_args']['num_classes'] = 1_000_000
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(fishzoo.errors.ModelLoadError, match=re.escape('fc.weight is [3, 512] in the weights')):
+        fishzoo.load_model(str(folder))
+
+
+def test_huge_num_classes_allocates_nothing(hub_folder):
+    """A config asking for 10^6 classes (2 GB of head on fishnet_s64): refused with the process's peak
+    memory where a plain import leaves it; built first, it would have allocated the head."""
+    _, folder = hub_folder
+    _edit_config(folder, model_args={'num_classes': 1_000_000})
+    code = ('import resource, sys, fishzoo\n'
+            'base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
+            'try:\n'
+            f'    fishzoo.load_model({str(folder)!r})\n'
+            'except fishzoo.FishzooError as e:\n'
+            '    print(str(e), file=sys.stderr)\n'
+            'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert 'does not describe the model' in proc.stderr, proc.stderr
+    assert int(proc.stdout.strip()) < 300, f'{proc.stdout.strip()} MB allocated while refusing the folder'
+
+
 def test_hub_folder_without_weights(hub_folder, capsys, tmp_path):
     _, folder = hub_folder
     (folder / 'model.safetensors').unlink()
@@ -258,6 +340,44 @@ def test_bad_model_inputs(name, shape, message):
 
 
 # --- data and training ---------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def bombs(tmp_path_factory):
+    """Past PIL's own limit (it raises), and between PIL's warning and its limit (it would decode 100 Mpx)."""
+    from tests.helpers.images import write_png_bomb
+    root = tmp_path_factory.mktemp('bombs')
+    return [write_png_bomb(root / 'bomb.png'), write_png_bomb(root / 'big.png', 10000, 10000)]
+
+
+def test_image_bombs_in_predict(hub_folder, bombs, capsys):
+    _, folder = hub_folder
+    for bomb in bombs:
+        assert cli_main(['predict', str(folder), str(bomb)]) == 2
+        _one_line(capsys, f'{bomb}: refused as a decompression bomb')
+
+
+def test_image_bombs_in_training_data_are_skipped_and_counted(bombs, tmp_path, capsys, caplog):
+    from tests.helpers.images import make_multilabel_csv, make_train_val
+    root = make_train_val(tmp_path / 'ds')
+    for bomb in bombs:
+        shutil.copy(bomb, root / 'train' / 'cat' / bomb.name)
+    with caplog.at_level('WARNING', logger='fishzoo'):
+        assert main(['--data-dir', str(root), '--output-dir', str(tmp_path / 'o'), '--epochs', '1',
+                     *TRAIN_ARGS]) == 0
+    assert 'skipped 2 unreadable images in all' in caplog.text
+    assert 'bomb.png: refused as a decompression bomb' in caplog.text
+    assert main(['--data-dir', str(root), '--output-dir', str(tmp_path / 's'), '--strict-images', *TRAIN_ARGS]) == 2
+    _one_line(capsys, 'refused as a decompression bomb')
+
+    csv_path = make_multilabel_csv(tmp_path / 'csv', rows=12)
+    for bomb in bombs:
+        shutil.copy(bomb, csv_path.parent / 'images' / bomb.name)
+    csv_path.write_text(csv_path.read_text() + 'images/bomb.png,red\nimages/big.png,blue\n')
+    loaded = data.csv_data(csv_path, val_fraction=0.25)
+    assert len(loaded.train) + len(loaded.val) == 12
+    assert sorted(Path(p).name for p, _ in loaded.skipped) == ['big.png', 'bomb.png']
+    assert all('decompression bomb' in reason for _, reason in loaded.skipped)
+
 
 def test_csv_duplicate_rows(tmp_path, caplog):
     from tests.helpers.images import make_multilabel_csv
@@ -293,6 +413,28 @@ def test_signal_saves_and_exits(image_dataset, tmp_path, signum, code):
     assert (newest / STATE_FILE).exists()
     assert main([*args, '--output-dir', str(out), '--resume', 'auto']) == 0
     assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())][-1] == 3
+
+
+def test_second_run_on_the_same_output_dir_is_refused(image_dataset, tmp_path, capsys):
+    """Two trainings on one folder would write into each other's checkpoints: the second is refused, naming
+    the first's process; once the first is killed with -9 its lock is gone and a resume runs."""
+    args = ['--data-dir', str(image_dataset), '--epochs', '3', *TRAIN_ARGS]
+    out = tmp_path / 'shared'
+    proc = _start(args, out)
+    try:
+        deadline = time.monotonic() + 300
+        lock = out / '.fishzoo-train.lock'
+        while not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for extra in ([], ['--resume', 'auto'], ['--overwrite']):
+            assert main([*args, '--output-dir', str(out), *extra]) == 2
+            _one_line(capsys, f'--output-dir {out} is in use by another fishzoo-train run (process {proc.pid}')
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main([*args, '--output-dir', str(out), '--resume', 'auto']) == 0  # kill -9 released the lock
+    assert not lock.exists()
 
 
 def test_repeated_kill_9(image_dataset, tmp_path):
