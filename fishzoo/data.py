@@ -317,7 +317,7 @@ class _HFColumn:
 def hf_data(
         name: str,
         data_dir: Union[str, Path, None] = None,
-        val_fraction: Optional[float] = None,
+        val_fraction: Union[float, str, None] = None,
         seed: int = 0,
         mode: str = 'RGB',
 ) -> TrainValData:
@@ -344,7 +344,13 @@ def hf_data(
     # decoded by fishzoo.images (bomb check, one sentence per bad file) instead of by datasets
     loaded = loaded.cast_column(image_col, datasets.Image(decode=False))
     train = loaded['train']
-    val = next((loaded[s] for s in ('validation', 'val', 'test') if s in loaded), None)
+    if isinstance(val_fraction, str):  # --val-split NAME: that split validates
+        if val_fraction not in loaded:
+            raise DataError(f'--val-split {val_fraction}: --dataset {name} has no such split '
+                            f'(splits: {", ".join(loaded)})')
+        val = loaded[val_fraction]
+    else:
+        val = next((loaded[s] for s in ('validation', 'val', 'test') if s in loaded), None)
     if val is None:
         if val_fraction is None:
             raise DataError(f'--dataset {name} has no validation split; give --val-split')

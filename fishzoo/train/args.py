@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import accelerate.utils
+import torch
 import yaml
 
 from fishzoo.errors import ConfigError, first_line
@@ -23,11 +24,19 @@ DIGITS_RECIPE: Dict[str, Any] = dict(
 )
 
 
+def val_split(text: str):
+    """--val-split: a fraction (a number) or the name of a dataset split."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='fishzoo-train', description='Train a timm model with Accelerate into a hub folder.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--config', metavar='FILE.yaml', help='YAML file with the same keys as these flags')
+    p.add_argument('-c', '--config', metavar='FILE.yaml', help='YAML file with the same keys as these flags')
 
     g = p.add_argument_group('data (none given: the embedded digits)')
     g.add_argument('--data-dir', help='class-folder tree: train/ and val/, or one tree with --val-split')
@@ -36,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--val-csv', help='validation CSV (else --val-split of --train-csv)')
     g.add_argument('--image-root', help="folder the CSV image paths are relative to (default: the CSV's)")
     g.add_argument('--classes', help='class list: comma-separated or a text file, one per line')
-    g.add_argument('--val-split', type=float, help='fraction held out for validation when no val set is given')
+    g.add_argument('--val-split', type=val_split,
+                   help='a fraction (0.2) held out for validation when no val set is given, or, with --dataset, '
+                        "the name of the split to validate on (timm's meaning: 'validation', 'test')")
     g.add_argument('--digits', help='embedded digits: keep these classes only, e.g. 0,1,2,3,4')
     g.add_argument('--multilabel', action='store_true',
                    help='multi-label: BCE with logits, sigmoid outputs, F1 / mAP metrics (implied by --train-csv)')
@@ -44,16 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('-j', '--workers', type=int, default=0, help='data loading worker processes')
 
     g = p.add_argument_group('model')
-    g.add_argument('--model', default='fishnet_s64', help="timm name, 'local-dir:PATH' or 'hf-hub:REPO_ID'")
-    g.add_argument('--pretrained', action='store_true', help="load the model's pretrained weights")
+    g.add_argument('--model', default='fishnet_s64',
+                   help="timm name, a folder, 'local-dir:PATH' or 'hf-hub:REPO_ID' (folders and hub repos load "
+                        'their weights)')
+    g.add_argument('--pretrained', action='store_true',
+                   help="load the model's pretrained weights (implied by a folder or hub model and by --finetune)")
+    g.add_argument('--initial-checkpoint', metavar='FILE',
+                   help='load these weights into the model after creating it (safetensors or a plain state dict)')
     g.add_argument('--num-classes', type=int, help='classifier size (default: the number of classes in the data)')
-    g.add_argument('--in-chans', type=int, default=3, help='image channels: 1 (grayscale), 3 or 4')
+    g.add_argument('--in-chans', type=int,
+                   help="image channels: 1 (grayscale), 3 or 4 (default: a folder model's own, else 3)")
     g.add_argument('--img-size', type=int, help="input size (default: the model's data config)")
     g.add_argument('--drop', type=float, default=0.0, help='dropout before the classifier')
     g.add_argument('--drop-path', type=float, default=0.0, help='stochastic depth rate')
-    g.add_argument('--grad-checkpointing', action='store_true')
-    g.add_argument('--channels-last', action='store_true')
-    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor)')
+    g.add_argument('--grad-checkpointing', action='store_true',
+                   help='recompute activations in the backward pass: less memory, about 30%% more time')
+    g.add_argument('--channels-last', action='store_true', help='channels_last memory format (faster convolutions)')
+    g.add_argument('--compile', '--torchcompile', nargs='?', const='inductor', metavar='BACKEND',
+                   help="torch.compile the model (alias --torchcompile as in timm; backend default 'inductor')")
 
     g = p.add_argument_group('fine-tuning')
     g.add_argument('--finetune', choices=MODES,
@@ -65,19 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group('optimizer')
     g.add_argument('--opt', default='sgd', help="timm optimizer name ('sgd', 'adamw', 'lamb', ...)")
-    g.add_argument('--lr', type=float, default=0.05)
-    g.add_argument('--weight-decay', type=float, default=1e-4)
-    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--lr', type=float, default=0.05, help='peak learning rate')
+    g.add_argument('--weight-decay', type=float, default=1e-4, help='weight decay (not applied to norms and biases)')
+    g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
     g.add_argument('--layer-decay', type=float, help='layer-wise LR decay (from the model group_matcher)')
     g.add_argument('--clip-grad', type=float, help='clip the gradient norm to this value')
 
     g = p.add_argument_group('schedule')
     g.add_argument('--sched', default='cosine',
                    help="timm scheduler ('cosine', 'step', ...), 'plateau' (on the val metric) or 'onecycle'")
-    g.add_argument('--epochs', type=int, default=30)
-    g.add_argument('--warmup-epochs', type=int, default=0)
-    g.add_argument('--warmup-lr', type=float, default=1e-5)
-    g.add_argument('--min-lr', type=float, default=0.0)
+    g.add_argument('--epochs', type=int, default=30, help='epochs to train')
+    g.add_argument('--warmup-epochs', type=int, default=0, help='epochs rising linearly from --warmup-lr to --lr')
+    g.add_argument('--warmup-lr', type=float, default=1e-5, help='learning rate at the start of the warmup')
+    g.add_argument('--min-lr', type=float, default=0.0, help='lowest learning rate of the schedule')
     g.add_argument('--decay-epochs', type=float, default=10, help='step: epochs between decays')
     g.add_argument('--decay-rate', type=float, default=0.1, help='step / plateau: LR factor')
     g.add_argument('--patience-epochs', type=int, default=2, help='plateau: epochs without improvement')
@@ -88,36 +107,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--scale', type=float, nargs=2, metavar=('MIN', 'MAX'), help='random-resized-crop area range')
     g.add_argument('--ratio', type=float, nargs=2, metavar=('MIN', 'MAX'), help='random-resized-crop aspect range')
     g.add_argument('--train-crop-mode', help="timm train crop: 'rrc' (default), 'rkrc', 'rkrr'")
-    g.add_argument('--hflip', type=float, default=0.5)
-    g.add_argument('--vflip', type=float, default=0.0)
+    g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    g.add_argument('--vflip', type=float, default=0.0, help='vertical flip probability')
     g.add_argument('--rotate', type=float, default=0.0, help='random rotation range in degrees (+-)')
-    g.add_argument('--color-jitter', type=float, default=0.4)
+    g.add_argument('--color-jitter', type=float, default=0.4, help='color jitter strength')
     g.add_argument('--aa', help="timm auto-augment policy, e.g. 'rand-m9-mstd0.5'")
     g.add_argument('--reprob', type=float, default=0.0, help='random erasing probability')
     g.add_argument('--remode', default='pixel', help='random erasing mode')
     g.add_argument('--smoothing', type=float, default=0.0, help='label smoothing')
     g.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (0: off)')
     g.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (0: off)')
-    g.add_argument('--mixup-prob', type=float, default=1.0)
-    g.add_argument('--mixup-switch-prob', type=float, default=0.5)
+    g.add_argument('--mixup-prob', type=float, default=1.0, help='probability of mixing a batch')
+    g.add_argument('--mixup-switch-prob', type=float, default=0.5, help='probability of cutmix instead of mixup')
     g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights (saved as the model)')
-    g.add_argument('--model-ema-decay', type=float, default=0.9998)
+    g.add_argument('--model-ema-decay', type=float, default=0.9998, help='EMA decay per update')
 
     g = p.add_argument_group('training')
     g.add_argument('-b', '--batch-size', type=int, default=64, help='per process')
     g.add_argument('--validation-batch-size', type=int, help='default: --batch-size')
-    g.add_argument('--grad-accum-steps', type=int, default=1)
-    g.add_argument('--seed', type=int, default=42)
+    g.add_argument('--grad-accum-steps', type=int, default=1, help='batches per optimizer step')
+    g.add_argument('--seed', type=int, default=42, help='seed of the split, initialisation and data order')
     g.add_argument('--mixed-precision', choices=('no', 'fp16', 'bf16'), help="default: accelerate's config")
+    g.add_argument('--amp', action='store_true',
+                   help='mixed precision as in timm: --mixed-precision from --amp-dtype (bf16 on CPU)')
+    g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'),
+                   help='--amp: lower-precision dtype (float16 needs a GPU; on CPU bfloat16 is used)')
 
     g = p.add_argument_group('output')
-    g.add_argument('--output-dir', default='output/train')
+    g.add_argument('--output-dir', default='output/train', help='the run folder: hub folder, metrics, checkpoints')
     g.add_argument('--checkpoint-every', type=int, default=1, help='epochs between checkpoints')
-    g.add_argument('--keep-checkpoints', type=int, default=2, help='checkpoints kept (newest)')
+    g.add_argument('--keep-checkpoints', '--checkpoint-hist', type=int, default=2,
+                   help="checkpoints kept, newest first (alias --checkpoint-hist as in timm)")
+    g.add_argument('--save-last', action='store_true',
+                   help="publish the last epoch's weights instead of the best epoch's (by the validation metric)")
+    g.add_argument('--dataset-name', help='the dataset named in the model card (default: the data folder or file name)')
     g.add_argument('--resume', help="'auto' (newest complete checkpoint in --output-dir) or a checkpoint folder")
     g.add_argument('--overwrite', action='store_true', help='replace the run in --output-dir')
     g.add_argument('--push-to-hub', metavar='REPO_ID', help='upload the finished folder')
-    g.add_argument('--report-to', default='none', choices=('none', 'tensorboard', 'trackio'))
+    g.add_argument('--report-to', default='none', choices=('none', 'tensorboard', 'trackio', 'wandb'),
+                   help='experiment tracker (through Accelerate)')
+    g.add_argument('--log-wandb', action='store_true', help="timm's flag: the same as --report-to wandb")
     return p
 
 
@@ -181,6 +210,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError('--threshold-tuning is for multi-label training (--multilabel or --train-csv)')
     if args.freeze_epochs < 0:
         raise ConfigError(f'--freeze-epochs must be 0 or more, got {args.freeze_epochs}')
+    if args.log_wandb:
+        args.report_to = 'wandb'
+    if args.amp and not args.mixed_precision:
+        args.mixed_precision = 'fp16' if args.amp_dtype == 'float16' and torch.cuda.is_available() else 'bf16'
+    if args.compile is True:  # compile: true in a YAML recipe
+        args.compile = 'inductor'
+    if isinstance(args.val_split, str) and not args.dataset:
+        raise ConfigError(f'--val-split {args.val_split}: a split name is for --dataset; give a fraction such as 0.2')
     if args.report_to != 'none':
         if not getattr(accelerate.utils, f'is_{args.report_to}_available')():
             raise ConfigError(f'--report-to {args.report_to}: the {args.report_to} package is not installed '

@@ -45,7 +45,7 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         log_with=None if args.report_to == 'none' else args.report_to,
         project_dir=str(args.output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        dynamo_backend='inductor' if args.compile else 'no',
+        dynamo_backend=args.compile or 'no',
         cpu=distributed_on_cpu(),
     )
     set_seed(args.seed)

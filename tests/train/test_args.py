@@ -26,7 +26,7 @@ def test_command_line_beats_config_beats_defaults(tmp_path):
 @pytest.mark.parametrize('text, message', [
     ('learning_rate: 0.1\n', "unknown key 'learning_rate'"),
     ('lr: fast\n', "lr: 'fast' is not a valid float"),
-    ('report-to: wandb\n', 'report-to must be one of none, tensorboard, trackio'),
+    ('report-to: mlflow\n', 'report-to must be one of none, tensorboard, trackio, wandb'),
     ('- lr\n', 'expected a mapping'),
     ('lr: [1\n', 'not valid YAML'),
 ])
@@ -41,3 +41,35 @@ def test_every_recipe_parses():
     for recipe in sorted((REPO / 'configs').glob('*.yaml')):
         args = parse_args(['--config', str(recipe)])
         assert args.epochs >= 1, recipe
+
+
+def test_every_flag_has_help():
+    undocumented = [a.option_strings[-1] for a in build_parser()._actions
+                    if a.option_strings and a.dest != 'help' and not a.help]
+    assert undocumented == []
+    text = build_parser().format_help()
+    for shown in ('(default: 0.05)', '(default: 30)', '(default: 0.0001)', '(default: output/train)'):
+        assert shown in text, shown
+
+
+def test_timm_flag_aliases(tmp_path):
+    cfg = tmp_path / 'r.yaml'
+    cfg.write_text('lr: 0.5\ncompile: true\n')
+    args = parse_args(['-c', str(cfg), '--checkpoint-hist', '5', '--amp', '--amp-dtype', 'bfloat16'])
+    assert (args.lr, args.compile, args.keep_checkpoints, args.mixed_precision) == (0.5, 'inductor', 5, 'bf16')
+    assert parse_args(['--torchcompile']).compile == 'inductor'
+    assert parse_args(['--compile', 'aot_eager']).compile == 'aot_eager'
+    assert parse_args(['--amp']).mixed_precision == 'bf16'  # float16 needs a GPU; this machine has none
+    assert parse_args(['--amp', '--mixed-precision', 'no']).mixed_precision == 'no'  # the explicit flag wins
+    try:
+        assert parse_args(['--log-wandb']).report_to == 'wandb'
+    except ConfigError as e:
+        assert 'the wandb package is not installed' in str(e)
+
+
+def test_val_split_is_a_fraction_or_a_split_name():
+    assert parse_args(['--data-dir', 'd', '--val-split', '0.25']).val_split == 0.25
+    assert parse_args(['--dataset', 'imagefolder', '--data-dir', 'd', '--val-split', 'validation']).val_split == \
+        'validation'
+    with pytest.raises(ConfigError, match='--val-split validation: a split name is for --dataset'):
+        parse_args(['--data-dir', 'd', '--val-split', 'validation'])
