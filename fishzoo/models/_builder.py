@@ -117,12 +117,30 @@ def _load_source(variant: str, kwargs: dict):
 
 def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
     """``timm.models.build_model_with_cfg`` that fails fast, with one clear message, when weights can't be had,
-    and names the file when a checkpoint is refused, corrupted or of another model."""
+    and names the file when a checkpoint is refused, corrupted or of another model.
+
+    A model built for other than 3 input channels gets a mean/std of that many values (the RGB values'
+    average), so timm's data config needs no adaptation and logs no warning about it.
+    """
+    model = _build_model(model_cls, variant, pretrained, **kwargs)
+    cfg, in_chans = model.pretrained_cfg, getattr(model, 'in_chans', 3)
+    for key in ('mean', 'std'):
+        value = cfg.get(key)
+        if isinstance(value, (tuple, list)) and len(value) not in (1, in_chans):
+            cfg[key] = (round(sum(value) / len(value), 6),) * in_chans
+    return model
+
+
+def _build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
     download = _weights_to_download(variant, kwargs) if pretrained else None
     if download is None:
         if not pretrained:
             return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
         load_from, location = _load_source(variant, kwargs)
+        if not load_from:  # timm would build it with random weights and warn, or fail with a blank name
+            raise PretrainedWeightsUnavailable(
+                f'{variant} has no pretrained weights (none are published for it; timm.list_pretrained() lists '
+                'those that are); build it without pretrained=True, or load a trained folder with local-dir:PATH')
         if load_from in ('local-dir', 'hf-hub'):
             try:
                 check_hub_folder(location if load_from == 'local-dir' else hub_repo_folder(location))

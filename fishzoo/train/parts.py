@@ -7,6 +7,7 @@ takes them as they are, so a test (or a notebook) can hand it parts of its own.
 import argparse
 import logging
 import math
+import pickle
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,12 +17,15 @@ from timm.data import Mixup, create_transform, resolve_input_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torchvision import transforms as T
 
 from fishzoo import data
-from fishzoo.errors import ConfigError, ModelLoadError
+from fishzoo.errors import CheckpointError, ConfigError, FishzooError, ModelLoadError, describe
 from fishzoo.finetune import classifier_names, freeze_backbone, one_hot_targets
-from fishzoo.loading import load_model
+from fishzoo.loading import load_model, resolve_source
+from fishzoo.models._hub_folder import check_hub_folder, hub_repo_folder
 
 from .schedule import LRSchedule
 
@@ -49,6 +53,64 @@ class TrainingParts:
     @property
     def multilabel(self) -> bool:
         return self.data.multilabel
+
+
+def settle_model_source(args: argparse.Namespace) -> None:
+    """Fill ``--pretrained`` and ``--in-chans`` from what ``--model`` is, saying so in the log.
+
+    A folder or hub model, and any ``--finetune``, load the weights (fine-tuning a random backbone is never
+    what was meant); ``--in-chans`` defaults to the folder model's own, and a different value is logged as
+    the stem adaptation it is.
+    """
+    source = resolve_source(args.model)
+    if not args.pretrained and (source.has_weights or args.finetune):
+        why = f'--finetune {args.finetune}' if args.finetune and not source.has_weights else f'--model {args.model}'
+        _logger.info('loading the weights of %s (implied by %s)', args.model, why)
+        args.pretrained = True
+    source_chans = None
+    if source.has_weights:
+        try:
+            folder = source.folder if source.kind == 'folder' else hub_repo_folder(source.location)
+            config = check_hub_folder(folder)
+        except (FishzooError, OSError) as e:
+            raise ConfigError(f'--model {args.model}: {e}') from None
+        input_size = config.get('pretrained_cfg', {}).get('input_size') or [None]
+        source_chans = config.get('model_args', {}).get('in_chans', input_size[0])
+    if args.in_chans is None:
+        args.in_chans = source_chans or 3
+    elif source_chans and args.in_chans != source_chans:
+        _logger.info('--in-chans %d: adapting the stem of %s from %d to %d input channels (timm adapt_input_conv)',
+                     args.in_chans, args.model, source_chans, args.in_chans)
+
+
+def load_initial_checkpoint(model: nn.Module, path: str) -> None:
+    """``--initial-checkpoint``: weights read safely (safetensors or plain tensors) into the built model."""
+    try:
+        if path.endswith('.safetensors'):
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            for key in ('state_dict_ema', 'state_dict', 'model'):  # timm's and common checkpoint wrappers
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+                    break
+        state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+        expected = model.state_dict()
+        wrong = [f'{k} {list(v.shape)} vs {list(expected[k].shape)}' for k, v in state.items()
+                 if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if wrong or missing or unexpected:
+            raise CheckpointError('does not fit the model: ' + '; '.join(
+                f'{what} ({", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""})' for what, keys in (
+                    ('shape mismatches, checkpoint vs model', wrong), ('missing keys', missing),
+                    ('unexpected keys', unexpected)) if keys))
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise ConfigError(f'--initial-checkpoint {path}: no such file') from None
+    except (CheckpointError, pickle.UnpicklingError, RuntimeError, OSError, ValueError, SafetensorError,
+            AttributeError) as e:
+        raise ConfigError(f'--initial-checkpoint {path}: {e if isinstance(e, CheckpointError) else describe(e)}') \
+            from None
 
 
 def load_data(args: argparse.Namespace) -> data.TrainValData:
@@ -98,6 +160,8 @@ def create_model(args: argparse.Namespace, num_classes: int, class_names: Option
             why = f' (labels {",".join(map(str, source_names))} -> {",".join(class_names)})' if other_labels else ''
             _logger.info('replaced the classifier: %s -> %d classes%s; re-initialised %s', source_classes,
                          num_classes, why, ', '.join(classifier_names(model)))
+    if args.initial_checkpoint:
+        load_initial_checkpoint(model, args.initial_checkpoint)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -140,6 +204,7 @@ def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.
 
 def build_parts(args: argparse.Namespace, num_processes: int = 1) -> TrainingParts:
     """Every part of the run the flags describe; ``num_processes`` splits the batches and the schedule."""
+    settle_model_source(args)
     loaded = load_data(args)
     model = create_model(args, len(loaded.class_names), loaded.class_names)
     if args.finetune == 'frozen':

@@ -34,7 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 _logger = logging.getLogger('fishzoo.train')
 
-RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'metrics.json', 'curves.png', 'thresholds.json')
+RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'app.py', 'requirements.txt', 'metrics.json', 'curves.png',
+             'thresholds.json')
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -177,15 +178,16 @@ class RunFolder:
 
     def publish(self, model: nn.Module, history: List[Dict[str, Any]], *, class_names: Sequence[str],
                 data_config: Mapping[str, Any], metrics: Mapping[str, float], multilabel: bool,
-                extra_config: Optional[dict], dataset: str, description: str,
-                push_to: Optional[str] = None, commit_message: str = '') -> None:
+                extra_config: Optional[dict], dataset: str, description: str, epoch: int,
+                base_model: Optional[str] = None, push_to: Optional[str] = None, commit_message: str = '') -> None:
         """The hub folder (weights, config, card), the curves and, with ``push_to``, the upload."""
         save_pretrained(
             model, self.path, label_names=class_names, extra_config=extra_config,
             data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
             repo_id=push_to, dataset=dataset, metrics=metrics,
-            metrics_source=f'measured by fishzoo-train on the validation split after {history[-1]["epoch"]} epochs',
-            tags=('fishzoo-train',), description=description)
+            metrics_source=f'measured by fishzoo-train on the validation split after epoch {epoch} '
+                           f'(the published weights) of {history[-1]["epoch"]}',
+            tags=('fishzoo-train',), description=description, base_model=base_model)
         plot_curves(history, self.path / 'curves.png', multilabel)
         _logger.info('wrote %s', self.path)
         if push_to:

@@ -8,6 +8,7 @@ multi-label threshold tuning, and the published run folder (:mod:`.run_folder`).
 """
 import argparse
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from fishzoo.errors import TrainingStopped
 from fishzoo.finetune import GradualUnfreezer, multilabel_metrics, trainable_parameters, tune_thresholds
+from fishzoo.loading import resolve_source
 
 from .checkpoints import CheckpointStore
 from .evaluation import metrics_of, predict_loader
@@ -28,6 +31,18 @@ from .run_folder import RunFolder, format_record
 from .signals import StopSignals
 
 _logger = logging.getLogger('fishzoo.train')
+
+BEST_FILE = 'best_model.safetensors'  # in checkpoints/: the best epoch's weights, kept through a resume
+
+
+def base_model_id(model_spec: str, model: nn.Module) -> Optional[str]:
+    """The Hub repo a fine-tune started from, for the card's ``base_model`` (None when it is not on the Hub)."""
+    source = resolve_source(model_spec)
+    if source.kind == 'hf-hub':
+        return source.location.split('@')[0]
+    if source.kind == 'timm':
+        return model.pretrained_cfg.get('hf_hub_id') or None
+    return None
 
 
 class Trainer:
@@ -58,12 +73,14 @@ class Trainer:
         self.epoch = 0
         self.num_updates = 0
         self.history: List[Dict[str, Any]] = []
+        self.best: Optional[Dict[str, Any]] = None  # {'epoch', 'metric', 'value'} of the best validation so far
+        self.best_file = self.output_dir / 'checkpoints' / BEST_FILE
 
     # checkpoint state -------------------------------------------------------------------------
     def save_checkpoint(self, partial: Optional[Dict[str, Any]] = None) -> Path:
         """A checkpoint of everything; ``partial`` (mid-epoch, on a signal) holds the epoch's progress and sums."""
         ema = self.parts.ema
-        state = dict(epoch=self.epoch, num_updates=self.num_updates, history=self.history,
+        state = dict(epoch=self.epoch, num_updates=self.num_updates, history=self.history, best=self.best,
                      schedule=self.parts.schedule.state_dict(),
                      ema=ema.state_dict() if ema is not None else None, partial=partial)
         return self.store.save(state, self.epoch, partial['batches'] if partial else None)
@@ -72,6 +89,7 @@ class Trainer:
         state = self.store.load(path)
         self.epoch, self.num_updates, self.history = state['epoch'], state['num_updates'], state['history']
         self.partial = state.get('partial')
+        self.best = state.get('best')
         self.parts.schedule.load_state_dict(state['schedule'])
         if self.parts.ema is not None and state.get('ema') is not None:
             self.parts.ema.load_state_dict(state['ema'])
@@ -213,13 +231,49 @@ class Trainer:
             parts.schedule.step_epoch(self.epoch, record.get('val_top1', record.get('val_f1_micro')))
             accelerator.log({k: v for k, v in record.items() if k != 'epoch'}, step=record['epoch'])
             self._log_record(record)
+            self.keep_if_best(record)
             if self.epoch % args.checkpoint_every == 0 or self.epoch == args.epochs:
                 self.save_checkpoint()
+        if not args.save_last:
+            self.restore_best()
         if parts.multilabel and args.threshold_tuning != 'none':
             self.tune_thresholds()
         self.finish()
         accelerator.end_training()
         return self.history[-1] if self.history else {}
+
+    # the best epoch ------------------------------------------------------------------------------
+    def best_metric(self) -> str:
+        """The validation metric that picks the published epoch (of the EMA weights when those are published)."""
+        prefix = 'ema_val' if self.parts.ema is not None else 'val'
+        return f"{prefix}_{'f1_micro' if self.parts.multilabel else 'top1'}"
+
+    def keep_if_best(self, record: Dict[str, Any]) -> None:
+        """Save the final model's weights when ``record`` beats every earlier epoch (ties keep the earlier)."""
+        metric = self.best_metric()
+        value = record.get(metric)
+        if value is None or (self.best is not None and value <= self.best['value']):
+            return
+        self.best = dict(epoch=record['epoch'], metric=metric, value=value)
+        if self.accelerator.is_main_process:
+            self.best_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.best_file.with_name(f'.{BEST_FILE}.tmp')
+            state = {k: v.detach().cpu().contiguous() for k, v in self.final_model().state_dict().items()}
+            save_file(state, str(tmp))
+            os.replace(tmp, self.best_file)
+        self.accelerator.wait_for_everyone()
+
+    def restore_best(self) -> None:
+        """The best epoch's weights into the final model, unless the last epoch is the best."""
+        if self.best is None or self.best['epoch'] == self.epoch or not self.best_file.is_file():
+            return
+        model = self.final_model()
+        state = load_file(str(self.best_file), device=str(next(model.parameters()).device))
+        model.load_state_dict(state)
+        if self.accelerator.is_main_process:
+            _logger.info('publishing epoch %d (%s %.4g), the best; the last epoch (%s %.4g) stays in checkpoints/ '
+                         '(--save-last publishes it)', self.best['epoch'], self.best['metric'], self.best['value'],
+                         self.best['metric'], self.history[-1].get(self.best['metric'], float('nan')))
 
     def finish(self) -> None:
         """The hub folder, the curves and (optionally) the upload, from the main process."""
@@ -227,7 +281,8 @@ class Trainer:
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             return
-        last = self.history[-1]
+        published_epoch = self.epoch if args.save_last or self.best is None else self.best['epoch']
+        last = next(r for r in self.history if r['epoch'] == published_epoch)
         prefix = 'ema_val' if parts.ema is not None else 'val'
         names = ('f1_micro', 'f1_macro', 'map', 'subset_acc') if parts.multilabel else ('top1', 'top5')
         extra_config = None
@@ -236,11 +291,15 @@ class Trainer:
             extra_config = dict(multilabel=True, threshold_tuning=args.threshold_tuning,
                                 thresholds=self.thresholds or [0.5] * parts.num_classes)
         data = parts.data
+        dataset = args.dataset_name or data.name
+        if not args.dataset_name:
+            _logger.info('the model card names the dataset %r (--dataset-name sets it)', dataset)
         self.folder.publish(
             self.final_model().float().eval().to(memory_format=torch.contiguous_format), self.history,
             class_names=data.class_names, data_config=parts.data_config, multilabel=parts.multilabel,
             metrics={k: last[f'{prefix}_{k}'] for k in names if f'{prefix}_{k}' in last},
-            extra_config=extra_config, dataset=data.name,
-            description=f'`{args.model}` trained with fishzoo-train on {data.name} '
+            extra_config=extra_config, dataset=dataset, epoch=published_epoch,
+            base_model=base_model_id(args.model, self.final_model()) if args.pretrained else None,
+            description=f'`{args.model}` trained with fishzoo-train on {dataset} '
                         f'({len(data.train)} training images, {parts.num_classes} classes).',
             push_to=args.push_to_hub, commit_message=f'fishzoo-train: {args.model}')

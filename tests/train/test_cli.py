@@ -185,7 +185,8 @@ def test_push_to_hub_after_training(image_dataset, tmp_path, monkeypatch):
     out = tmp_path / 'pushed'
     assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '1', *TRAIN_ARGS,
                  '--push-to-hub', 'me/shapes']) == 0
-    assert sorted(sent) == ['README.md', 'config.json', 'curves.png', 'metrics.json', 'model.safetensors']
+    assert sorted(sent) == ['README.md', 'app.py', 'config.json', 'curves.png', 'metrics.json', 'model.safetensors',
+                            'requirements.txt']
     assert "hf-hub:me/shapes" in (out / 'README.md').read_text()
 
 
@@ -198,3 +199,51 @@ def test_training_from_a_worker_thread(image_dataset, tmp_path):
     thread.start()
     thread.join(timeout=300)
     assert result.get('code') == 0
+
+
+def test_finetune_from_a_folder_loads_its_weights_and_channels(image_dataset, tmp_path, caplog):
+    """No --pretrained, no --in-chans: a folder model brings its weights and its 1 input channel."""
+    from safetensors.torch import load_file
+
+    from fishzoo.hub import save_pretrained
+    source = tmp_path / 'gray'
+    save_pretrained(timm.create_model('fishnet_s64', num_classes=3, in_chans=1), source)
+    with caplog.at_level('INFO', logger='fishzoo.train'):
+        assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'ft'), '--epochs', '1',
+                     *TRAIN_ARGS, '--model', f'local-dir:{source}', '--finetune', 'frozen']) == 0
+    assert f'loading the weights of local-dir:{source} (implied by --model local-dir:{source})' in caplog.text
+    tuned, original = load_file(tmp_path / 'ft' / 'model.safetensors'), load_file(source / 'model.safetensors')
+    assert tuned['stem.conv1.conv.weight'].shape[1] == 1
+    frozen = [k for k in original if not k.startswith('fc.') and 'running' not in k and 'num_batches' not in k]
+    assert all(torch.equal(tuned[k], original[k]) for k in frozen)  # the folder's backbone, untouched
+    caplog.clear()
+    with caplog.at_level('INFO', logger='fishzoo.train'):
+        assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'rgb'), '--epochs', '1',
+                     *TRAIN_ARGS, '--model', str(source), '--in-chans', '3']) == 0
+    assert 'adapting the stem of' in caplog.text and 'from 1 to 3 input channels' in caplog.text
+
+
+def test_initial_checkpoint(image_dataset, tmp_path, capsys):
+    from safetensors.torch import save_file
+    source = timm.create_model('fishnet_s64', num_classes=3)
+    torch.save({'state_dict': source.state_dict()}, tmp_path / 'w.pth')
+    save_file(source.state_dict(), tmp_path / 'w.safetensors')
+    args = train.parse_args(['--data-dir', str(image_dataset), *TRAIN_ARGS, '--initial-checkpoint',
+                             str(tmp_path / 'w.pth')])
+    for path in ('w.pth', 'w.safetensors'):
+        args.initial_checkpoint = str(tmp_path / path)
+        model = train.parts.create_model(args, 3)
+        assert torch.equal(model.fc.weight, source.fc.weight)
+    _fails_with(capsys, ['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), *TRAIN_ARGS,
+                         '--initial-checkpoint', str(tmp_path / 'nope.pth')], '--initial-checkpoint')
+    torch.save(timm.create_model('fishnet_s64', num_classes=5).state_dict(), tmp_path / 'five.pth')
+    _fails_with(capsys, ['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), *TRAIN_ARGS,
+                         '--initial-checkpoint', str(tmp_path / 'five.pth')], 'fc.weight [5, 264] vs [3, 264]')
+
+
+def test_val_split_names_a_dataset_split(image_dataset):
+    from fishzoo import data
+    loaded = data.hf_data('imagefolder', image_dataset, 'validation')
+    assert len(loaded.val) == 12
+    with pytest.raises(data.DataError, match='--val-split nope: --dataset imagefolder has no such split'):
+        data.hf_data('imagefolder', image_dataset, 'nope')

@@ -6,15 +6,16 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fishzoo.errors import TrainingStopped
 from fishzoo.train import CheckpointStore, Trainer, build_parts, checkpoint_dirs, create_accelerator, parse_args
 from tests.conftest import TRAIN_ARGS
 
 
-def _trainer(image_dataset, out, epochs=3, loss_fn=None, save_state=None):
+def _trainer(image_dataset, out, epochs=3, loss_fn=None, save_state=None, extra=()):
     args = parse_args(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', str(epochs),
-                       *TRAIN_ARGS])
+                       *TRAIN_ARGS, *extra])
     accelerator = create_accelerator(args)
     parts = build_parts(args, accelerator.num_processes)
     if loss_fn is not None:
@@ -67,7 +68,32 @@ def test_full_disk_keeps_previous_checkpoint(image_dataset, tmp_path):
     message = str(stopped.value)
     assert 'could not write checkpoint' in message and 'No space left on device' in message
     assert f'the previous checkpoint {out}/checkpoints/epoch_0001 is intact' in message
-    assert [p.name for p in (out / 'checkpoints').iterdir()] == ['epoch_0001']  # no half-written folder left
+    assert [p.name for p in (out / 'checkpoints').iterdir() if p.is_dir()] == ['epoch_0001']  # no half-written one
     resumed = _trainer(image_dataset, out)
     resumed.args.resume = 'auto'
     assert resumed.run()['epoch'] == 3
+
+
+@pytest.mark.parametrize('save_last', [False, True])
+def test_the_best_epoch_is_published(image_dataset, tmp_path, caplog, save_last):
+    """Validation top-1 scripted to peak at epoch 2 of 3: the folder holds epoch 2's weights (timm's
+    model_best), or epoch 3's with --save-last; the card reports the published epoch's numbers."""
+    out = tmp_path / 'best'
+    trainer = _trainer(image_dataset, out, extra=['--keep-checkpoints', '3'] + (['--save-last'] if save_last else []))
+    real_evaluate, scripted = trainer.evaluate, iter([10.0, 50.0, 90.0, 60.0])  # epoch 0 (untrained) to 3
+
+    def evaluate(model, prefix='val'):
+        return {**real_evaluate(model, prefix), f'{prefix}_top1': next(scripted)}
+    trainer.evaluate = evaluate
+    with caplog.at_level('INFO', logger='fishzoo.train'):
+        trainer.run()
+    published = load_file(out / 'model.safetensors')
+    epoch = 3 if save_last else 2
+    saved = load_file(out / 'checkpoints' / f'epoch_{epoch:04d}' / 'model.safetensors')
+    assert all(torch.equal(published[k], saved[k]) for k in saved)
+    other = load_file(out / 'checkpoints' / f'epoch_{5 - epoch:04d}' / 'model.safetensors')
+    assert not all(torch.equal(published[k], other[k]) for k in other)
+    card = (out / 'README.md').read_text()
+    assert f'after epoch {epoch} (the published weights) of 3' in card
+    assert ('| Top-1 accuracy (%) | 90.00 |' if not save_last else '| Top-1 accuracy (%) | 60.00 |') in card
+    assert ('publishing epoch 2 (val_top1 90), the best' in caplog.text) != save_last
