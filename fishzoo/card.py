@@ -1,14 +1,62 @@
 """The model card (``README.md``) of a hub folder: YAML front matter the Hub reads, and the text a person reads."""
+import copy
+import re
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
-REPO_ID_PLACEHOLDER = 'REPO_ID'
+from fishzoo.info import count_gmacs
+
+# the snippet of a folder not (yet) on the Hub; push_to_hub rewrites it to hf-hub:REPO_ID
+LOCAL_REF = 'local-dir:path/to/this/folder'
+
+# metric name -> (Hub metric type, display name); fractions (F1, mAP) are shown as percentages
+METRICS = {
+    'top1': ('accuracy', 'Top-1 accuracy'), 'top5': ('top_5_accuracy', 'Top-5 accuracy'),
+    'f1_micro': ('f1', 'Micro F1'), 'f1_macro': ('f1', 'Macro F1'), 'map': ('map', 'mAP'),
+    'subset_acc': ('accuracy', 'Subset accuracy'),
+}
+PERCENT_OF_FRACTION = ('f1_micro', 'f1_macro', 'map', 'subset_acc')
+
+FISHNET_CITATION = """@inproceedings{sun2018fishnet,
+  title={FishNet: A Versatile Backbone for Image, Region, and Pixel Level Prediction},
+  author={Sun, Shuyang and Pang, Jiangmiao and Shi, Jianping and Yi, Shuai and Ouyang, Wanli},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2018}
+}"""
 
 
 def _metric_title(name: str) -> str:
-    return {'top1': 'Top-1 accuracy', 'top5': 'Top-5 accuracy'}.get(name, name.replace('_', ' '))
+    return METRICS.get(name, (name, name.replace('_', ' ')))[1]
+
+
+def _card_value(name: str, value: float) -> float:
+    """Percent, 2 decimals: what the Hub's leaderboards and model pages show."""
+    return round(float(value) * (100.0 if name in PERCENT_OF_FRACTION else 1.0), 2)
+
+
+def _complexity(model: torch.nn.Module, input_size) -> Tuple[float, float]:
+    """(GMACs, activations in millions) of one image, counted on a meta copy: nothing is allocated.
+
+    Activations are the output elements of every convolution and linear layer, the measure timm's
+    model cards give."""
+    meta = copy.deepcopy(model).to('meta').eval()
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
+             for m in meta.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    gmacs = count_gmacs(meta, input_size)
+    for hook in hooks:
+        hook.remove()
+    return gmacs, sum(outputs) / 1e6
+
+
+def retarget_card(text: str, repo_id: str) -> str:
+    """A card's snippet, title and model-index name pointed at ``repo_id`` (run by push before uploading)."""
+    name = repo_id.split('/')[-1]
+    text = re.sub(r"(local-dir:path/to/this/folder|hf-hub:[^'\"\s)`]+)", f'hf-hub:{repo_id}', text)
+    text = re.sub(r'^# .*$', f'# {name}', text, count=1, flags=re.MULTILINE)
+    return re.sub(r'^(- name: ).*$', rf'\g<1>{name}', text, count=1, flags=re.MULTILINE)
 
 
 def model_card(
@@ -22,6 +70,7 @@ def model_card(
         license: Optional[str] = None,
         tags: Sequence[str] = (),
         description: Optional[str] = None,
+        base_model: Optional[str] = None,
 ) -> str:
     """The README.md of a hub folder: YAML front matter (library, tags, license, datasets, model-index) and text.
 
@@ -32,6 +81,7 @@ def model_card(
         metrics: name -> value (e.g. ``{'top1': 78.14}``), written to ``model-index`` and to a table.
         metrics_source: who measured the metrics, when not this folder's own evaluation
             (e.g. 'reported by the FishNet authors, not measured by fishzoo').
+        base_model: the Hub repo a fine-tune started from (the Hub's model tree).
     """
     cfg = (hub_config or {}).get('pretrained_cfg') or model.pretrained_cfg
     arch = (hub_config or {}).get('architecture') or cfg.get('architecture') or type(model).__name__
@@ -45,7 +95,8 @@ def model_card(
         eval_results = [
             EvalResult(
                 task_type='image-classification', dataset_type=dataset_id, dataset_name=dataset_name,
-                metric_type=name, metric_name=_metric_title(name), metric_value=float(value), **source)
+                metric_type=METRICS.get(name, (name,))[0], metric_name=_metric_title(name),
+                metric_value=_card_value(name, value), **source)
             for name, value in metrics.items()]
     card_license = dict(license=license)
     if license == 'unknown':
@@ -55,36 +106,56 @@ def model_card(
         pipeline_tag='image-classification',
         tags=list(dict.fromkeys(['image-classification', 'timm', 'fishzoo', arch, *tags])),
         datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
         model_name=(repo_id or arch).split('/')[-1],
         eval_results=eval_results,
         **card_license,
     )
-    ref = repo_id or REPO_ID_PLACEHOLDER
+    ref = f'hf-hub:{repo_id}' if repo_id else LOCAL_REF
     params = sum(p.numel() for p in model.parameters())
+    gmacs, activations = _complexity(model, cfg['input_size'])
+    is_fishzoo = type(model).__module__.startswith('fishzoo.')
+    install = ['# fishzoo is not on PyPI: install it from its source tree', 'pip install timm /path/to/fishzoo'] \
+        if is_fishzoo else ['pip install timm']
     lines = [
         '---', data.to_yaml(), '---', '',
-        f'# {ref.split("/")[-1]}', '',
+        f'# {(repo_id or arch).split("/")[-1]}', '',
         description or cfg.get('description') or f'A `{arch}` image classifier saved with fishzoo.', '',
         '## Usage', '',
-        '```bash', 'pip install fishzoo', '```', '',
+        '```bash', *install, '```', '',
+        '### Image classification', '',
         '```python',
         'import timm',
         'from PIL import Image',
         '',
-        f"model = timm.create_model('hf-hub:{ref}', pretrained=True).eval()",
-        "# or, from this folder on disk: timm.create_model('local-dir:/path/to/folder', pretrained=True)",
+        f"model = timm.create_model('{ref}', pretrained=True).eval()",
         'transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))',
         "probs = model(transform(Image.open('image.jpg').convert('RGB')).unsqueeze(0)).softmax(-1)",
         '```', '',
-        'fishzoo registers its architectures with timm when it is installed; no `import fishzoo` is needed.', '',
+        '### Feature maps and image embeddings', '',
+        '```python',
+        f"backbone = timm.create_model('{ref}', pretrained=True, features_only=True).eval()",
+        'feature_maps = backbone(x)  # one map per stride (backbone.feature_info.reduction())',
+        '',
+        f"encoder = timm.create_model('{ref}', pretrained=True, num_classes=0).eval()",
+        'embedding = encoder(x)  # (batch, num_features): the pooled features before the classifier',
+        '```', '',
+    ]
+    if is_fishzoo:
+        lines += ['fishzoo registers its architectures with timm when it is installed; no `import fishzoo` is needed.',
+                  '']
+    lines += [
         '## Model details', '',
         f'- Architecture: `{arch}` ({params / 1e6:.2f}M parameters)',
+        f"- GMACs: {gmacs:.2f}, activations: {activations:.2f}M (one {cfg['input_size'][1]}x{cfg['input_size'][2]} image)",
         f"- Input: {cfg['input_size'][1]}x{cfg['input_size'][2]} px, {cfg['input_size'][0]} channels, "
         f"{cfg.get('interpolation')} resize, crop {cfg.get('crop_pct')}",
         f'- Classes: {model.num_classes}',
     ]
     if dataset_name:
         lines.append(f'- Dataset: {dataset_name}')
+    if base_model:
+        lines.append(f'- Fine-tuned from: [{base_model}](https://huggingface.co/{base_model})')
     if cfg.get('paper_name'):
         lines.append(f"- Paper: {cfg['paper_name']} ({cfg.get('paper_ids', '')})")
     if cfg.get('origin_url'):
@@ -98,8 +169,10 @@ def model_card(
         if metrics_source:
             lines += [f'Numbers {metrics_source}.', '']
         lines += ['| metric | value |', '|---|---:|']
-        lines += [f'| {_metric_title(k)} | {v:.4g} |' for k, v in metrics.items()]
+        lines += [f'| {_metric_title(k)} (%) | {_card_value(k, v):.2f} |' for k, v in metrics.items()]
     for note in cfg.get('notes') or ():
         lines.append(f'\n> {note}')
+    if arch.startswith(('fishnet', 'fishnext')):
+        lines += ['', '## Citation', '', '```bibtex', FISHNET_CITATION, '```']
     lines.append('')
     return '\n'.join(lines)

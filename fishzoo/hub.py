@@ -13,23 +13,31 @@ written to a file, a log line or an error message.
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from timm.models import save_for_hf
 
 from fishzoo import __version__
-from fishzoo.card import model_card
+from fishzoo.card import model_card, retarget_card
 from fishzoo.errors import HubFolderError, HubUploadError, describe  # noqa: F401  (users catch them from here)
 from fishzoo.models._hub_folder import WEIGHT_FILES, check_hub_folder, read_hub_config, sha256_file  # noqa: F401
 
 _logger = logging.getLogger(__name__)
 
-# what an upload takes from a folder: weights, configs, card, metrics and plots, never training state
-UPLOAD_PATTERNS = ['*.json', '*.safetensors', '*.md', '*.png']
-UPLOAD_IGNORE = ['checkpoints/*', '.*']
+# what app.py needs on a Space; fishzoo's own architectures also need fishzoo, which is not on PyPI
+SPACE_REQUIREMENTS = '''timm>=1.0.31
+safetensors
+gradio
+torch
+# fishnet* / fishnext* / mobilenetv2_dual* folders also need fishzoo, installed from its source tree
+'''
+
+# what a hub folder uploads; checkpoints/ and hidden files (the training lock) stay local
+UPLOAD_PATTERNS = ['*.json', '*.safetensors', '*.md', '*.png', 'app.py', 'requirements.txt']
 
 
 def save_pretrained(
@@ -47,6 +55,7 @@ def save_pretrained(
         license: Optional[str] = None,
         tags: Sequence[str] = (),
         description: Optional[str] = None,
+        base_model: Optional[str] = None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
 
@@ -69,8 +78,11 @@ def save_pretrained(
     (save_dir / 'config.json').write_text(json.dumps(hub_config, indent=2))
     card = model_card(
         model, hub_config, repo_id=repo_id, dataset=dataset, metrics=metrics, metrics_source=metrics_source, license=license,
-        tags=tags, description=description)
+        tags=tags, description=description, base_model=base_model)
     (save_dir / 'README.md').write_text(card, encoding='utf-8')
+    # the demo page: the folder runs as a Gradio Space as it is (fishzoo demo FOLDER serves it locally)
+    shutil.copyfile(Path(__file__).with_name('space_app.py'), save_dir / 'app.py')
+    (save_dir / 'requirements.txt').write_text(SPACE_REQUIREMENTS)
     return save_dir
 
 
@@ -79,6 +91,14 @@ def _scrub(text: str, secrets: List[str]) -> str:
         if secret:
             text = text.replace(secret, '***')
     return re.sub(r'hf_[A-Za-z0-9]{8,}', '***', text)
+
+
+def _upload_operations(folder: Path, card: Optional[str]) -> List[CommitOperationAdd]:
+    """The folder's hub files (weights, config, card, curves, demo app): top level only, no hidden files."""
+    names = sorted({p.name for pattern in UPLOAD_PATTERNS for p in folder.glob(pattern)
+                    if p.is_file() and not p.name.startswith('.')})
+    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=card.encode('utf-8') if name == 'README.md'
+                               and card is not None else str(folder / name)) for name in names]
 
 
 def push_to_hub(
@@ -105,13 +125,18 @@ def push_to_hub(
         raise HubUploadError(
             f'no Hugging Face token: set HF_TOKEN or run `hf auth login`, then retry ({retry})')
     api = HfApi(library_name='fishzoo', library_version=__version__)
+    # the card's title and snippets name the repo it goes to (a card saved before knowing it names none)
+    card = retarget_card((folder / 'README.md').read_text(encoding='utf-8'), repo_id) \
+        if (folder / 'README.md').is_file() else None
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_url.repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
-            create_pr=create_pr, allow_patterns=UPLOAD_PATTERNS, ignore_patterns=UPLOAD_IGNORE)
+        commit = api.create_commit(
+            repo_id=repo_url.repo_id, operations=_upload_operations(folder, card), commit_message=commit_message,
+            revision=revision, create_pr=create_pr)
     except Exception as e:  # a network boundary: every failure becomes one clear, token-free sentence
         reason = _scrub(describe(e), [token])
         raise HubUploadError(f'upload of {folder} to {repo_id} failed ({reason}); {retry}') from None
+    if card is not None:  # the folder now matches what the Hub holds
+        (folder / 'README.md').write_text(card, encoding='utf-8')
     _logger.info('uploaded %s to %s', folder, repo_id)
     return str(getattr(commit, 'commit_url', commit))

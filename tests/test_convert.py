@@ -27,14 +27,15 @@ def test_script_converts_to_a_loadable_hub_folder(checkpoint, tmp_path):
         [sys.executable, str(REPO / 'scripts' / 'convert_fishnet.py'), 'fishnet99', str(checkpoint),
          '--output-dir', str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'app.py', 'config.json', 'model.safetensors',
+                                                     'requirements.txt']
 
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'fishnet99' and len(config['label_names']) == 1000
     assert config['label_names'][0] == 'n01440764'
     card = ModelCard.load(out / 'README.md')
     assert card.data.license == 'other' and card.data.datasets == ['imagenet-1k']
-    top1 = next(r for r in card.data.eval_results if r.metric_type == 'top1')
+    top1 = next(r for r in card.data.eval_results if r.metric_type == 'accuracy')
     assert top1.metric_value == 77.41
     assert 'reported by the FishNet authors' in top1.source_name
     assert 'Numbers reported by the FishNet authors, not measured by fishzoo.' in card.text
@@ -82,5 +83,5 @@ def test_convert_and_push(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / 'out'
     assert main(['convert', 'fishnet99', str(checkpoint), '--output-dir', str(out),
                  '--push-to-hub', 'me/fishnet99.in1k']) == 0
-    assert sorted(sent) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(sent) == ['README.md', 'app.py', 'config.json', 'model.safetensors', 'requirements.txt']
     assert "timm.create_model('hf-hub:me/fishnet99.in1k', pretrained=True)" in (out / 'README.md').read_text()

@@ -1,5 +1,6 @@
 """Hub folders: what save_pretrained writes, the local-dir round trip, and uploads with only the network replaced."""
 import json
+import re
 
 import huggingface_hub.hf_api
 import pytest
@@ -25,7 +26,8 @@ def folder(tmp_path):
 
 def test_folder_files_and_config(folder):
     model, out = folder
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'app.py', 'config.json', 'model.safetensors',
+                                                     'requirements.txt']
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'fishnet_s64'
     assert config['num_classes'] == 3
@@ -43,9 +45,27 @@ def test_model_card(folder):
     assert card.data.license == 'apache-2.0'
     assert card.data.datasets == ['digits']
     result = card.data.eval_results[0]
-    assert (result.metric_type, result.metric_value, result.dataset_name) == ('top1', 97.5, 'Digits')
+    assert (result.metric_type, result.metric_name, result.metric_value, result.dataset_name) == \
+        ('accuracy', 'Top-1 accuracy', 97.5, 'Digits')
     usage = card.text[card.text.index('## Usage'):]
-    assert usage.split('```')[1].strip() == 'bash\npip install fishzoo'
+    # fishzoo is not on the package index: the card must not tell users to pip install it from there
+    assert 'pip install fishzoo' not in card.text and 'pip install timm /path/to/fishzoo' in usage
+    assert 'REPO_ID' not in card.text and "timm.create_model('local-dir:path/to/this/folder'" in usage
+    assert 'features_only=True' in usage and 'num_classes=0' in usage
+    assert re.search(r'- GMACs: \d+\.\d\d, activations: \d+\.\d\dM \(one 64x64 image\)', card.text)
+    assert '@inproceedings{sun2018fishnet' in card.text
+
+
+def test_card_metrics_rounded_with_hub_types_and_base_model(tmp_path):
+    model = timm.create_model('resnet18', num_classes=3)
+    save_pretrained(model, tmp_path / 'r', metrics={'top1': 99.44444274902344, 'f1_micro': 0.912345, 'map': 0.8},
+                    dataset='shapes', base_model='timm/resnet18.a1_in1k')
+    card = ModelCard.load(tmp_path / 'r' / 'README.md')
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == \
+        [('accuracy', 99.44), ('f1', 91.23), ('map', 80.0)]
+    assert card.data.base_model == 'timm/resnet18.a1_in1k'
+    assert 'pip install timm\n' in card.text and 'fishzoo registers' not in card.text
+    assert 'sun2018fishnet' not in card.text  # a timm architecture: no FishNet citation
 
 
 def test_local_dir_round_trip_identical_logits(folder):
@@ -108,10 +128,17 @@ def test_push_sends_exactly_the_folder(folder, fake_hub):
     _, out = folder
     (out / 'checkpoints').mkdir()
     (out / 'checkpoints' / 'state.bin').write_bytes(b'training state')
+    (out / '.fishzoo-train.lock').write_text('1234\n')
+    saved_card = (out / 'README.md').read_text()
     url = push_to_hub(out, 'someone/fishnet_s64-digits')
+    # the card saved without a repo id now names the repo, on the Hub and in the folder
+    card = fake_hub.sent['README.md'].decode()
+    assert "local-dir:path/to/this/folder" in saved_card and 'local-dir:path/to/this/folder' not in card
+    assert "timm.create_model('hf-hub:someone/fishnet_s64-digits', pretrained=True)" in card
+    assert card.splitlines()[card.splitlines().index('---', 1) + 2] == '# fishnet_s64-digits'
     assert url.endswith('/commit/1')
-    assert sorted(fake_hub.sent) == ['README.md', 'config.json', 'model.safetensors']
-    assert fake_hub.validated == (out / 'README.md').read_text()
+    assert sorted(fake_hub.sent) == ['README.md', 'app.py', 'config.json', 'model.safetensors', 'requirements.txt']
+    assert ModelCard(card).data.library_name == 'timm'  # (the real create_commit validates the YAML itself)
     for name, content in fake_hub.sent.items():
         assert content == (out / name).read_bytes()
         assert TOKEN.encode() not in content
