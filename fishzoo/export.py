@@ -5,6 +5,7 @@ The model is exported BatchNorm-folded (what ``optimize_for_inference`` runs) th
 exporter (``torch.onnx.export(dynamo=True)``, onnxscript), so data-dependent sizes such as the body's
 up-sampling to its branch's exact size stay symbolic and any input size >= the model's minimum works.
 """
+import json
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -52,7 +53,30 @@ def export_onnx(
     except Exception as e:
         raise ExportError(f'ONNX export failed ({describe(e)})') from None
     program.save(str(path), external_data=False)
+    describe_onnx(path, model)
     return path
+
+
+def describe_onnx(path: Path, model: nn.Module) -> None:
+    """Name the dynamic axes ``batch``, ``height``, ``width`` (the exporter calls them ``s77``...) and store
+    what a user needs to feed the model in the file's metadata: labels, mean/std, input size, crop."""
+    import onnx
+    proto = onnx.load(str(path))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    renames = {d.dim_param: name for d, name in zip(dims, ('batch', None, 'height', 'width')) if name and d.dim_param}
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+    cfg = model.pretrained_cfg or {}
+    facts = dict(architecture=cfg.get('architecture'), label_names=cfg.get('label_names'), mean=cfg.get('mean'),
+                 std=cfg.get('std'), input_size=cfg.get('input_size'), interpolation=cfg.get('interpolation'),
+                 crop_pct=cfg.get('crop_pct'), num_classes=getattr(model, 'num_classes', None))
+    for key, value in facts.items():
+        if value is not None:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(list(value) if isinstance(value, tuple) else value)
+    onnx.save(proto, str(path))
 
 
 def onnx_session(path: Union[str, Path], threads: Optional[int] = None):

@@ -5,6 +5,7 @@ MODEL_OR_DIR is a hub folder (what fishzoo-train and fishzoo convert write), ``l
 ``hf-hub:REPO_ID`` or a timm name with pretrained weights.
 """
 import csv
+import glob
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -13,7 +14,7 @@ import torch
 from timm.data import create_transform, resolve_input_data_config
 
 from fishzoo.errors import DataError, ModelLoadError, PredictError, first_line
-from fishzoo.images import image_mode, load_image
+from fishzoo.images import IMAGE_EXTENSIONS, image_mode, load_image
 from fishzoo.loading import load_model as _load_model
 from fishzoo.loading import resolve_source
 
@@ -41,13 +42,36 @@ def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]
     return [float(t) for t in thresholds]
 
 
+def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
+    """Files as given, folders as the image files under them (sorted), globs (``'**'`` too) as their matches."""
+    found: List[str] = []
+    for item in map(str, items):
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(str(f) for f in path.rglob('*') if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise PredictError(f'{item}: a folder without image files ({", ".join(IMAGE_EXTENSIONS)})')
+            found += files
+        elif not path.exists() and glob.has_magic(item):
+            files = sorted(f for f in glob.glob(item, recursive=True)
+                           if Path(f).is_file() and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise PredictError(f'{item}: the pattern matches no image file')
+            found += files
+        else:
+            found.append(item)
+    return found
+
+
 def predict(
         model_or_dir: str,
         images: Sequence[Union[str, Path]],
         top_k: int = 5,
         batch_size: int = 16,
 ) -> List[Dict]:
-    """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``."""
+    """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
+    folders and glob patterns (:func:`expand_images`)."""
+    images = expand_images(images)
     model = load_model(model_or_dir)
     thresholds = read_thresholds(model_or_dir, model.num_classes)
     names = model.pretrained_cfg.get('label_names')

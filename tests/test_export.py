@@ -1,4 +1,6 @@
 """ONNX export: dynamic batch and spatial size, opset >= 17, onnxruntime agrees with PyTorch within 1e-4."""
+import json
+
 import pytest
 import timm
 import torch
@@ -32,8 +34,12 @@ def test_dynamic_axes_and_opset(exported):
     (inp,), (out,) = graph.graph.input, graph.graph.output
     assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
     dims = inp.type.tensor_type.shape.dim
-    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, (channels), height, width
+    assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
     assert dims[1].dim_value == 3
+    assert out.type.tensor_type.shape.dim[0].dim_param == 'batch'
+    meta = {e.key: json.loads(e.value) for e in graph.metadata_props}
+    assert meta['architecture'] == 'fishnet_s64' and meta['num_classes'] == 7
+    assert meta['mean'] == [0.485, 0.456, 0.406] and meta['input_size'] == [3, 64, 64]
 
 
 @pytest.mark.parametrize('shape', [(1, 3, 64, 64), (5, 3, 96, 64), (2, 3, 65, 97), (1, 3, 33, 47)])

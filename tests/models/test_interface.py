@@ -213,3 +213,13 @@ def test_torch_compile_fullgraph(name):
     x = _input(_size(name))
     compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
     torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_other_channel_counts_get_their_own_mean_and_std(caplog):
+    """timm would average a 3-value mean itself and log a warning each time; fishzoo's models carry theirs."""
+    model = timm.create_model('fishnet_s64', in_chans=1)
+    assert model.pretrained_cfg['mean'] == (0.449,) and len(model.pretrained_cfg['std']) == 1
+    with caplog.at_level('WARNING'):
+        config = timm.data.resolve_model_data_config(model)
+    assert config['mean'] == (0.449,) and 'does not match' not in caplog.text
+    assert timm.create_model('fishnet_s64').pretrained_cfg['mean'] == (0.485, 0.456, 0.406)
