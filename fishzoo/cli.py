@@ -6,8 +6,9 @@
     fishzoo convert ARCH CHECKPOINT --output-dir DIR [--push-to-hub REPO_ID]
                                               the authors' FishNet checkpoint -> hub folder
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
-    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV]
-                                              labels of images with a trained folder or a timm model
+    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json]
+                                              labels of images (files, folders, globs) with a folder or model
+    fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
     fishzoo export MODEL_OR_DIR --format onnx [-o FILE] [--img-size H [W]] [--opset N]
                                               ONNX with dynamic batch/size, checked against onnxruntime
 
@@ -85,11 +86,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f'--top-k must be at least 1, got {args.top_k}')
     results = predict(args.model, args.images, top_k=args.top_k)
-    for result in results:
+    if args.json:
+        print(json.dumps([dict(image=r['image'], labels=[label for label, _ in r['labels']],
+                               scores=[round(score, 6) for _, score in r['labels']]) for r in results], indent=2))
+    for result in results if not args.json else ():
         labels = ', '.join(f'{label} ({prob:.3f})' for label, prob in result['labels']) or '(no label)'
         print(f"{result['image']}: {labels}")
     if args.output:
         write_csv(results, args.output)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fishzoo.loading import resolve_source
+    from fishzoo.models._hub_folder import check_hub_folder
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("fishzoo demo needs Gradio: pip install 'fishzoo[demo]'") from None
+    from fishzoo.space_app import build_demo
+    source = resolve_source(args.folder)
+    if source.kind != 'folder':
+        raise UserError(f'{args.folder}: not a folder; fishzoo demo serves a hub folder (a training run, '
+                        'a converted or downloaded model)')
+    check_hub_folder(source.folder)
+    print(f'serving {source.folder} on http://{args.host}:{args.port} (Ctrl+C stops)', flush=True)
+    build_demo(source.folder, top_k=args.top_k).launch(server_name=args.host, server_port=args.port,
+                                                       share=False, show_error=True, quiet=True)
     return 0
 
 
@@ -151,10 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('predict', help='labels of images, with a hub folder or a timm model')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='hub folder, local-dir:PATH, hf-hub:REPO_ID or timm name')
-    p.add_argument('images', metavar='IMAGES', nargs='+')
+    p.add_argument('images', metavar='IMAGES', nargs='+',
+                   help="image files, folders (every image under them) or glob patterns ('photos/**/*.jpg')")
     p.add_argument('--top-k', type=int, default=5, help='labels per image (single-label models)')
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
+    p.add_argument('--json', action='store_true', help='print a JSON list, one {image, labels, scores} per image')
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser('demo', help='a web page to drop an image on and see the labels (Gradio)')
+    p.add_argument('folder', metavar='FOLDER', help='a hub folder (training output, converted model)')
+    p.add_argument('--top-k', type=int, default=5, help='labels shown (single-label models)')
+    p.add_argument('--host', default='127.0.0.1', help="address to serve on ('0.0.0.0': every interface)")
+    p.add_argument('--port', type=int, default=7860, help='port to serve on')
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser('export', help='export a model to ONNX, checked against onnxruntime')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')

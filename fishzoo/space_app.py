@@ -1,0 +1,66 @@
+"""A Gradio page that classifies a dropped image with a hub folder: ``fishzoo demo FOLDER`` serves it, and
+``save_pretrained`` copies this file into every hub folder as ``app.py``, so the folder can run as a
+Hugging Face Space (Gradio SDK) as it is.
+
+It needs only timm, gradio and safetensors (and fishzoo for fishzoo's architectures, which registers
+them when installed): the same preprocessing as ``fishzoo predict`` (the model's own data config and
+eval transform), softmax top-k for single-label models, sigmoid with the folder's tuned thresholds
+for multi-label ones.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+try:  # registers fishzoo's architectures; not needed for timm's own
+    import fishzoo  # noqa: F401
+except ImportError:
+    pass
+
+
+class FolderClassifier:
+    """The model of a hub folder with its eval transform, labels and (multi-label) thresholds."""
+
+    def __init__(self, folder, top_k: int = 5):
+        self.folder = Path(folder)
+        self.model = timm.create_model(f'local-dir:{self.folder}', pretrained=True).eval()
+        config = json.loads((self.folder / 'config.json').read_text())
+        data_config = timm.data.resolve_model_data_config(self.model)
+        self.transform = timm.data.create_transform(**data_config)
+        self.mode = {1: 'L', 4: 'RGBA'}.get(data_config['input_size'][0], 'RGB')
+        names = config.get('label_names') or [str(i) for i in range(self.model.num_classes)]
+        self.names = [str(n) for n in names]
+        self.thresholds = config.get('thresholds') if config.get('multilabel') else None
+        self.top_k = min(top_k, len(self.names))
+        self.title = config.get('architecture', 'model')
+
+    @torch.no_grad()
+    def __call__(self, image):
+        """label -> probability for a PIL image (Gradio's Label output takes this dict)."""
+        if image is None:
+            return {}
+        logits = self.model(self.transform(image.convert(self.mode)).unsqueeze(0))[0]
+        if self.thresholds is not None:
+            probs = logits.sigmoid()
+            return {n: float(p) for n, p, t in zip(self.names, probs, self.thresholds) if p >= t}
+        probs = logits.softmax(-1)
+        top = probs.topk(self.top_k)
+        return {self.names[i]: float(p) for p, i in zip(top.values, top.indices)}
+
+
+def build_demo(folder, top_k: int = 5):
+    """The Gradio interface for ``folder``: an image in, the top-k labels out."""
+    import gradio as gr
+    classify = FolderClassifier(folder, top_k)
+    return gr.Interface(
+        fn=classify, inputs=gr.Image(type='pil', label='image'),
+        outputs=gr.Label(num_top_classes=classify.top_k, label='labels'),
+        title=f'{classify.title}: {Path(folder).resolve().name}', flagging_mode='never',
+        description='Drop an image to see what the model says.')
+
+
+if __name__ == '__main__':  # as a Space's app.py: the folder is the one this file sits in
+    build_demo(os.path.dirname(os.path.abspath(__file__)) if len(sys.argv) < 2 else sys.argv[1]).launch()
