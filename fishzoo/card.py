@@ -115,6 +115,9 @@ def model_card(
     params = sum(p.numel() for p in model.parameters())
     gmacs, activations = _complexity(model, cfg['input_size'])
     is_fishzoo = type(model).__module__.startswith('fishzoo.')
+    mode = {1: 'L', 4: 'RGBA'}.get(cfg['input_size'][0], 'RGB')  # what the model's input channels read
+    multilabel = bool((hub_config or {}).get('multilabel'))
+    activation = 'sigmoid()' if multilabel else 'softmax(-1)'
     install = ['# fishzoo is not on PyPI: install it from its source tree', 'pip install timm /path/to/fishzoo'] \
         if is_fishzoo else ['pip install timm']
     lines = [
@@ -126,11 +129,15 @@ def model_card(
         '### Image classification', '',
         '```python',
         'import timm',
+        *(['import torch'] if multilabel else []),
         'from PIL import Image',
         '',
         f"model = timm.create_model('{ref}', pretrained=True).eval()",
-        'transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))',
-        "probs = model(transform(Image.open('image.jpg').convert('RGB')).unsqueeze(0)).softmax(-1)",
+        'transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))',
+        f"probs = model(transform(Image.open('image.jpg').convert('{mode}')).unsqueeze(0)).{activation}",
+        *(["thresholds = torch.tensor(" + repr(list((hub_config or {}).get('thresholds') or [0.5] * model.num_classes))
+           + ')  # tuned on the validation set (config.json)', 'labels = probs[0] >= thresholds']
+          if multilabel else []),
         '```', '',
         '### Feature maps and image embeddings', '',
         '```python',

@@ -12,6 +12,7 @@ written to a file, a log line or an error message.
 """
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -72,6 +73,10 @@ def save_pretrained(
     if label_descriptions:
         model_config['label_descriptions'] = dict(label_descriptions)
     save_for_hf(model, save_dir, model_config=model_config, data_config=data_config, safe_serialization=True)
+    # safetensors writes through a private temporary file (mode 0600): give the weights a file's usual mode
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(save_dir / 'model.safetensors', 0o666 & ~umask)
     hub_config = json.loads((save_dir / 'config.json').read_text())
     # lets check_hub_folder tell a truncated or bit-flipped weights file from a good one
     hub_config['weights_sha256'] = sha256_file(save_dir / 'model.safetensors')

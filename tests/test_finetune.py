@@ -164,6 +164,8 @@ def test_multilabel_end_to_end_with_thresholds_and_predict(tmp_path, capsys):
         for key in ('val_f1_micro', 'val_f1_macro', 'val_map', 'val_subset_acc', 'val_loss'):
             assert isinstance(record[key], float), key
     assert all('train_loss' in r for r in history[1:]) and history[0]['epoch'] == 0
+    # micro-F1 at 0.5 and at the best global threshold (the grid holds 0.5: never lower)
+    assert all(r['val_f1_micro_best'] >= r['val_f1_micro'] and 0 < r['val_best_threshold'] < 1 for r in history)
     assert history[-1]['val_samples'] == 40
     tuned = json.loads((out / 'thresholds.json').read_text())
     assert tuned['mode'] == 'per-class' and tuned['f1_micro_after'] >= tuned['f1_micro_before']

@@ -54,6 +54,15 @@ def test_model_card(folder):
     assert 'features_only=True' in usage and 'num_classes=0' in usage
     assert re.search(r'- GMACs: \d+\.\d\d, activations: \d+\.\d\dM \(one 64x64 image\)', card.text)
     assert '@inproceedings{sun2018fishnet' in card.text
+    assert ".convert('L')" in usage  # the folder's model reads 1 channel
+    assert (out / 'model.safetensors').stat().st_mode & 0o777 == 0o666 & ~_umask()  # not safetensors' 0600
+
+
+def _umask() -> int:
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_card_metrics_rounded_with_hub_types_and_base_model(tmp_path):
@@ -174,3 +183,22 @@ def test_push_failure_keeps_folder_and_hides_token(folder, fake_hub, error, capl
 def test_push_refuses_a_non_hub_folder(tmp_path, fake_hub):
     with pytest.raises(HubUploadError, match='is not a hub folder: config.json, model.safetensors missing'):
         push_to_hub(tmp_path, 'someone/x')
+
+
+@pytest.mark.parametrize('multilabel', [False, True])
+def test_card_snippets_run(tmp_path, monkeypatch, multilabel):
+    """The card's Python blocks, run as a user pastes them (the folder path filled in)."""
+    from PIL import Image
+    model = timm.create_model('fishnet_s64', num_classes=3, in_chans=1)
+    extra = dict(multilabel=True, thresholds=[0.3, 0.5, 0.7]) if multilabel else None
+    out = save_pretrained(model, tmp_path / 'card', extra_config=extra)
+    monkeypatch.chdir(tmp_path)
+    Image.new('RGB', (80, 70), (10, 200, 30)).save(tmp_path / 'image.jpg')
+    text = (out / 'README.md').read_text().replace('path/to/this/folder', str(out))
+    blocks = [b.split('\n', 1)[1] for b in text.split('```')[1::2] if b.startswith('python')]
+    scope = dict(x=torch.randn(2, 1, 64, 64))
+    for block in blocks:
+        exec(block, scope)
+    assert scope['probs'].shape == (1, 3)
+    assert ('labels' in scope) == multilabel
+    assert scope['embedding'].shape == (2, model.num_features) and len(scope['feature_maps']) == 4

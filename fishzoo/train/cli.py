@@ -7,6 +7,7 @@
 """
 import argparse
 import contextlib
+import faulthandler
 import logging
 import os
 import sys
@@ -58,6 +59,12 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # a fatal error (a segfault in a native library, an abort) still leaves every thread's Python stack
+    if not faulthandler.is_enabled():
+        try:  # the process's own stderr: a captured sys.stderr (a notebook, a test) has no file descriptor
+            faulthandler.enable(file=sys.__stderr__)
+        except (AttributeError, OSError, ValueError):
+            pass
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     logging.getLogger('fishzoo').setLevel(logging.INFO)
     refuse_bombs_quietly()

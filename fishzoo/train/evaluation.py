@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from timm.utils import accuracy
 from tqdm.auto import tqdm
 
-from fishzoo.finetune import multilabel_metrics
+from fishzoo.finetune import multilabel_metrics, tune_thresholds
 
 
 def single_label_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
@@ -41,7 +41,12 @@ def predict_loader(accelerator: Accelerator, model: nn.Module, loader, channels_
 def metrics_of(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> Dict[str, float]:
     """The run's validation metrics for gathered logits (``samples``: how many images were counted)."""
     if multilabel:
-        metrics = multilabel_metrics(logits.sigmoid().numpy(), targets.numpy())
+        probs, hot = logits.sigmoid().numpy(), targets.numpy()
+        metrics = multilabel_metrics(probs, hot)
+        # micro-F1 at 0.5 alone misleads while the outputs are still low: also at the best global threshold
+        best = tune_thresholds(probs, hot, 'global')[0]
+        metrics['f1_micro_best'] = multilabel_metrics(probs, hot, best)['f1_micro']
+        metrics['best_threshold'] = float(best)
         metrics['loss'] = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
     else:
         metrics = single_label_metrics(logits, targets)

@@ -135,7 +135,7 @@ def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = 
     ax_loss.plot(epochs, series('train_loss'), 'o-', label='train')
     ax_loss.plot(epochs, series('val_loss'), 'o-', label='val')
     ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
-    keys = [('train_f1_micro', 'train'), ('val_f1_micro', 'val')] if multilabel else \
+    keys = [('val_f1_micro', 'val @0.5'), ('val_f1_micro_best', 'val @best threshold')] if multilabel else \
         [('train_top1', 'train top-1'), ('val_top1', 'val top-1'), ('val_top5', 'val top-5')]
     for key, label in keys:
         if any(r.get(key) is not None for r in history):
@@ -154,7 +154,8 @@ def format_record(record: Dict[str, Any], epochs: int) -> str:
     """One epoch's line in the log."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
     for key, fmt in (('train_loss', '.4f'), ('val_loss', '.4f'), ('val_top1', '.2f'), ('val_top5', '.2f'),
-                     ('val_f1_micro', '.4f'), ('val_map', '.4f'), ('ema_val_top1', '.2f'), ('lr', '.2e'),
+                     ('val_f1_micro', '.4f'), ('val_f1_micro_best', '.4f'), ('val_map', '.4f'),
+                     ('ema_val_top1', '.2f'), ('lr', '.2e'),
                      ('trainable_params', ',d'), ('img_per_s', '.0f'), ('epoch_seconds', '.1f')):
         if record.get(key) is not None:
             parts.append(f'{key} {record[key]:{fmt}}')

@@ -247,3 +247,11 @@ def test_val_split_names_a_dataset_split(image_dataset):
     assert len(loaded.val) == 12
     with pytest.raises(data.DataError, match='--val-split nope: --dataset imagefolder has no such split'):
         data.hf_data('imagefolder', image_dataset, 'nope')
+
+
+def test_faulthandler_is_on_in_the_entry_point():
+    """A fatal error in native code (oneDNN, a data loader) must leave a Python stack behind."""
+    code = ('import faulthandler, fishzoo.train; faulthandler.disable(); '
+            "fishzoo.train.main(['--epochs', '0']); print(faulthandler.is_enabled())")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == 'True', proc.stderr
