@@ -32,6 +32,14 @@ def val_split(text: str):
         return text
 
 
+def lr_value(text: str):
+    """--lr: a number, or 'auto' (the LR range test's suggestion)."""
+    return 'auto' if str(text).strip().lower() == 'auto' else float(text)
+
+
+lr_value.kind = "float (or 'auto')"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='fishzoo-train', description='Train a timm model with Accelerate into a hub folder.',
@@ -84,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group('optimizer')
     g.add_argument('--opt', default='sgd', help="timm optimizer name ('sgd', 'adamw', 'lamb', ...)")
-    g.add_argument('--lr', type=float, default=0.05, help='peak learning rate')
+    g.add_argument('--lr', type=lr_value, default=0.05,
+                   help="peak learning rate, or 'auto': the suggestion of an LR range test run first (--lr-find)")
+    g.add_argument('--lr-find', action='store_true',
+                   help='run an LR range test, write lr_find.png/json to --output-dir, print the suggested LR and '
+                        'stop (with --lr auto: train with it)')
     g.add_argument('--weight-decay', type=float, default=1e-4, help='weight decay (not applied to norms and biases)')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
     g.add_argument('--layer-decay', type=float, help='layer-wise LR decay (from the model group_matcher)')
@@ -171,7 +183,8 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
             try:
                 value = [action.type(v) for v in value] if action.nargs else action.type(value)
             except (TypeError, ValueError):
-                raise ConfigError(f'--config {path}: {key}: {value!r} is not a valid {action.type.__name__}') from None
+                kind = getattr(action.type, 'kind', action.type.__name__)
+                raise ConfigError(f'--config {path}: {key}: {value!r} is not a valid {kind}') from None
         if action.choices and value not in action.choices:
             raise ConfigError(f'--config {path}: {key} must be one of {", ".join(action.choices)}, got {value!r}')
         out[dest] = value
@@ -198,7 +211,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name, value in positive.items():
         if value is None or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.lr <= 0 or not math.isfinite(args.lr):
+    if args.lr != 'auto' and (args.lr <= 0 or not math.isfinite(args.lr)):
         raise ConfigError(f'--lr must be a positive number, got {args.lr}')
     if args.val_csv and not args.train_csv:
         raise ConfigError('--val-csv needs --train-csv')

@@ -8,9 +8,11 @@
 import argparse
 import contextlib
 import faulthandler
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -75,7 +77,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         with OutputDirLock(args.output_dir) if state.is_main_process else contextlib.nullcontext():
             prepare_output_dir(args, state)
             accelerator = create_accelerator(args)
-            parts = build_parts(args, accelerator.num_processes)
+            lr_find_only = args.lr_find and args.lr != 'auto'
+            parts = build_parts(args, accelerator.num_processes, accelerator.device)
+            if lr_find_only:  # the range test was the job: its suggestion is in the log and lr_find.json
+                found = json.loads((Path(args.output_dir) / 'lr_find.json').read_text())
+                print(f"suggested lr: {found['suggestion']:.2e} (train with --lr auto, or pass it as --lr)", flush=True)
+                return 0
             Trainer(args, accelerator, parts).run()
     except FishzooError as e:
         print(f'fishzoo-train: {e}', file=sys.stderr)

@@ -5,14 +5,17 @@ schedule, loss, Mixup and EMA.
 takes them as they are, so a test (or a notebook) can hand it parts of its own.
 """
 import argparse
+import json
 import logging
 import math
 import pickle
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from accelerate import PartialState
 from timm.data import Mixup, create_transform, resolve_input_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -27,6 +30,7 @@ from fishzoo.finetune import classifier_names, freeze_backbone, one_hot_targets
 from fishzoo.loading import load_model, resolve_source
 from fishzoo.models._hub_folder import check_hub_folder, hub_repo_folder
 
+from .lr_find import lr_range_test
 from .schedule import LRSchedule
 
 _logger = logging.getLogger('fishzoo.train')
@@ -202,8 +206,32 @@ def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.
                           f'--weight-decay {args.weight_decay})') from None
 
 
-def build_parts(args: argparse.Namespace, num_processes: int = 1) -> TrainingParts:
-    """Every part of the run the flags describe; ``num_processes`` splits the batches and the schedule."""
+def find_lr(args: argparse.Namespace, model: nn.Module, loader, loss_fn, mixup, device) -> None:
+    """``--lr-find`` / ``--lr auto``: the LR range test on this run's parts; its files go to --output-dir, and
+    with ``--lr auto`` its suggestion becomes ``args.lr``."""
+    previous = Path(args.output_dir) / 'lr_find.json'
+    if args.resume and args.lr == 'auto' and previous.is_file():  # a resumed run keeps the rate it started with
+        args.lr = float(f"{json.loads(previous.read_text())['suggestion']:.3g}")
+        _logger.info('--lr auto: lr %g from %s (resuming)', args.lr, previous)
+        return
+
+    def make_optimizer(m):
+        return create_optimizer(argparse.Namespace(**{**vars(args), 'lr': 1e-7}), m)
+    found = lr_range_test(model, loader, loss_fn, make_optimizer, torch.device(device), mixup=mixup)
+    if not math.isfinite(found.suggestion):
+        raise ConfigError('--lr-find: the loss was not finite from the first step; check the data and --opt')
+    if PartialState().is_main_process:
+        found.write(Path(args.output_dir))
+    _logger.info('LR range test: %d steps in %.0f s, lowest loss at lr %.2e; suggested lr %.2e (%s)', len(found.lrs),
+                 found.seconds, found.lr_at_min, found.suggestion, Path(args.output_dir) / 'lr_find.png')
+    if args.lr == 'auto':
+        args.lr = float(f'{found.suggestion:.3g}')
+        _logger.info('--lr auto: training with lr %g', args.lr)
+
+
+def build_parts(args: argparse.Namespace, num_processes: int = 1, device='cpu') -> TrainingParts:
+    """Every part of the run the flags describe; ``num_processes`` splits the batches and the schedule, and
+    ``device`` is where an LR range test (``--lr-find``, ``--lr auto``) runs."""
     settle_model_source(args)
     loaded = load_data(args)
     model = create_model(args, len(loaded.class_names), loaded.class_names)
@@ -225,15 +253,18 @@ def build_parts(args: argparse.Namespace, num_processes: int = 1) -> TrainingPar
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    optimizer = create_optimizer(args, model)
-    updates_per_epoch = math.ceil(len(train_loader) / num_processes / args.grad_accum_steps)
     mixup = None
     if (args.mixup > 0 or args.cutmix > 0) and not loaded.multilabel:
         mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                       switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
                       num_classes=len(loaded.class_names))
+    loss_fn = create_loss(args, loaded.multilabel)
+    if args.lr_find or args.lr == 'auto':
+        find_lr(args, model, train_loader, loss_fn, mixup, device)
+    optimizer = create_optimizer(args, model)
+    updates_per_epoch = math.ceil(len(train_loader) / num_processes / args.grad_accum_steps)
     return TrainingParts(
         model=model, data=loaded, data_config=data_config, train_loader=train_loader, val_loader=val_loader,
         optimizer=optimizer, schedule=LRSchedule(optimizer, args, updates_per_epoch),
-        loss_fn=create_loss(args, loaded.multilabel), mixup=mixup,
+        loss_fn=loss_fn, mixup=mixup,
         ema=ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None)
