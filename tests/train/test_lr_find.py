@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from fishzoo.train import main, parse_args
-from fishzoo.train.lr_find import lr_range_test
+from fishzoo.train.lr_find import lr_range_test, valley
 from tests.conftest import TRAIN_ARGS
 
 
@@ -29,9 +29,18 @@ def test_range_test_restores_the_model_and_stops_when_the_loss_diverges():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN buffers too
     assert found.lrs == sorted(found.lrs) and found.lrs[0] == pytest.approx(1e-4)
     assert len(found.lrs) < 200  # SGD at 10^4 diverges long before the end
-    assert found.suggestion == pytest.approx(found.lr_at_min / 10)
-    assert 1e-4 < found.suggestion < 1e2
+    assert found.lr_min == pytest.approx(found.lr_at_min / 10)
+    assert found.lrs[0] <= found.suggestion < found.lr_at_min  # valley: on the falling stretch, before the minimum
     assert min(found.losses) < found.losses[0]  # the loss fell before it rose
+
+
+def test_valley_is_the_middle_of_the_longest_fall_despite_noise():
+    flat = [5.0] * 10
+    fall = [4.0, 3.5, 3.6, 3.0, 2.5, 2.6, 2.0, 1.5, 1.0, 0.5]  # two noisy bumps on the way down
+    rise = [1.0, 3.0, 9.0]
+    losses = flat + fall + rise
+    assert 12 <= valley(losses) <= 16  # the middle of the fall, not the flat start or the minimum (19)
+    assert valley([3.0, 2.0, 1.0]) == 1 and valley([1.0]) == 0 and valley([1.0, 2.0, 3.0]) == 0
 
 
 def test_lr_auto_in_recipes_and_flags(tmp_path):
