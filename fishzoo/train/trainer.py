@@ -228,7 +228,7 @@ class Trainer:
             record['lr'] = max(g['lr'] for g in self.optimizer.param_groups)
             record['epoch_seconds'] = time.perf_counter() - start
             self.epoch += 1
-            parts.schedule.step_epoch(self.epoch, record.get('val_top1', record.get('val_f1_micro')))
+            parts.schedule.step_epoch(self.epoch, record.get(self.best_metric().replace('ema_val', 'val')))
             accelerator.log({k: v for k, v in record.items() if k != 'epoch'}, step=record['epoch'])
             self._log_record(record)
             self.keep_if_best(record)
@@ -244,9 +244,15 @@ class Trainer:
 
     # the best epoch ------------------------------------------------------------------------------
     def best_metric(self) -> str:
-        """The validation metric that picks the published epoch (of the EMA weights when those are published)."""
+        """The validation metric that picks the published epoch (of the EMA weights when those are published).
+
+        Multi-label runs whose thresholds are tuned afterwards are judged at their best global threshold: the
+        0.5 number says more about the outputs' calibration than about the ranking the tuned thresholds use.
+        """
         prefix = 'ema_val' if self.parts.ema is not None else 'val'
-        return f"{prefix}_{'f1_micro' if self.parts.multilabel else 'top1'}"
+        if not self.parts.multilabel:
+            return f'{prefix}_top1'
+        return f"{prefix}_f1_micro{'' if self.args.threshold_tuning == 'none' else '_best'}"
 
     def keep_if_best(self, record: Dict[str, Any]) -> None:
         """Save the final model's weights when ``record`` beats every earlier epoch (ties keep the earlier)."""

@@ -97,3 +97,16 @@ def test_the_best_epoch_is_published(image_dataset, tmp_path, caplog, save_last)
     assert f'after epoch {epoch} (the published weights) of 3' in card
     assert ('| Top-1 accuracy (%) | 90.00 |' if not save_last else '| Top-1 accuracy (%) | 60.00 |') in card
     assert ('publishing epoch 2 (val_top1 90), the best' in caplog.text) != save_last
+
+
+@pytest.mark.parametrize('tuning, metric', [('per-class', 'val_f1_micro_best'), ('global', 'val_f1_micro_best'),
+                                            ('none', 'val_f1_micro')])
+def test_multilabel_best_epoch_is_judged_at_the_threshold_it_will_use(tmp_path, tuning, metric):
+    """Thresholds tuned after training: epochs compete at their best global threshold, not at 0.5."""
+    from fishzoo.data import write_digits_multilabel
+    csv = write_digits_multilabel(tmp_path / 'ml', images=60)
+    args = parse_args(['--train-csv', str(csv), '--output-dir', str(tmp_path / 'run'), '--epochs', '1',
+                       '--threshold-tuning', tuning, *TRAIN_ARGS])
+    accelerator = create_accelerator(args)
+    trainer = Trainer(args, accelerator, build_parts(args, accelerator.num_processes))
+    assert trainer.best_metric() == metric
