@@ -123,6 +123,20 @@ def digits_data(
     return TrainValData(data.subset(train_idx), data.subset(val_idx), [str(d) for d in classes], name=name)
 
 
+def write_digits_folder(root: Union[str, Path], size: int = 32, mode: str = 'RGB') -> Path:
+    """The embedded digits as a class-folder tree, ``root/DIGIT/NNNN.png``: what a user's own data looks like.
+
+    Each 8x8 scan is upscaled to ``size`` px (bilinear) and saved in ``mode``.
+    """
+    root = Path(root)
+    arrays, labels = _digit_images()
+    for i, (array, label) in enumerate(zip(arrays, labels)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(array, mode='L').resize((size, size), Image.BILINEAR).convert(mode)
+        image.save(root / str(label) / f'{i:04d}.png')
+    return root
+
+
 def write_digits_multilabel(root: Union[str, Path], images: int = 600, empty_slot: float = 0.84,
                             seed: int = 0) -> Path:
     """A multi-label set made from the embedded digits: ``root/labels.csv`` and ``root/images/*.png``.
@@ -166,6 +180,15 @@ def _class_folders(folder: Path) -> List[str]:
                    if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)})
 
 
+def _val_folder(data_dir: Path) -> Optional[Path]:
+    return next((data_dir / n for n in ('val', 'validation') if (data_dir / n).is_dir()), None)
+
+
+def has_train_val_folders(data_dir: Union[str, Path]) -> bool:
+    """``data_dir`` holds ``train/`` and ``val/`` (or ``validation/``) trees rather than one to split."""
+    return (Path(data_dir) / 'train').is_dir() and _val_folder(Path(data_dir)) is not None
+
+
 def image_folder_data(
         data_dir: Union[str, Path],
         val_fraction: Optional[float] = None,
@@ -179,7 +202,7 @@ def image_folder_data(
     if not data_dir.is_dir():
         raise DataError(f'--data-dir {data_dir}: no such directory')
     train_dir = data_dir / 'train'
-    val_dir = next((data_dir / n for n in ('val', 'validation') if (data_dir / n).is_dir()), None)
+    val_dir = _val_folder(data_dir)
     if train_dir.is_dir() and val_dir is not None:
         train_classes, val_classes = _class_folders(train_dir), _class_folders(val_dir)
         if train_classes != val_classes:

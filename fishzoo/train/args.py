@@ -7,7 +7,7 @@ import argparse
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import accelerate.utils
 import torch
@@ -22,6 +22,15 @@ DIGITS_RECIPE: Dict[str, Any] = dict(
     weight_decay=0.05, sched='cosine', warmup_epochs=0, scale=[0.8, 1.0], ratio=[0.9, 1.1], hflip=0.0,
     color_jitter=0.0, val_split=0.2,
 )
+
+
+RECIPE_HELP = (
+    'Recipes: with your own data, the batch, optimizer, schedule and augmentation flags you do not set (-b, --opt, '
+    '--lr, --weight-decay, --sched, --warmup-epochs, --sched-on-updates, --scale, --ratio, --hflip, --rotate, '
+    '--aa, --smoothing, --threshold-tuning) are chosen for the run: from scratch or fine-tuning, single- or '
+    'multi-label, small or large data, low or normal resolution. The log names the recipe and why; '
+    'OUTPUT_DIR/train_config.yaml holds every value (rerun it with --config). The defaults shown for those flags '
+    'apply only where no recipe sets them.')
 
 
 def val_split(text: str):
@@ -43,7 +52,7 @@ lr_value.kind = "float (or 'auto')"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='fishzoo-train', description='Train a timm model with Accelerate into a hub folder.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=RECIPE_HELP)
     p.add_argument('-c', '--config', metavar='FILE.yaml', help='YAML file with the same keys as these flags')
 
     g = p.add_argument_group('data (none given: the embedded digits)')
@@ -108,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--epochs', type=int, default=30, help='epochs to train')
     g.add_argument('--warmup-epochs', type=int, default=0, help='epochs rising linearly from --warmup-lr to --lr')
     g.add_argument('--warmup-lr', type=float, default=1e-5, help='learning rate at the start of the warmup')
+    g.add_argument('--sched-on-updates', action='store_true',
+                   help="timm's schedulers step every update rather than every epoch (a warmup epoch then ramps "
+                        'up within the epoch instead of spending it at --warmup-lr)')
     g.add_argument('--min-lr', type=float, default=0.0, help='lowest learning rate of the schedule')
     g.add_argument('--decay-epochs', type=float, default=10, help='step: epochs between decays')
     g.add_argument('--decay-rate', type=float, default=0.1, help='step / plateau: LR factor')
@@ -191,18 +203,45 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     return out
 
 
+def given_flags(argv: Optional[List[str]]) -> Set[str]:
+    """The destinations of the flags ``argv`` sets (a parser whose defaults are all suppressed)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    return set(vars(given))
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The flags, over the ``--config`` recipe, over the defaults; ``args.given`` names what the user set
+    (the situational recipe of :mod:`.recipes` fills in the rest once the data and model are known)."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
     config = load_config(pre.config, parser) if pre.config else {}
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
+    args.given = given_flags(argv) | set(config)
+    args.recipe = None
     if not (args.data_dir or args.dataset or args.train_csv):
         # no data given: the embedded digits recipe fills in what neither the command line nor the config set
         parser.set_defaults(**{**DIGITS_RECIPE, **config})
+        given = args.given
         args = parser.parse_args(argv)
+        args.given = given | set(DIGITS_RECIPE)
+        args.recipe = 'embedded digits (configs/digits.yaml)'
     check_args(args)
     return args
+
+
+# flags that say how this invocation runs rather than what it trains: not part of a repeatable config
+INVOCATION_FLAGS = ('config', 'resume', 'overwrite', 'lr_find', 'push_to_hub', 'log_wandb')
+
+
+def repeatable_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """Every training flag's final value (recipe and ``--lr auto`` resolved), keyed as ``--config`` reads them."""
+    flags = {a.dest for a in build_parser()._actions if a.dest != 'help'}
+    return {dest.replace('_', '-'): value for dest, value in sorted(vars(args).items())
+            if dest in flags and dest not in INVOCATION_FLAGS and value is not None}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -235,3 +274,15 @@ def check_args(args: argparse.Namespace) -> None:
         if not getattr(accelerate.utils, f'is_{args.report_to}_available')():
             raise ConfigError(f'--report-to {args.report_to}: the {args.report_to} package is not installed '
                               f'(pip install {args.report_to})')
+
+
+TRAIN_CONFIG = 'train_config.yaml'
+
+
+def write_train_config(args: argparse.Namespace) -> Path:
+    """``OUTPUT_DIR/train_config.yaml``: :func:`repeatable_config` with a header saying how to rerun it."""
+    path = Path(args.output_dir) / TRAIN_CONFIG
+    header = (f'# every setting of this run (recipe: {args.recipe}); repeat it with\n'
+              f'#   fishzoo-train --config {path} --output-dir NEW_DIR\n')
+    path.write_text(header + yaml.safe_dump(repeatable_config(args), sort_keys=False))
+    return path

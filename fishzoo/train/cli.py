@@ -22,7 +22,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from fishzoo.errors import FishzooError
 from fishzoo.images import refuse_bombs_quietly
 
-from .args import parse_args
+from .args import parse_args, write_train_config
 from .parts import build_parts
 from .run_folder import OutputDirLock, prepare_output_dir
 from .trainer import Trainer
@@ -83,6 +83,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 found = json.loads((Path(args.output_dir) / 'lr_find.json').read_text())
                 print(f"suggested lr: {found['suggestion']:.2e} (train with --lr auto, or pass it as --lr)", flush=True)
                 return 0
+            if accelerator.is_main_process:  # the run's every setting, as a recipe --config reads back
+                write_train_config(args)
             Trainer(args, accelerator, parts).run()
     except FishzooError as e:
         print(f'fishzoo-train: {e}', file=sys.stderr)

@@ -31,6 +31,7 @@ from fishzoo.loading import load_model, resolve_source
 from fishzoo.models._hub_folder import check_hub_folder, hub_repo_folder
 
 from .lr_find import lr_range_test
+from .recipes import Situation, apply_recipe, choose_recipe, min_positives
 from .schedule import LRSchedule
 
 _logger = logging.getLogger('fishzoo.train')
@@ -117,15 +118,25 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
             from None
 
 
+def hold_out_by_default(args: argparse.Namespace, why: str, fraction: float = 0.2) -> None:
+    args.val_split = fraction
+    _logger.info('%s: holding out %d%% of the training data for validation, stratified by class '
+                 '(--val-split sets the fraction)', why, round(100 * fraction))
+
+
 def load_data(args: argparse.Namespace) -> data.TrainValData:
     """The data source the flags name (the embedded digits when none), multi-hot when ``--multilabel``."""
     mode = data.image_mode(args.in_chans)
     if args.train_csv:
+        if args.val_split is None and not args.val_csv:
+            hold_out_by_default(args, 'no --val-csv given')
         loaded = data.csv_data(args.train_csv, args.val_csv, args.image_root, args.classes, args.val_split,
                                args.seed, mode, args.strict_images)
     elif args.dataset:
         loaded = data.hf_data(args.dataset, args.data_dir, args.val_split, args.seed, mode)
     elif args.data_dir:
+        if args.val_split is None and not data.has_train_val_folders(args.data_dir):
+            hold_out_by_default(args, f'--data-dir {args.data_dir} has no train/ and val/ sub-folders')
         loaded = data.image_folder_data(args.data_dir, args.val_split, args.seed, mode, args.strict_images)
     else:
         classes = [c.strip() for c in args.digits.split(',')] if args.digits else None
@@ -222,8 +233,9 @@ def find_lr(args: argparse.Namespace, model: nn.Module, loader, loss_fn, mixup, 
         raise ConfigError('--lr-find: the loss was not finite from the first step; check the data and --opt')
     if PartialState().is_main_process:
         found.write(Path(args.output_dir))
-    _logger.info('LR range test: %d steps in %.0f s, lowest loss at lr %.2e; suggested lr %.2e (%s)', len(found.lrs),
-                 found.seconds, found.lr_at_min, found.suggestion, Path(args.output_dir) / 'lr_find.png')
+    _logger.info('LR range test: %d steps in %.0f s; suggested lr %.2e, the middle of the loss\'s longest fall '
+                 '(fastai\'s valley; lowest loss at %.2e, a tenth of it %.2e) (%s)', len(found.lrs), found.seconds,
+                 found.suggestion, found.lr_at_min, found.lr_min, Path(args.output_dir) / 'lr_find.png')
     if args.lr == 'auto':
         args.lr = float(f'{found.suggestion:.3g}')
         _logger.info('--lr auto: training with lr %g', args.lr)
@@ -239,6 +251,17 @@ def build_parts(args: argparse.Namespace, num_processes: int = 1, device='cpu') 
         freeze_backbone(model)
     # adapts mean/std to the model's channels
     data_config = resolve_input_data_config(model, args=dict(img_size=args.img_size) if args.img_size else {})
+    if args.recipe is None:
+        situation = Situation(
+            finetuning=bool(args.pretrained or args.finetune or args.initial_checkpoint), multilabel=loaded.multilabel,
+            train_images=len(loaded.train), input_size=max(data_config['input_size'][1:]), epochs=args.epochs,
+            global_batch=args.batch_size * num_processes * args.grad_accum_steps,
+            min_val_positives=min_positives(loaded.val.targets) if loaded.multilabel else None,
+            batch_given='batch_size' in args.given, batch_divisor=num_processes * args.grad_accum_steps)
+        apply_recipe(args, choose_recipe(situation))
+        args.recipe = situation.describe()
+    else:
+        _logger.info('recipe: %s', args.recipe)
     loaded.train.transform, loaded.val.transform = build_transforms(args, data_config)
 
     if args.batch_size * num_processes > len(loaded.train):

@@ -33,7 +33,7 @@ class LRSchedule:
                     optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
                     decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
                     warmup_epochs=args.warmup_epochs, patience_epochs=args.patience_epochs,
-                    updates_per_epoch=updates_per_epoch)
+                    step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
             except (AssertionError, ValueError, KeyError):
                 raise ConfigError(f'--sched {args.sched}: unknown scheduler') from None
             if self.timm is None:
