@@ -42,8 +42,13 @@ class LRFindResult:
         (output_dir / 'lr_find.json').write_text(json.dumps(asdict(self), indent=2))
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(self.lrs, self.losses)
-        ax.axvline(self.suggestion, color='C1', linestyle='--', label=f'suggested lr {self.suggestion:.2e}')
+        ax.axvline(self.suggestion, color='C1', linestyle='--', label=f'suggested lr {self.suggestion:.2e} (valley)')
+        ax.axvline(self.lr_min, color='C2', linestyle=':', label=f'lowest loss / 10: {self.lr_min:.2e}')
         ax.set(xscale='log', xlabel='learning rate', ylabel='training loss (smoothed)', title='LR range test')
+        # the divergence at the end would flatten the part that matters: show the loss up to a little above
+        # its start
+        lowest, first = min(self.losses), self.losses[0]
+        ax.set_ylim(lowest - 0.05 * (first - lowest + 1e-8), first + 0.5 * (first - lowest + 1e-8))
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
