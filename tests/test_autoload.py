@@ -11,7 +11,6 @@ import sys
 import venv
 from pathlib import Path
 
-import pytest
 import timm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +33,10 @@ def _venv_with_system_packages(path):
     return path / 'bin' / 'python'
 
 
-@pytest.mark.parametrize('editable', [False, True], ids=['pip install .', 'pip install -e .'])
-def test_timm_finds_fishzoo_without_import(tmp_path, editable):
+def test_timm_finds_fishzoo_without_import(tmp_path):
+    """pip install . and then pip install -e . (one venv, the second replacing the first): timm finds the
+    models without an import each time, FISHZOO_AUTOLOAD=0 turns the hook off, and interpreter start-up
+    imports only the hook."""
     python = _venv_with_system_packages(tmp_path / 'venv')
     before = _run(python, CREATE)
     assert before.returncode != 0 and 'Unknown model (fishnet_s64)' in before.stderr  # the control
@@ -43,20 +44,20 @@ def test_timm_finds_fishzoo_without_import(tmp_path, editable):
     source = tmp_path / 'src'
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns('.git', '__pycache__', '*.egg-info'))
     install = [str(python), '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '--no-index', '-q']
-    proc = subprocess.run(install + (['-e', str(source)] if editable else [str(source)]),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    for how in ([str(source)], ['-e', str(source)]):
+        proc = subprocess.run(install + how, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
 
-    after = _run(python, CREATE)
-    assert after.returncode == 0, after.stderr
-    assert after.stdout.split() == ['fishzoo.models.fishnet', 'True']
+        after = _run(python, CREATE)
+        assert after.returncode == 0, (how, after.stderr)
+        assert after.stdout.split() == ['fishzoo.models.fishnet', 'True'], how
 
-    disabled = _run(python, CREATE, FISHZOO_AUTOLOAD='0')
-    assert disabled.returncode != 0 and 'Unknown model (fishnet_s64)' in disabled.stderr
+        disabled = _run(python, CREATE, FISHZOO_AUTOLOAD='0')
+        assert disabled.returncode != 0 and 'Unknown model (fishnet_s64)' in disabled.stderr, how
 
-    # nothing heavy at interpreter start: only the hook module is imported
-    startup = _run(python, "import sys; print(sorted(m for m in sys.modules if 'fishzoo' in m or m == 'torch'))")
-    assert startup.stdout.strip() == "['fishzoo_autoload']"
+        # nothing heavy at interpreter start: only the hook module is imported
+        startup = _run(python, "import sys; print(sorted(m for m in sys.modules if 'fishzoo' in m or m == 'torch'))")
+        assert startup.stdout.strip() == "['fishzoo_autoload']", how
 
 
 def test_broken_fishzoo_never_breaks_timm(tmp_path):

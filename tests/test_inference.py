@@ -95,7 +95,6 @@ def test_compile_applies_freezing():
     assert counters['inductor']['mkldnn_conv_weight_pack_matcher_count'] > 0
     with torch.no_grad():
         assert _rel(out, model(x)) <= 1e-4
-        assert _rel(fast(torch.ones(1, 3, 96, 80)), model(torch.ones(1, 3, 96, 80))) <= 1e-4  # recompiles
 
 
 def test_fast_path_selection_cuda(monkeypatch):

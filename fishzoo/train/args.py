@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--lr-find', action='store_true',
                    help='run an LR range test, write lr_find.png/json to --output-dir, print the suggested LR and '
                         'stop (with --lr auto: train with it)')
+    g.add_argument('--lr-find-steps', type=int, default=100,
+                   help="updates the LR range test sweeps over (fastai's num_it)")
     g.add_argument('--weight-decay', type=float, default=1e-4, help='weight decay (not applied to norms and biases)')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
     g.add_argument('--layer-decay', type=float, help='layer-wise LR decay (from the model group_matcher)')
@@ -246,7 +248,8 @@ def repeatable_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 def check_args(args: argparse.Namespace) -> None:
     positive = dict(epochs=args.epochs, batch_size=args.batch_size, grad_accum_steps=args.grad_accum_steps,
-                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints)
+                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                    lr_find_steps=args.lr_find_steps)
     for name, value in positive.items():
         if value is None or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -228,7 +228,8 @@ def find_lr(args: argparse.Namespace, model: nn.Module, loader, loss_fn, mixup, 
 
     def make_optimizer(m):
         return create_optimizer(argparse.Namespace(**{**vars(args), 'lr': 1e-7}), m)
-    found = lr_range_test(model, loader, loss_fn, make_optimizer, torch.device(device), mixup=mixup)
+    found = lr_range_test(model, loader, loss_fn, make_optimizer, torch.device(device), mixup=mixup,
+                          steps=args.lr_find_steps)
     if not math.isfinite(found.suggestion):
         raise ConfigError('--lr-find: the loss was not finite from the first step; check the data and --opt')
     if PartialState().is_main_process:

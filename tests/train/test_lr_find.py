@@ -51,10 +51,11 @@ def test_lr_auto_in_recipes_and_flags(tmp_path):
 
 
 def test_lr_find_then_lr_auto(image_dataset, tmp_path, capsys, caplog):
-    common = ['--data-dir', str(image_dataset), *TRAIN_ARGS]
+    common = ['--data-dir', str(image_dataset), *TRAIN_ARGS, '--lr-find-steps', '20']
     out = tmp_path / 'find'
     assert main([*common, '--output-dir', str(out), '--lr-find']) == 0
     found = json.loads((out / 'lr_find.json').read_text())
+    assert 10 < len(found['lrs']) <= 20  # --lr-find-steps (the sweep may stop early on divergence)
     assert (out / 'lr_find.png').read_bytes()[:4] == b'\x89PNG' and not (out / 'model.safetensors').exists()
     assert f"suggested lr: {found['suggestion']:.2e}" in capsys.readouterr().out
     with caplog.at_level('INFO', logger='fishzoo.train'):
