@@ -29,7 +29,7 @@ def count_gmacs(model: torch.nn.Module, input_size) -> float:
 
 def model_info(name: str, num_classes: Optional[int] = None) -> Dict[str, Any]:
     """Parameters, GMACs at the default input size, feature levels and pretrained tags of ``name``."""
-    if name not in timm.list_models():
+    if not timm.is_model(name):
         raise ValueError(f'unknown model {name!r}; `fishzoo list` shows the available models')
     kwargs = {} if num_classes is None else dict(num_classes=num_classes)
     with torch.device('meta'):

@@ -52,7 +52,7 @@ def read_hub_config(folder: Union[str, Path]) -> dict:
     arch = config.get('architecture')
     if not isinstance(arch, str) or not arch:
         raise HubFolderError(f'{path}: no "architecture" name')
-    if arch.split('.')[0] not in timm.list_models():
+    if not timm.is_model(arch.split('.')[0]):
         raise HubFolderError(f'{path}: unknown architecture {arch!r} (not a timm or fishzoo model)')
     num_classes = config.get('num_classes', 0)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 0 <= num_classes <= 1_000_000:
