@@ -16,6 +16,8 @@ import yaml
 from fishzoo.errors import ConfigError, first_line
 from fishzoo.finetune import MODES
 
+from .recipes import RECIPE_KEYS
+
 # the embedded default: scikit-learn's digits, upscaled to 32 px, a small low-resolution FishNet
 DIGITS_RECIPE: Dict[str, Any] = dict(
     model='fishnet_s64', img_size=32, in_chans=1, epochs=8, batch_size=64, opt='adamw', lr=3e-3,
@@ -25,12 +27,11 @@ DIGITS_RECIPE: Dict[str, Any] = dict(
 
 
 RECIPE_HELP = (
-    'Recipes: with your own data, the batch, optimizer, schedule and augmentation flags you do not set (-b, --opt, '
-    '--lr, --weight-decay, --sched, --warmup-epochs, --sched-on-updates, --scale, --ratio, --hflip, --rotate, '
-    '--aa, --smoothing, --threshold-tuning) are chosen for the run: from scratch or fine-tuning, single- or '
-    'multi-label, small or large data, low or normal resolution. The log names the recipe and why; '
-    'OUTPUT_DIR/train_config.yaml holds every value (rerun it with --config). The defaults shown for those flags '
-    'apply only where no recipe sets them.')
+    'Recipes: with your own data, the batch, optimizer, schedule and augmentation flags you do not set ('
+    + ', '.join(f"--{key.replace('_', '-')}" for key in RECIPE_KEYS)
+    + ') are chosen for the run: from scratch or fine-tuning, single- or multi-label, small or large data, low or '
+    'normal resolution. The log names the recipe and why; OUTPUT_DIR/train_config.yaml holds every value (rerun '
+    'it with --config). The defaults shown for those flags apply only where no recipe sets them.')
 
 
 def val_split(text: str):

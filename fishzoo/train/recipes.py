@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch.nn as nn
 
 _logger = logging.getLogger('fishzoo.train')
 
@@ -57,7 +56,7 @@ FINETUNE_LR = 2e-3  # and fine-tuning (fastai's fine_tune base rate)
 REFERENCE_BATCH = 64  # the global batch the recipe LRs are for
 SMALL_DATA_BATCH = 32  # small data: the global batch, for twice the updates per epoch of batch 64
 
-# the flags a recipe may set; anything else keeps its flag default
+# the flags a recipe may set (listed in fishzoo-train --help); anything else keeps its flag default
 RECIPE_KEYS = ('batch_size', 'opt', 'lr', 'weight_decay', 'sched', 'warmup_epochs', 'sched_on_updates', 'scale',
                'ratio', 'hflip', 'rotate', 'aa', 'smoothing', 'threshold_tuning')
 ADAMW_KEYS = ('lr', 'weight_decay')  # rates tuned for AdamW: not applied to another --opt
@@ -146,7 +145,7 @@ def min_positives(targets: Sequence) -> Optional[int]:
     """The rarest class's count of positives in multi-hot ``targets`` (None when there are none)."""
     if not len(targets):
         return None
-    return int(np.asarray(np.stack([np.asarray(t) for t in targets])).sum(axis=0).min())
+    return int(np.stack([np.asarray(t) for t in targets]).sum(axis=0).min())
 
 
 def apply_recipe(args: argparse.Namespace, recipe: Recipe) -> Dict[str, Any]:

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from fishzoo.train import main, parse_args
-from fishzoo.train.args import given_flags
-from fishzoo.train.recipes import Situation, apply_recipe, choose_recipe, min_positives
+from fishzoo.train.args import RECIPE_HELP, build_parser, given_flags
+from fishzoo.train.recipes import RECIPE_KEYS, Situation, apply_recipe, choose_recipe, min_positives
 
 SCRATCH = Situation(finetuning=False, multilabel=False, train_images=1437, input_size=32, epochs=8, global_batch=64)
 
@@ -84,6 +84,16 @@ def test_embedded_digits_keep_their_recipe():
     args = parse_args([])
     assert args.recipe.startswith('embedded digits') and args.lr == 3e-3 and 'lr' in args.given
     assert given_flags(['--lr', '0.1', '-b', '8']) == {'lr', 'batch_size'}
+
+
+def test_every_recipe_key_is_a_flag_named_in_the_help():
+    dests = {a.dest for a in build_parser()._actions}
+    situations = [dict(), dict(finetuning=True), dict(multilabel=True), dict(input_size=224, train_images=100_000),
+                  dict(batch_given=False)]
+    chosen = set().union(*(_recipe(**s) for s in situations))
+    assert chosen == set(RECIPE_KEYS)  # every key some recipe sets, and nothing unlisted
+    for key in RECIPE_KEYS:
+        assert key in dests and f"--{key.replace('_', '-')}" in RECIPE_HELP  # the --help epilog
 
 
 def test_min_positives_counts_the_rarest_class():
