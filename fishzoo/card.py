@@ -183,3 +183,48 @@ def model_card(
         lines += ['', '## Citation', '', '```bibtex', FISHNET_CITATION, '```']
     lines.append('')
     return '\n'.join(lines)
+
+
+def export_card(config: dict) -> str:
+    """The README.md of an exported folder (``fishzoo export``): what it holds, how to run it, and the int8
+    accuracy measured against the fp32 model when the export was checked on held-out images."""
+    record = config['export']
+    arch = config.get('architecture', 'model')
+    fmt, precision = record['format'], record['precision']
+    runtime = {'onnx': 'onnxruntime', 'openvino': 'OpenVINO'}[fmt]
+    cfg = config.get('pretrained_cfg') or {}
+    lines = [
+        '---', 'library_name: ' + ('onnx' if fmt == 'onnx' else 'openvino'),
+        f'tags: [image-classification, fishzoo, {fmt}' + (', int8' if precision == 'int8' else '') + ']', '---', '',
+        f'# {arch} ({fmt}, {precision})', '',
+        f'`{arch}` exported by `fishzoo export` for {runtime}: `{record["file"]}`, batch, height and width dynamic, '
+        f'BatchNorm folded. `config.json` is the source model\'s (preprocessing, {config.get("num_classes")} '
+        'labels) with an `export` record of how this folder was made.', '',
+        '```bash', f'fishzoo predict path/to/this/folder image.jpg --backend {fmt}', '```', '',
+        f"Input: {cfg.get('input_size')}, mean {cfg.get('mean')}, std {cfg.get('std')}, "
+        f"{cfg.get('interpolation')} resize to 1/{cfg.get('crop_pct')} then center crop.", '',
+    ]
+    if 'max_rel_diff_fp32' in record:
+        worst = max(record['max_rel_diff_fp32'].values())
+        lines += [f'The fp32 export matches PyTorch within {worst:.1e} (relative, at '
+                  f'{", ".join(record["max_rel_diff_fp32"])}).', '']
+    if precision == 'int8':
+        calib = record.get('calibration', {})
+        how = ('NNCF post-training quantization' if fmt == 'openvino'
+               else "onnxruntime's quantize_static (QDQ, int8 weights per channel, uint8 activations)")
+        lines += [f'int8 by {how}, calibrated on {calib.get("images")} images of `{calib.get("source")}`.', '']
+        acc = record.get('accuracy')
+        if acc:
+            name = 'top-1 (%)' if acc['metric'] == 'top1' else 'micro-F1 (%)'
+            kept = (f'{len(acc["layers_in_fp32"])} of {acc["total_layers"]} convolutions kept in fp32 by the '
+                    f'accuracy-aware search' if acc['layers_in_fp32'] else
+                    f'{acc["quantized_layers"]} of {acc["total_layers"]} convolution/linear layers in int8')
+            lines += [f'Measured on {acc["images"]} held-out images of `{acc["source"]}`:', '',
+                      f'| | fp32 | int8 | drop (points) | allowed | same decision as fp32 |',
+                      '|---|---:|---:|---:|---:|---:|',
+                      f'| {name} | {acc["fp32"]:.2f} | {acc["int8"]:.2f} | {acc["drop"]:.2f} | {acc["max_drop"]:g} '
+                      f'| {acc["agreement"]:.2f}% |', '', kept + '.', '']
+        else:
+            lines += ['Accuracy not measured: export with `--val-data` to check int8 against fp32 on held-out '
+                      'images (and to keep the most sensitive layers in fp32 until the drop fits `--max-drop`).', '']
+    return '\n'.join(lines)

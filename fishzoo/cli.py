@@ -6,11 +6,14 @@
     fishzoo convert ARCH CHECKPOINT --output-dir DIR [--push-to-hub REPO_ID]
                                               the authors' FishNet checkpoint -> hub folder
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
-    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json]
-                                              labels of images (files, folders, globs) with a folder or model
+    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B]
+                                              labels of images (files, folders, globs) with a folder or model,
+                                              run by torch, onnxruntime or OpenVINO
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
-    fishzoo export MODEL_OR_DIR --format onnx [-o FILE] [--img-size H [W]] [--opset N]
-                                              ONNX with dynamic batch/size, checked against onnxruntime
+    fishzoo export MODEL_OR_DIR --format onnx|openvino [-o DIR] [--img-size H [W]] [--opset N]
+                   [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]]
+                                              a deployment folder (dynamic batch/size, checked against
+                                              PyTorch), int8 calibrated and accuracy-checked on request
 
 A user's mistake ends the command with one line on stderr and exit status 2, never a traceback. The
 benchmarks live in a checkout's ``benchmarks/`` folder (``python benchmarks/peers.py``), not in the package.
@@ -85,7 +88,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fishzoo.predict import predict, write_csv
     if args.top_k < 1:
         raise UserError(f'--top-k must be at least 1, got {args.top_k}')
-    results = predict(args.model, args.images, top_k=args.top_k)
+    results = predict(args.model, args.images, top_k=args.top_k, backend=args.backend)
     if args.json:
         print(json.dumps([dict(image=r['image'], labels=[label for label, _ in r['labels']],
                                scores=[round(score, 6) for _, score in r['labels']]) for r in results], indent=2))
@@ -117,7 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from fishzoo.export import export_and_verify
+    from fishzoo.export import export_and_verify, export_folder
     from fishzoo.loading import load_model, resolve_source
     source = resolve_source(args.model)
     model = load_model(args.model, pretrained=args.pretrained or source.has_weights).eval()
@@ -127,13 +130,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if len(size) != 2 or min(size) < 1:
             raise UserError(f'--img-size takes one or two positive numbers (H [W]), got {args.img_size}')
         input_size = (input_size[0], *size)
-    output = Path(args.output or f'{source.display_name}.onnx')
-    result = export_and_verify(model, output, input_size, opset=args.opset, dynamic=not args.static,
-                               verify=not args.no_verify)
-    shape = 'dynamic batch and spatial size' if not args.static else f'fixed input 2x{"x".join(map(str, input_size))}'
-    print(f"wrote {output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
-    for size, rel in result.get('max_rel_diff', {}).items():
-        print(f'  onnxruntime vs PyTorch at {size}: {rel:.1e} relative')
+    single_file = args.output and args.output.endswith('.onnx')
+    if single_file and (args.format != 'onnx' or args.int8):
+        raise UserError(f'-o {args.output}: a .onnx file holds an fp32 ONNX export; --int8 and --format '
+                        'openvino write a folder (give -o DIR)')
+    if single_file:  # one self-contained file, as before folders: labels and preprocessing in its metadata
+        result = export_and_verify(model, args.output, input_size, opset=args.opset, dynamic=not args.static,
+                                   verify=not args.no_verify)
+        shape = 'dynamic batch and spatial size' if not args.static else f'fixed input 2x{"x".join(map(str, input_size))}'
+        print(f"wrote {args.output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
+        for size, rel in result.get('max_rel_diff', {}).items():
+            print(f'  onnxruntime vs PyTorch at {size}: {rel:.1e} relative')
+        return 0
+    if args.static:
+        raise UserError('--static applies to a single .onnx file (-o FILE.onnx); folders are exported dynamic')
+    output = Path(args.output or f'{source.display_name}-{args.format}{"-int8" if args.int8 else ""}')
+    record = export_folder(model, output, args.format, input_size, int8=args.int8, calib_data=args.calib_data,
+                           val_data=args.val_data, max_drop=args.max_drop, opset=args.opset,
+                           source_folder=source.folder, verify=not args.no_verify)
+    print(f"wrote {output}/ ({record['file']}, {record['precision']}, dynamic batch and spatial size) "
+          f"in {record['seconds']:.1f} s")
+    for size, rel in record.get('max_rel_diff_fp32', {}).items():
+        print(f'  {args.format} fp32 vs PyTorch at {size}: {rel:.1e} relative')
+    accuracy = record.get('accuracy')
+    if accuracy:
+        name = 'top-1' if accuracy['metric'] == 'top1' else 'micro-F1'
+        print(f"  {name} on {accuracy['images']} images: fp32 {accuracy['fp32']:.2f}, int8 {accuracy['int8']:.2f} "
+              f"(drop {accuracy['drop']:.2f} points, allowed {accuracy['max_drop']:g}); same decision on "
+              f"{accuracy['agreement']:.2f}%; {accuracy['quantized_layers']} of {accuracy['total_layers']} "
+              'layers in int8')
+        if accuracy['drop'] > accuracy['max_drop']:
+            print(f"fishzoo export: the int8 drop stays above --max-drop {accuracy['max_drop']:g}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -179,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--top-k', type=int, default=5, help='labels per image (single-label models)')
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
     p.add_argument('--json', action='store_true', help='print a JSON list, one {image, labels, scores} per image')
+    p.add_argument('--backend', choices=['torch', 'onnx', 'openvino'],
+                   help='what runs the model: torch (hub folders, timm names), onnx or openvino (a folder '
+                        'fishzoo export wrote); default: what the folder holds')
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser('demo', help='a web page to drop an image on and see the labels (Gradio)')
@@ -188,15 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--port', type=int, default=7860, help='port to serve on')
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser('export', help='export a model to ONNX, checked against onnxruntime')
+    p = sub.add_parser('export', help='export a model to ONNX or OpenVINO (fp32 or int8), checked against PyTorch')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
-    p.add_argument('--format', choices=['onnx'], default='onnx')
-    p.add_argument('--output', '-o', metavar='FILE', help='default: MODEL.onnx in the current folder')
+    p.add_argument('--format', choices=['onnx', 'openvino'], default='onnx',
+                   help='onnx (onnxruntime) or openvino (IR .xml/.bin; pip install "fishzoo[deploy]")')
+    p.add_argument('--output', '-o', metavar='DIR',
+                   help='the folder to write (default: MODEL-FORMAT[-int8] here); a FILE.onnx writes one fp32 file')
+    p.add_argument('--int8', action='store_true',
+                   help='post-training int8 quantization (NNCF for openvino, onnxruntime for onnx)')
+    p.add_argument('--calib-data', metavar='IMAGES',
+                   help='calibration images for --int8: a folder, a CSV with an image column, or "digits" '
+                        '(the embedded demo data); up to 300 are used, read with the model\'s eval transform')
+    p.add_argument('--val-data', metavar='LABELLED',
+                   help='held-out labelled images (class folders, or the training CSV format image,labels): '
+                        'measure fp32 and int8 top-1 (micro-F1 for multi-label) and keep the most sensitive '
+                        'layers in fp32 until the drop fits --max-drop')
+    p.add_argument('--max-drop', type=float, default=0.5, metavar='POINTS',
+                   help='largest accepted int8 drop in top-1 / micro-F1 points (default 0.5)')
     p.add_argument('--pretrained', action='store_true', help="load a timm name's pretrained weights")
     p.add_argument('--img-size', type=int, nargs='+', metavar='N', help="export size (default: the model's)")
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset, >= 17 (default {DEFAULT_OPSET})')
-    p.add_argument('--static', action='store_true', help='fix batch and spatial size instead of dynamic axes')
-    p.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check')
+    p.add_argument('--static', action='store_true', help='with -o FILE.onnx: fix batch and spatial size')
+    p.add_argument('--no-verify', action='store_true', help='skip the check against PyTorch')
     p.set_defaults(func=_cmd_export)
     return parser
 

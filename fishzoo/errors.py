@@ -78,6 +78,10 @@ class ExportError(FishzooError, ValueError):
     """A bad export option, or a failed export or check; the message names it."""
 
 
+class QuantizeError(FishzooError, ValueError):
+    """int8 quantization could not be done: no or unreadable calibration data, a model the quantizer refuses."""
+
+
 class UserError(FishzooError):
     """A mistake on the ``fishzoo`` command line; its message is the one line the user sees."""
 

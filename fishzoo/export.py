@@ -1,12 +1,21 @@
-"""``fishzoo export MODEL --format onnx``: an ONNX file with dynamic batch and spatial size, checked
-against onnxruntime.
+"""``fishzoo export MODEL --format onnx|openvino [--int8]``: a deployment folder (or one ONNX file), with
+dynamic batch and spatial size, checked against PyTorch.
 
-The model is exported BatchNorm-folded (what ``optimize_for_inference`` runs) through torch's dynamo
-exporter (``torch.onnx.export(dynamo=True)``, onnxscript), so data-dependent sizes such as the body's
+The model is exported BatchNorm-folded (what ``optimize_for_inference`` runs). ONNX goes through torch's
+dynamo exporter (``torch.onnx.export(dynamo=True)``, onnxscript), so data-dependent sizes such as the body's
 up-sampling to its branch's exact size stay symbolic and any input size >= the model's minimum works.
+OpenVINO converts the folded model with ``openvino.convert_model`` (batch, height and width dynamic).
+
+A folder holds the model file (``model.onnx`` or ``openvino_model.xml``/``.bin``), the source model's
+``config.json`` (preprocessing, label names, thresholds) with an ``export`` record, and a README card with
+the measured int8 accuracy; ``fishzoo predict FOLDER --backend onnx|openvino`` runs it. ``--int8`` quantizes
+after export (``fishzoo.int8``), calibrated on ``--calib-data`` and, with ``--val-data``, accuracy-aware.
 """
 import json
+import shutil
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -20,11 +29,14 @@ DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the issue allo
 INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'
 
 
-def _require(*modules: str) -> None:
+FORMATS = ('onnx', 'openvino')
+
+
+def _require(*modules: str, extra: str = 'onnx', what: str = 'ONNX export') -> None:
     import importlib.util
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'fishzoo[onnx]'")
+        raise ExportError(f"{what} needs {', '.join(missing)}: pip install 'fishzoo[{extra}]'")
 
 
 def export_onnx(
@@ -132,3 +144,148 @@ def export_and_verify(model: nn.Module, path: Union[str, Path], input_size: Tupl
         shapes = check_shapes(input_size) if dynamic else ((2, *input_size),)
         result['max_rel_diff'] = verify_onnx(path, model, shapes)
     return result
+
+
+# --- OpenVINO ------------------------------------------------------------------------------------
+
+def export_openvino(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 224)):
+    """The folded model as an OpenVINO ``ov.Model`` with dynamic batch, height and width (in memory)."""
+    _require('openvino', extra='deploy', what='OpenVINO export')
+    import openvino as ov
+    folded = reparameterize_model(model.eval(), inplace=False).eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter('ignore')  # the tracer's notes on the input-size check, which it drops
+            return ov.convert_model(folded, example_input=torch.randn(2, *input_size),
+                                    input=[ov.PartialShape([-1, input_size[0], -1, -1])])
+    except Exception as e:
+        raise ExportError(f'OpenVINO export failed ({describe(e)})') from None
+
+
+def verify_openvino(ov_model, model: nn.Module, shapes: Sequence[Tuple[int, int, int, int]],
+                    tolerance: float = 1e-4) -> Dict[str, float]:
+    """Max relative difference between OpenVINO (in f32: on CPUs with bf16 its default is bf16) and PyTorch."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(ov_model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+    errors = {}
+    g = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            reference = model.eval()(x)
+        out = torch.from_numpy(compiled(x.numpy())[0])
+        rel = ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
+        errors['x'.join(map(str, shape))] = rel
+        if out.shape != reference.shape or not rel <= tolerance:
+            raise ExportError(f'OpenVINO differs from PyTorch by {rel:.2e} (relative) at input {shape}, '
+                              f'more than {tolerance:g}')
+    return errors
+
+
+# --- deployment folders --------------------------------------------------------------------------
+
+def _folder_config(model: nn.Module, source_folder: Optional[Path]) -> dict:
+    """The source folder's config.json (its weights checksum dropped: no weights here), or timm's config."""
+    if source_folder is not None and (source_folder / 'config.json').is_file():
+        config = json.loads((source_folder / 'config.json').read_text())
+        config.pop('weights_sha256', None)
+        return config
+    from timm.models._hub import save_config_for_hf
+    with tempfile.TemporaryDirectory() as tmp:
+        save_config_for_hf(model, Path(tmp) / 'config.json')
+        return json.loads((Path(tmp) / 'config.json').read_text())
+
+
+def export_folder(
+        model: nn.Module,
+        output_dir: Union[str, Path],
+        fmt: str = 'onnx',
+        input_size: Tuple[int, int, int] = (3, 224, 224),
+        int8: bool = False,
+        calib_data: Union[str, Path, None] = None,
+        val_data: Union[str, Path, None] = None,
+        max_drop: float = 0.5,
+        opset: int = DEFAULT_OPSET,
+        source_folder: Optional[Path] = None,
+        verify: bool = True,
+) -> Dict:
+    """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``); returns the
+    ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
+    from fishzoo.calibration import calibration_images, validation_images
+    from fishzoo.card import export_card
+    if fmt not in FORMATS:
+        raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+    if not 0 <= max_drop <= 100:
+        raise ExportError(f'--max-drop is in points between 0 and 100, got {max_drop}')
+    if int8 and calib_data is None:
+        raise ExportError('--int8 needs --calib-data: a folder or CSV of a few hundred images like the ones the '
+                          'model will see (digits: the embedded demo data)')
+    if val_data is not None and not int8:
+        raise ExportError('--val-data checks an int8 export: add --int8 and --calib-data')
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f'-o {output_dir}: exists and is not a folder')
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = _folder_config(model, source_folder)
+    cfg = config.get('pretrained_cfg') or model.pretrained_cfg
+    multilabel = config.get('thresholds') is not None or bool(config.get('multilabel'))
+    thresholds = config.get('thresholds') or 0.5
+    calibration = calibration_images(calib_data, cfg) if int8 else None
+    validation = None
+    if val_data is not None:
+        validation = validation_images(val_data, cfg, config.get('label_names'), model.num_classes, multilabel)
+    start = time.perf_counter()
+    shapes = check_shapes(input_size)
+    record = dict(format=fmt, precision='int8' if int8 else 'fp32', input_size=list(input_size))
+    from fishzoo.runtime import BACKEND_FILES, onnx_runner
+    for stale in BACKEND_FILES.values():  # a folder re-exported in another format keeps one model file
+        for path in (output_dir / stale, (output_dir / stale).with_suffix('.bin')):
+            path.unlink(missing_ok=True)
+    accuracy = None
+    if fmt == 'onnx':
+        target = output_dir / 'model.onnx'
+        fp32_path = target if not int8 else output_dir / '.model-fp32.onnx'
+        export_onnx(model, fp32_path, input_size, opset=opset)
+        if verify:
+            record['max_rel_diff_fp32'] = verify_onnx(fp32_path, model, shapes)
+        record['opset'] = opset
+        if int8:
+            from fishzoo.int8 import onnx_int8
+            fp32_run = onnx_runner(fp32_path) if validation is not None else None
+            try:
+                accuracy = onnx_int8(fp32_path, target, calibration, validation, fp32_run, max_drop, thresholds)
+            finally:
+                fp32_path.unlink(missing_ok=True)
+    else:
+        import openvino as ov
+        ov_model = export_openvino(model, input_size)
+        if verify:
+            record['max_rel_diff_fp32'] = verify_openvino(ov_model, model, shapes)
+        # fp32 exports run in f32 (exact); int8 ones let OpenVINO pick the precision of the layers left in
+        # floating point (bf16 on CPUs that have it), which the measured accuracy includes
+        record['inference_precision'] = 'f32' if not int8 else 'default'
+        if int8:
+            from fishzoo.int8 import openvino_int8
+            from fishzoo.runtime import openvino_runner
+            fp32_run = None
+            if validation is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ov.save_model(ov_model, f'{tmp}/m.xml')
+                    fp32_run = openvino_runner(f'{tmp}/m.xml', precision='f32')
+                    ov_model, accuracy = openvino_int8(ov_model, calibration, validation, fp32_run, max_drop,
+                                                       thresholds)
+            else:
+                ov_model, _ = openvino_int8(ov_model, calibration)
+        ov.save_model(ov_model, str(output_dir / 'openvino_model.xml'), compress_to_fp16=False)
+    record['file'] = BACKEND_FILES[fmt]
+    record['seconds'] = round(time.perf_counter() - start, 1)
+    if calibration is not None:
+        record['calibration'] = dict(source=str(calib_data), images=len(calibration), skipped=calibration.skipped)
+    if accuracy is not None:
+        record['accuracy'] = dict(accuracy.as_dict(), source=str(val_data), skipped=validation.skipped)
+    config['export'] = record
+    (output_dir / 'config.json').write_text(json.dumps(config, indent=2))
+    (output_dir / 'README.md').write_text(export_card(config), encoding='utf-8')
+    if source_folder is not None and (source_folder / 'thresholds.json').is_file():
+        shutil.copyfile(source_folder / 'thresholds.json', output_dir / 'thresholds.json')
+    return record

@@ -2,7 +2,8 @@
 their thresholds) with the folder's label names and data config.
 
 MODEL_OR_DIR is a hub folder (what fishzoo-train and fishzoo convert write), ``local-dir:PATH``,
-``hf-hub:REPO_ID`` or a timm name with pretrained weights.
+``hf-hub:REPO_ID`` or a timm name with pretrained weights, or a folder ``fishzoo export`` wrote (run by
+onnxruntime or OpenVINO, ``--backend``).
 """
 import csv
 import glob
@@ -63,22 +64,54 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
     return found
 
 
+def _exported(model_or_dir: str, backend: str):
+    """(logits function, config.json) of an exported folder for ``backend``."""
+    from fishzoo.runtime import load_runner, read_export_config
+    folder = resolve_source(model_or_dir).folder
+    if folder is None or not folder.is_dir():
+        raise PredictError(f'{model_or_dir}: --backend {backend} runs an exported folder '
+                           f'(`fishzoo export MODEL --format {backend} -o DIR`), not a model name')
+    try:
+        config = read_export_config(folder)
+        run = load_runner(folder, backend)
+    except ModelLoadError as e:
+        raise PredictError(str(e)) from None
+    return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
+
+
 def predict(
         model_or_dir: str,
         images: Sequence[Union[str, Path]],
         top_k: int = 5,
         batch_size: int = 16,
+        backend: Optional[str] = None,
 ) -> List[Dict]:
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
-    folders and glob patterns (:func:`expand_images`)."""
+    folders and glob patterns (:func:`expand_images`). ``backend``: 'torch', 'onnx' or 'openvino' (an
+    exported folder); None picks what the folder holds."""
+    from fishzoo.calibration import eval_transform
+    from fishzoo.runtime import BACKENDS, detect_backend
     images = expand_images(images)
-    model = load_model(model_or_dir)
-    thresholds = read_thresholds(model_or_dir, model.num_classes)
-    names = model.pretrained_cfg.get('label_names')
-    names = list(names) if names else [str(i) for i in range(model.num_classes)]
-    config = resolve_input_data_config(model)
-    transform = create_transform(**{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
-    mode = image_mode(config['input_size'][0])
+    if backend is None:
+        backend = detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
+    if backend not in BACKENDS:
+        raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+    if backend == 'torch':
+        model = load_model(model_or_dir)
+        num_classes, cfg = model.num_classes, model.pretrained_cfg
+        thresholds = read_thresholds(model_or_dir, num_classes)
+        config = resolve_input_data_config(model)
+        transform = create_transform(
+            **{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    else:
+        model, folder_config = _exported(model_or_dir, backend)
+        num_classes, cfg = folder_config.get('num_classes'), folder_config.get('pretrained_cfg') or {}
+        thresholds = read_thresholds(model_or_dir, num_classes)
+        transform = eval_transform(cfg)
+        cfg = dict(cfg, label_names=folder_config.get('label_names') or cfg.get('label_names'))
+    names = cfg.get('label_names')
+    names = list(names) if names else [str(i) for i in range(num_classes)]
+    mode = image_mode(cfg.get('input_size', (3,))[0])
     results = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
