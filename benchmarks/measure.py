@@ -235,11 +235,11 @@ def roofline_case(device, tools: DeviceTools, channels: Sequence[int] = (128, 25
     return Case('roofline', f'conv3x3 {c}ch {s}x{s} b{batch}', 'torch', f'eager {layout}', 1, s, macs, step)
 
 
-def write_readme_section(readme: str, table: str) -> None:
+def write_readme_section(readme: str, table: str, start: str = README_START, end: str = README_END) -> None:
     path = Path(readme)
     text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f'{readme}: no {README_START} ... {README_END} markers to put the table between')
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f'{head}{README_START}\n{table}\n{README_END}{tail}')
+    if start not in text or end not in text:
+        raise ValueError(f'{readme}: no {start} ... {end} markers to put the table between')
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f'{head}{start}\n{table}\n{end}{tail}')

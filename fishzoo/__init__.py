@@ -21,3 +21,10 @@ def list_models(pattern: str = '', pretrained: bool = False) -> List[str]:
     if pretrained:
         return [n for n in names if n.split('.')[0] in own]
     return [n for n in names if n in own]
+
+
+def quantize(model, calibration, compile: bool = True, max_batches: int = 32):
+    """An int8 copy of ``model`` for x86 CPUs (torchao PT2E), calibrated on ``calibration`` images; see
+    :func:`fishzoo.quantization.quantize`. Needs ``pip install 'fishzoo[deploy]'``; torchao is imported only here."""
+    from .quantization import quantize as _quantize
+    return _quantize(model, calibration, compile=compile, max_batches=max_batches)

@@ -23,6 +23,9 @@ from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_mode
 _logger = logging.getLogger(__name__)
 
 DIGITS = 'digits'  # the embedded demo data as a source name
+# fishzoo-train's default split of the digits (--val-split 0.2, --seed 42): 'digits' calibrates on its
+# training part and validates on its held-out part
+DIGITS_VAL_FRACTION, DIGITS_SEED = 0.2, 42
 DEFAULT_CALIBRATION_IMAGES = 300  # NNCF's default subset size
 
 
@@ -65,7 +68,7 @@ def _subsample(items: Sequence, limit: Optional[int]) -> List:
 
 def _digits(pretrained_cfg: dict, split: str):
     from fishzoo.data import digits_data
-    data = digits_data(mode=image_mode(pretrained_cfg.get('input_size', (1,))[0]))
+    data = digits_data(DIGITS_VAL_FRACTION, DIGITS_SEED, mode=image_mode(pretrained_cfg.get('input_size', (1,))[0]))
     return data.train if split == 'train' else data.val, data.class_names
 
 

@@ -202,16 +202,16 @@ def export_folder(
         fmt: str = 'onnx',
         input_size: Tuple[int, int, int] = (3, 224, 224),
         int8: bool = False,
-        calib_data: Union[str, Path, None] = None,
-        val_data: Union[str, Path, None] = None,
+        calib_data=None,
+        val_data=None,
         max_drop: float = 0.5,
         opset: int = DEFAULT_OPSET,
         source_folder: Optional[Path] = None,
         verify: bool = True,
 ) -> Dict:
-    """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``); returns the
-    ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
-    from fishzoo.calibration import calibration_images, validation_images
+    """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``: a folder, CSV or
+    'digits' as for the command line, or :class:`fishzoo.calibration.LabelledImages`); returns the ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
+    from fishzoo.calibration import LabelledImages, calibration_images, validation_images
     from fishzoo.card import export_card
     if fmt not in FORMATS:
         raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
@@ -230,9 +230,13 @@ def export_folder(
     cfg = config.get('pretrained_cfg') or model.pretrained_cfg
     multilabel = config.get('thresholds') is not None or bool(config.get('multilabel'))
     thresholds = config.get('thresholds') or 0.5
-    calibration = calibration_images(calib_data, cfg) if int8 else None
+    calibration = None
+    if int8:
+        calibration = calib_data if isinstance(calib_data, LabelledImages) else calibration_images(calib_data, cfg)
     validation = None
-    if val_data is not None:
+    if isinstance(val_data, LabelledImages):
+        validation = val_data
+    elif val_data is not None:
         validation = validation_images(val_data, cfg, config.get('label_names'), model.num_classes, multilabel)
     start = time.perf_counter()
     shapes = check_shapes(input_size)
@@ -280,9 +284,10 @@ def export_folder(
     record['file'] = BACKEND_FILES[fmt]
     record['seconds'] = round(time.perf_counter() - start, 1)
     if calibration is not None:
-        record['calibration'] = dict(source=str(calib_data), images=len(calibration), skipped=calibration.skipped)
+        record['calibration'] = dict(source=str(calib_data) if not isinstance(calib_data, LabelledImages) else 'images given in Python', images=len(calibration), skipped=calibration.skipped)
     if accuracy is not None:
-        record['accuracy'] = dict(accuracy.as_dict(), source=str(val_data), skipped=validation.skipped)
+        source = 'images given in Python' if isinstance(val_data, LabelledImages) else str(val_data)
+        record['accuracy'] = dict(accuracy.as_dict(), source=source, skipped=validation.skipped)
     config['export'] = record
     (output_dir / 'config.json').write_text(json.dumps(config, indent=2))
     (output_dir / 'README.md').write_text(export_card(config), encoding='utf-8')

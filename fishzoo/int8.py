@@ -4,9 +4,9 @@
   validation data, ``nncf.quantize_with_accuracy_control``, which reverts the most sensitive layers to
   higher precision until the metric drop fits ``max_drop``.
 - ONNX: onnxruntime's ``quantize_static`` (QDQ, int8 weights per channel, uint8 activations: the VNNI
-  kernels' format). The accuracy-aware search is fishzoo's own: every quantized convolution's output is
-  compared with the fp32 model's (signal-to-quantization-noise ratio, onnxruntime's ``qdq_loss_debug``), and
-  the noisiest 1, 2, 4, ... convolutions stay in fp32 until the drop fits.
+  kernels' format). The accuracy-aware search is fishzoo's own: the activations whose quantization damages
+  them most (per-channel signal-to-quantization-noise ratio on calibration images) stay in fp32 with the
+  layers around them, 1, 2, 4, ... of them, until the drop fits.
 
 The metric is top-1 (single-label) or micro-F1 (multi-label), in percent; the drop is in points.
 """
@@ -137,6 +137,9 @@ class _Reader:
     def rewind(self):
         self.position = 0
 
+    def __iter__(self):  # qdq_loss_debug iterates the reader instead
+        return iter([{self.input_name: b} for b in self.batches])
+
 
 def _quantize_onnx(src: Path, dst: Path, batches: List[np.ndarray], exclude: Sequence[str] = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -154,33 +157,84 @@ def _quantize_onnx(src: Path, dst: Path, batches: List[np.ndarray], exclude: Seq
         root.setLevel(level)
 
 
-def _conv_sensitivity(src: Path, quantized: Path, batches: List[np.ndarray]) -> List[str]:
-    """The quantized model's convolutions, noisiest first: output SQNR against the fp32 model's, on up to
-    8 calibration batches (onnxruntime's qdq_loss_debug)."""
+def _channel_sqnr(pre: Sequence[np.ndarray], post: Sequence[np.ndarray]) -> float:
+    """Mean over channels of each channel's signal-to-quantization-noise ratio (dB). A tensor-wide SQNR
+    misses the usual int8 failure: one channel with a large range sets the scale and the other channels are
+    left a few levels, while the large channel still dominates the tensor's signal."""
+    a = np.concatenate([np.asarray(x, dtype=np.float64) for x in pre])
+    b = np.concatenate([np.asarray(x, dtype=np.float64) for x in post])
+    if a.ndim < 2:
+        return float('inf')
+    axes = tuple(i for i in range(a.ndim) if i != 1)
+    signal = (a ** 2).sum(axes)
+    noise = ((a - b) ** 2).sum(axes)
+    with np.errstate(divide='ignore'):
+        sqnr = np.where(noise > 0, 10 * np.log10(signal / np.maximum(noise, 1e-300)), 100.0)  # exact: undamaged
+    return float(np.clip(sqnr, -20, 100).mean())
+
+
+def _activation_damage(quantized: Path, batches: List[np.ndarray]) -> List[str]:
+    """The activations ``quantized`` quantizes, most damaged by their own quantize/dequantize first
+    (per-channel SQNR of each QuantizeLinear input against its DequantizeLinear output, on up to 8
+    calibration batches; weights are quantized per channel and left out)."""
     import onnx
-    from onnxruntime.quantization import qdq_loss_debug as debug
+    import onnxruntime as ort
     from fishzoo.export import INPUT_NAME
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_aug, qdq_aug = f'{tmp}/fp32.onnx', f'{tmp}/qdq.onnx'
-        debug.modify_model_output_intermediate_tensors(str(src), fp32_aug)
-        debug.modify_model_output_intermediate_tensors(str(quantized), qdq_aug)
-        sample = batches[:8]
-        float_acts = debug.collect_activations(fp32_aug, _Reader(INPUT_NAME, sample))
-        qdq_acts = debug.collect_activations(qdq_aug, _Reader(INPUT_NAME, sample))
-    errors = debug.compute_activation_error(debug.create_activation_matching(qdq_acts, float_acts))
-    convs = {out: node.name for node in onnx.load(str(src)).graph.node if node.op_type in ('Conv', 'Gemm', 'MatMul')
-             for out in node.output}
-    ranked = sorted((err['xmodel_err'], convs[name]) for name, err in errors.items()
-                    if name in convs and np.isfinite(err.get('xmodel_err', np.nan)))
-    return [node for _, node in ranked]  # lowest SQNR (most noise) first
+    model = onnx.load(str(quantized))
+    graph = model.graph
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == 'Constant' for o in n.output}
+    quantize_of = {n.output[0]: n.input[0] for n in graph.node if n.op_type == 'QuantizeLinear'}
+    pairs = [(quantize_of[n.input[0]], n.output[0]) for n in graph.node
+             if n.op_type == 'DequantizeLinear' and n.input[0] in quantize_of
+             and quantize_of[n.input[0]] not in constants and quantize_of[n.input[0]] != INPUT_NAME]
+    pairs = list(dict(pairs).items())  # one dequantized copy per activation
+    existing = {o.name for o in graph.output}
+    for name in {t for pair in pairs for t in pair} - existing:
+        graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every Q/DQ pair
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    collected = {name: [] for name in names}
+    for batch in batches[:8]:
+        for name, value in zip(names, session.run(names, {INPUT_NAME: batch})):
+            collected[name].append(value)
+    damage = sorted((_channel_sqnr(collected[pre], collected[post]), pre) for pre, post in pairs)
+    return [name for _, name in damage]
+
+
+# activations onnxruntime quantizes together with the convolution before them (one shared scale)
+_FUSED_ACTIVATIONS = ('Relu', 'Clip', 'LeakyRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish')
+
+
+def _nodes_around(graph, tensor: str) -> List[str]:
+    """Nodes to leave unquantized so that ``tensor`` stays fp32: its producer (and, for an activation, the
+    layer feeding it) and its consumers."""
+    producers = {out: node for node in graph.node for out in node.output}
+    nodes = [n.name for n in graph.node if tensor in n.input]
+    producer = producers.get(tensor)
+    while producer is not None:
+        nodes.append(producer.name)
+        if producer.op_type not in _FUSED_ACTIVATIONS or not producer.input:
+            break
+        producer = producers.get(producer.input[0])
+    return nodes
+
+
+def _layer_names(src: Path) -> List[str]:
+    import onnx
+    return [n.name for n in onnx.load(str(src)).graph.node if n.op_type in ('Conv', 'Gemm', 'MatMul')]
 
 
 def onnx_int8(src: Union[str, Path], dst: Union[str, Path], calibration: LabelledImages,
               validation: Optional[LabelledImages] = None, fp32_runner: Optional[Runner] = None,
               max_drop: float = DEFAULT_MAX_DROP, thresholds=0.5) -> Optional[Int8Accuracy]:
-    """Quantize the ONNX file ``src`` to ``dst`` (QDQ); with ``validation``, keep the noisiest convolutions
-    in fp32 until the drop fits ``max_drop`` and return the measured accuracy."""
+    """Quantize the ONNX file ``src`` to ``dst`` (QDQ); with ``validation``, keep the most damaged activations
+    (and the layers around them) in fp32, 1, 2, 4, ... of them, until the drop fits ``max_drop``; returns the
+    measured accuracy."""
     require('onnxruntime', 'onnx', 'ONNX int8')
+    import onnx
     from fishzoo.runtime import onnx_runner
     src, dst = Path(src), Path(dst)
     batches = [b.numpy() for b in calibration.batches(8)]
@@ -191,24 +245,22 @@ def onnx_int8(src: Union[str, Path], dst: Union[str, Path], calibration: Labelle
     if validation is None:
         return None
     accuracy = measure(fp32_runner, onnx_runner(dst), validation, max_drop, thresholds)
-    total = len(_conv_sensitivity_names(src))
+    layers = _layer_names(src)
     if accuracy.drop > max_drop:
-        ranked = _conv_sensitivity(src, dst, batches)
+        ranked = _activation_damage(dst, batches)
+        graph = onnx.load(str(src)).graph
         count = 1
         while accuracy.drop > max_drop and count <= len(ranked):
-            exclude = ranked[:count]
+            exclude = list(dict.fromkeys(n for t in ranked[:count] for n in _nodes_around(graph, t)))
             _quantize_onnx(src, dst, batches, exclude)
             accuracy = measure(fp32_runner, onnx_runner(dst), validation, max_drop, thresholds)
-            accuracy.layers_in_fp32 = list(exclude)
-            _logger.info('ONNX int8: %d convolutions in fp32: drop %.2f points', count, accuracy.drop)
+            accuracy.layers_in_fp32 = [n for n in exclude if n in layers]
+            _logger.info('ONNX int8: %d activations (%d layers) in fp32: drop %.2f points', count,
+                         len(accuracy.layers_in_fp32), accuracy.drop)
             count = min(count * 2, len(ranked)) if count < len(ranked) else count + 1
         if accuracy.drop > max_drop:
-            _logger.warning('ONNX int8: the drop stays %.2f points even with every convolution in fp32', accuracy.drop)
-    accuracy.total_layers = total
-    accuracy.quantized_layers = total - len(accuracy.layers_in_fp32)
+            _logger.warning('ONNX int8: the drop stays %.2f points even with every quantized activation in fp32',
+                            accuracy.drop)
+    accuracy.total_layers = len(layers)
+    accuracy.quantized_layers = len(layers) - len(accuracy.layers_in_fp32)
     return accuracy
-
-
-def _conv_sensitivity_names(src: Path) -> List[str]:
-    import onnx
-    return [n.name for n in onnx.load(str(src)).graph.node if n.op_type in ('Conv', 'Gemm', 'MatMul')]

@@ -33,6 +33,11 @@ _DATA_MOVEMENT = {'view', 'reshape', 'flatten', 'permute', 'contiguous', 'clone'
                   'floordiv', 'sym_float', 'sym_int', 'truediv', 'mod', 'eq', 'ge', 'le', 'lt', 'gt', 'sym_max', 'sym_min'}
 
 
+# activations the x86 quantizer fuses into an int8 convolution (its conv + unary patterns); others (Mish)
+# run in fp32 on the convolution's dequantized output
+_FUSED_UNARY = {'relu', 'relu_', 'relu6', 'hardtanh', 'hardtanh_', 'hardswish', 'hardswish_', 'silu', 'silu_'}
+
+
 def _require_torchao():
     try:
         with warnings.catch_warnings():
@@ -60,8 +65,8 @@ def _op_name(node: torch.fx.Node) -> str:
 
 def quantization_report(graph_module: torch.fx.GraphModule) -> Dict[str, Dict[str, int]]:
     """Compute ops of a converted graph by precision: ``{'int8': {op: n}, 'fp32': {op: n}}``. An op runs in
-    int8 when a dequantize feeds it (inductor fuses the pair into an int8 kernel), or when it follows such an
-    op and is quantized itself (a ReLU fused into the int8 convolution before it)."""
+    int8 when a dequantize feeds it (inductor fuses the pair into an int8 kernel), or when it is an activation
+    the quantizer fuses into the int8 convolution before it (ReLU, SiLU, ...; not Mish)."""
     int8, fp32 = Counter(), Counter()
     in_int8 = set()
     for node in graph_module.graph.nodes:
@@ -72,7 +77,7 @@ def quantization_report(graph_module: torch.fx.GraphModule) -> Dict[str, Dict[st
             continue
         inputs = [a for a in node.all_input_nodes if a.op == 'call_function']
         fed_by_dq = any(_op_name(a).startswith('dequantize') for a in inputs)
-        fused = (len(inputs) == 1 and inputs[0] in in_int8
+        fused = (name in _FUSED_UNARY and len(inputs) == 1 and inputs[0] in in_int8
                  and any(_op_name(u).startswith('quantize') for u in node.users))
         if fed_by_dq or fused:
             in_int8.add(node)

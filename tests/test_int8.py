@@ -1,0 +1,199 @@
+"""int8 exports (OpenVINO + NNCF, onnxruntime QDQ), the accuracy check and search, and running exported
+folders with ``fishzoo predict --backend``: on a tiny FishNet and images the tests write."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from fishzoo.cli import main
+from fishzoo.hub import save_pretrained
+from fishzoo.predict import predict
+
+pytest.importorskip('onnxruntime')
+pytest.importorskip('openvino')
+pytest.importorskip('nncf')
+
+LABELS = ['cat', 'dog', 'fish']
+SIZE = 32
+
+
+def _model():
+    torch.manual_seed(0)
+    model = timm.create_model('fishnet_s64', num_classes=3, pretrained_cfg_overlay=dict(
+        input_size=(3, SIZE, SIZE), crop_pct=1.0, label_names=LABELS)).eval()
+    with torch.no_grad():  # BN statistics that are not the identity: the exports fold them
+        g = torch.Generator().manual_seed(0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A hub folder, 48 images, and class folders + a CSV labelled with the fp32 model's own top-1 (so fp32
+    scores 100% and every int8 mistake is a disagreement)."""
+    root = tmp_path_factory.mktemp('int8')
+    model = _model()
+    folder = save_pretrained(model, root / 'model', label_names=LABELS)
+    rng = np.random.default_rng(0)
+    images = root / 'images'
+    images.mkdir()
+    paths = []
+    for i in range(48):
+        pixels = (rng.random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+        paths.append(images / f'{i:02d}.png')
+        Image.fromarray(pixels).save(paths[-1])
+    results = predict(str(folder), [str(p) for p in paths], top_k=1)
+    val = root / 'val'
+    rows = ['image,labels']
+    for path, result in zip(paths, results):
+        label = result['labels'][0][0]
+        (val / label).mkdir(parents=True, exist_ok=True)
+        (val / label / path.name).write_bytes(path.read_bytes())
+        rows.append(f'images/{path.name},{label}')
+    (root / 'val.csv').write_text('\n'.join(rows) + '\n')
+    return dict(root=root, folder=folder, images=images, val=val, csv=root / 'val.csv', model=model, paths=paths)
+
+
+@pytest.mark.parametrize('fmt, model_file', [('onnx', 'model.onnx'), ('openvino', 'openvino_model.xml')])
+def test_int8_export_checked_on_held_out_images(trained, fmt, model_file, capsys):
+    out = trained['root'] / f'{fmt}-int8'
+    code = main(['export', str(trained['folder']), '--format', fmt, '--int8', '--calib-data', str(trained['images']),
+                 '--val-data', str(trained['val']), '--max-drop', '100', '-o', str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (out / model_file).is_file() and not (out / 'model.safetensors').exists()
+    config = json.loads((out / 'config.json').read_text())
+    record = config['export']
+    assert config['label_names'] == LABELS and 'weights_sha256' not in config
+    assert record['format'] == fmt and record['precision'] == 'int8' and record['file'] == model_file
+    assert record['calibration']['images'] == 48
+    acc = record['accuracy']
+    assert acc['metric'] == 'top1' and acc['images'] == 48 and acc['fp32'] == 100.0
+    assert acc['int8'] == pytest.approx(acc['agreement'])  # labels are fp32's decisions
+    assert 0 < acc['quantized_layers'] <= acc['total_layers']
+    assert f"fp32 100.00, int8 {acc['int8']:.2f}" in printed
+    card = (out / 'README.md').read_text()
+    assert '| top-1 (%) | 100.00 |' in card and f'--backend {fmt}' in card
+    # the folder runs with the source model's preprocessing and labels, as the torch folder does
+    exported = predict(str(out), [str(p) for p in trained['paths'][:8]], top_k=1, backend=fmt)
+    reference = predict(str(trained['folder']), [str(p) for p in trained['paths'][:8]], top_k=1)
+    assert [r['image'] for r in exported] == [r['image'] for r in reference]
+    agree = sum(e['labels'][0][0] == r['labels'][0][0] for e, r in zip(exported, reference))
+    assert agree >= 6
+    assert predict(str(out), [str(trained['paths'][0])], top_k=3)[0]['labels'][0][0] in LABELS  # auto-detected
+
+
+def test_fp32_openvino_export_is_exact(trained, capsys):
+    out = trained['root'] / 'openvino-fp32'
+    assert main(['export', str(trained['folder']), '--format', 'openvino', '-o', str(out)]) == 0
+    assert capsys.readouterr().out.count('openvino fp32 vs PyTorch at') == 3
+    record = json.loads((out / 'config.json').read_text())['export']
+    assert record['precision'] == 'fp32' and record['inference_precision'] == 'f32'
+    assert max(record['max_rel_diff_fp32'].values()) < 1e-4
+    paths = [str(p) for p in trained['paths'][:6]]
+    exported = predict(str(out), paths, top_k=3, backend='openvino')
+    reference = predict(str(trained['folder']), paths, top_k=3)
+    for e, r in zip(exported, reference):
+        assert [label for label, _ in e['labels']] == [label for label, _ in r['labels']]
+        assert np.allclose([p for _, p in e['labels']], [p for _, p in r['labels']], atol=1e-4)
+
+
+def test_validation_from_the_training_csv(trained, capsys):
+    out = trained['root'] / 'onnx-csv'
+    assert main(['export', str(trained['folder']), '--format', 'onnx', '--int8', '--calib-data', str(trained['csv']),
+                 '--val-data', str(trained['csv']), '--max-drop', '100', '-o', str(out)]) == 0
+    assert json.loads((out / 'config.json').read_text())['export']['accuracy']['images'] == 48
+
+
+class _ColourNet(torch.nn.Module):
+    """Tells red, green and blue images apart through a 1x1 convolution, a ReLU, a second 1x1 convolution,
+    average pooling and a linear head. One channel of the first convolution sits near 1000 and the second ignores it
+    (zero weights): fp32 does not change, but a single int8 scale for that activation leaves the colour
+    channels a level or two, so only keeping the layers around it in fp32 restores the accuracy."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 1)
+        self.conv2 = torch.nn.Conv2d(4, 3, 1)
+        self.head = torch.nn.Linear(3, 3)  # robust: stays int8
+        self.pretrained_cfg, self.num_classes = {}, 3
+        with torch.no_grad():
+            self.conv1.weight.zero_()
+            self.conv1.bias.copy_(torch.tensor([1000.0, 0.0, 0.0, 0.0]))
+            for c in range(3):
+                self.conv1.weight[c + 1, c] = 1.0
+            self.conv2.weight.copy_(torch.tensor([[0.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]).view(3, 4, 1, 1))
+            self.conv2.bias.zero_()
+            self.head.weight.copy_(torch.eye(3))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
+
+
+def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
+    from fishzoo.calibration import LabelledImages
+    from fishzoo.export import export_onnx
+    from fishzoo.int8 import onnx_int8
+    from fishzoo.runtime import onnx_runner
+    model = _ColourNet().eval()
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    images = torch.rand(60, 3, 8, 8, generator=g) * 0.6
+    images[torch.arange(60), labels] += 1.0  # the label's colour is the brightest
+    with torch.no_grad():
+        assert (model(images).argmax(1) == labels).all()
+    data = LabelledImages(torch.utils.data.TensorDataset(images, labels), multilabel=False)
+    src = export_onnx(model, tmp_path / 'colour.onnx', (3, 8, 8))
+    fp32 = onnx_runner(src)
+    plain = onnx_int8(src, tmp_path / 'plain.onnx', data, data, fp32, max_drop=100)
+    assert plain.drop > 20 and not plain.layers_in_fp32  # every activation in int8: the colours are lost
+    searched = onnx_int8(src, tmp_path / 'searched.onnx', data, data, fp32, max_drop=0.5)
+    assert searched.drop <= 0.5 and searched.agreement >= 99
+    assert searched.layers_in_fp32 and len(searched.layers_in_fp32) < searched.total_layers
+    assert searched.quantized_layers == searched.total_layers - len(searched.layers_in_fp32)
+
+
+def test_mistakes_get_one_sentence(trained, tmp_path, capsys):
+    folder = str(trained['folder'])
+    cases = [
+        (['--int8'], '--int8 needs --calib-data'),
+        (['--int8', '--calib-data', str(tmp_path / 'none')], 'expected a folder of images, a CSV'),
+        (['--val-data', str(trained['val'])], '--val-data checks an int8 export'),
+        (['--int8', '--calib-data', str(trained['images']), '--max-drop', '-1'], '--max-drop is in points'),
+        (['-o', str(tmp_path / 'x.onnx'), '--int8'], 'a .onnx file holds an fp32 ONNX export'),
+    ]
+    for extra, message in cases:
+        argv = ['export', folder, '--format', 'onnx', *extra]
+        if '-o' not in extra:
+            argv += ['-o', str(tmp_path / 'out')]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count('\n') == 1, err
+    unreadable = tmp_path / 'broken'
+    unreadable.mkdir()
+    for i in range(3):
+        (unreadable / f'{i}.jpg').write_bytes(b'not an image')
+    assert main(['export', folder, '--int8', '--calib-data', str(unreadable), '-o', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert 'none of its 3 images could be read' in err and err.count('\n') == 1
+    other = tmp_path / 'other'
+    (other / 'horse').mkdir(parents=True)
+    Image.new('RGB', (8, 8)).save(other / 'horse' / 'a.png')
+    assert main(['export', folder, '--int8', '--calib-data', str(trained['images']), '--val-data', str(other),
+                 '-o', str(tmp_path / 'out')]) == 2
+    assert 'class folders the model has no label for: horse' in capsys.readouterr().err
+
+
+def test_predict_backend_mistakes(trained, tmp_path, capsys):
+    image = str(trained['paths'][0])
+    assert main(['predict', str(trained['folder']), image, '--backend', 'onnx']) == 2
+    assert 'no model.onnx for --backend onnx' in capsys.readouterr().err
+    assert main(['predict', 'fishnet_s64', image, '--backend', 'openvino']) == 2
+    assert 'runs an exported folder' in capsys.readouterr().err
