@@ -6,7 +6,7 @@ does it. Batch throughput (img/s) and batch-1 latency (median and p90), as ratio
     python benchmarks/deploy.py [--quick] [--json out.json] [--readme README.md]
 
 Random weights: these rows are about speed; int8 accuracy on trained models is ``studies/int8_accuracy.py``.
-Needs ``pip install 'fishzoo[deploy,onnx]'``. The full run takes about 15 minutes on 2 CPU cores
+Needs ``pip install 'fishzoo[deploy,onnx]'``. The full run takes about 17 minutes on 2 CPU cores
 (compiling and calibrating FishNet-150 is most of it).
 """
 import argparse
@@ -181,7 +181,7 @@ def targets(rows: List[Dict]) -> List[Dict]:
     ao = next(r for r in rows if 'torchao' in r['name'])
     checks = [
         (f"fastest fishzoo int8 ({fastest['name']}) vs fp32 fast path, >= 3.5", fastest['img_per_s'] / base['img_per_s'], 3.5, True),
-        (f"fastest fishzoo int8 vs OpenVINO int8 by hand, >= 1.0", fastest['img_per_s'] / ov_hand['img_per_s'], 1.0, True),
+        ("fastest fishzoo int8 vs OpenVINO int8 by hand, >= 1.0", fastest['img_per_s'] / ov_hand['img_per_s'], 1.0, True),
         ('fishzoo.quantize vs fp32 fast path, >= 2.5', ao['img_per_s'] / base['img_per_s'], 2.5, True),
         (f"batch-1 median, lowest fishzoo int8 ({lowest['name']}) / fp32 fast path, <= 0.35",
          lowest['latency_median_ms'] / base['latency_median_ms'], 0.35, False),

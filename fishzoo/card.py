@@ -220,7 +220,7 @@ def export_card(config: dict) -> str:
                     f'accuracy-aware search' if acc['layers_in_fp32'] else
                     f'{acc["quantized_layers"]} of {acc["total_layers"]} convolution/linear layers in int8')
             lines += [f'Measured on {acc["images"]} held-out images of `{acc["source"]}`:', '',
-                      f'| | fp32 | int8 | drop (points) | allowed | same decision as fp32 |',
+                      '| | fp32 | int8 | drop (points) | allowed | same decision as fp32 |',
                       '|---|---:|---:|---:|---:|---:|',
                       f'| {name} | {acc["fp32"]:.2f} | {acc["int8"]:.2f} | {acc["drop"]:.2f} | {acc["max_drop"]:g} '
                       f'| {acc["agreement"]:.2f}% |', '', kept + '.', '']

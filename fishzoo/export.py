@@ -261,8 +261,8 @@ def export_folder(
             finally:
                 fp32_path.unlink(missing_ok=True)
     else:
+        ov_model = export_openvino(model, input_size)  # checks that openvino is installed
         import openvino as ov
-        ov_model = export_openvino(model, input_size)
         if verify:
             record['max_rel_diff_fp32'] = verify_openvino(ov_model, model, shapes)
         # fp32 exports run in f32 (exact); int8 ones let OpenVINO pick the precision of the layers left in

@@ -98,6 +98,13 @@ class QuantizedModel(InferenceModel):
         self.pretrained_cfg = getattr(source, 'pretrained_cfg', {})
         self.num_classes = getattr(source, 'num_classes', None)
 
+    def train(self, mode: bool = True) -> 'QuantizedModel':
+        """Always in eval mode (``.eval()`` works as on any model); an int8 graph cannot train."""
+        if mode:
+            raise QuantizeError('an int8 model from fishzoo.quantize runs inference only; train the fp32 model '
+                                'and quantize it again')
+        return self
+
     def extra_repr(self) -> str:
         int8, fp32 = sum(self.report['int8'].values()), sum(self.report['fp32'].values())
         return f'int8 ops={int8}, fp32 ops={fp32}, compiled={self.compiled}'

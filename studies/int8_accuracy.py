@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """int8 on trained networks: every int8 path's held-out top-1 and its agreement with fp32.
 
-    python studies/int8_accuracy.py [--work-dir output/int8_accuracy] [--json result.json] [--readme README.md]
+    python studies/int8_accuracy.py [--work-dir output/int8_accuracy] [--reuse-models] [--json result.json]
+                                    [--readme README.md]
 
 FishNet-150 at 64 px and ``fishnet_s64`` at 32 px are trained on the embedded digits with fishzoo-train's
 defaults (the split is fishzoo-train's: 1,437 training and 360 held-out scans), then quantized by
@@ -36,16 +37,18 @@ MODELS = (('fishnet150', 64, 6), ('fishnet_s64', 32, 8))  # (model, image size, 
 MAX_DROP, MIN_AGREEMENT = 0.5, 99.0
 
 
-def _train(model: str, size: int, epochs: int, out: Path) -> None:
+def _train(model: str, size: int, epochs: int, out: Path, reuse: bool = False) -> None:
+    if reuse and (out / 'model.safetensors').is_file():
+        return
     argv = ['--model', model, '--img-size', str(size), '--epochs', str(epochs), '--output-dir', str(out), '--overwrite']
     if train_main(argv) != 0:
         raise SystemExit(f'training failed: fishzoo-train {" ".join(argv)}')
 
 
-def study_model(model_name: str, size: int, epochs: int, work: Path) -> List[Dict]:
+def study_model(model_name: str, size: int, epochs: int, work: Path, reuse: bool = False) -> List[Dict]:
     folder = work / f'{model_name}_{size}px'
     start = time.perf_counter()
-    _train(model_name, size, epochs, folder)
+    _train(model_name, size, epochs, folder, reuse)
     train_seconds = time.perf_counter() - start
     model = fishzoo.load_model(str(folder)).eval()
     cfg = model.pretrained_cfg
@@ -94,6 +97,7 @@ def markdown(result: Dict) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='output/int8_accuracy', help='trained folders and exports go here')
+    parser.add_argument('--reuse-models', action='store_true', help='use models a previous run trained in --work-dir')
     parser.add_argument('--json', help='write the rows here')
     parser.add_argument('--readme', help='replace the table between the int8-accuracy markers in this file')
     args = parser.parse_args(argv)
@@ -101,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     rows = []
     for name, size, epochs in MODELS:
-        rows += study_model(name, size, epochs, Path(args.work_dir))
+        rows += study_model(name, size, epochs, Path(args.work_dir), args.reuse_models)
     result = dict(date=time.strftime('%Y-%m-%d'), machine=machine_summary(), rows=rows,
                   seconds=time.perf_counter() - start)
     table = markdown(result)

@@ -104,6 +104,31 @@ def test_fp32_openvino_export_is_exact(trained, capsys):
         assert np.allclose([p for _, p in e['labels']], [p for _, p in r['labels']], atol=1e-4)
 
 
+def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_path):
+    from fishzoo.calibration import eval_transform
+    from fishzoo.images import load_image
+    model = trained['model']
+    transform = eval_transform(model.pretrained_cfg)
+    with torch.no_grad():
+        probs = model(torch.stack([transform(load_image(p)) for p in trained['paths']])).sigmoid()
+    thresholds = probs.median(0).values.tolist()  # about half the images carry each label
+    folder = save_pretrained(model, tmp_path / 'multilabel', label_names=LABELS,
+                             extra_config=dict(multilabel=True, thresholds=thresholds))
+    rows = ['image,labels'] + [f'images/{p.name},' + ' '.join(LABELS[c] for c in range(3) if probs[i, c] >= thresholds[c])
+                               for i, p in enumerate(trained['paths'])]
+    csv = trained['root'] / 'multilabel.csv'
+    csv.write_text('\n'.join(rows) + '\n')
+    out = tmp_path / 'exported'
+    assert main(['export', str(folder), '--format', 'onnx', '--int8', '--calib-data', str(trained['images']),
+                 '--val-data', str(csv), '--max-drop', '100', '-o', str(out)]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    acc = config['export']['accuracy']
+    assert acc['metric'] == 'f1_micro' and acc['fp32'] == pytest.approx(100.0)
+    assert config['thresholds'] == thresholds and 'micro-F1 (%)' in (out / 'README.md').read_text()
+    picked = predict(str(out), [str(trained['paths'][0])], backend='onnx')[0]['labels']
+    assert all(prob >= thresholds[LABELS.index(label)] for label, prob in picked)  # the folder's thresholds
+
+
 def test_validation_from_the_training_csv(trained, capsys):
     out = trained['root'] / 'onnx-csv'
     assert main(['export', str(trained['folder']), '--format', 'onnx', '--int8', '--calib-data', str(trained['csv']),
@@ -138,18 +163,13 @@ class _ColourNet(torch.nn.Module):
 
 
 def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
-    from fishzoo.calibration import LabelledImages
     from fishzoo.export import export_onnx
     from fishzoo.int8 import onnx_int8
     from fishzoo.runtime import onnx_runner
     model = _ColourNet().eval()
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(60) % 3
-    images = torch.rand(60, 3, 8, 8, generator=g) * 0.6
-    images[torch.arange(60), labels] += 1.0  # the label's colour is the brightest
+    images, labels, data = _colour_data()
     with torch.no_grad():
         assert (model(images).argmax(1) == labels).all()
-    data = LabelledImages(torch.utils.data.TensorDataset(images, labels), multilabel=False)
     src = export_onnx(model, tmp_path / 'colour.onnx', (3, 8, 8))
     fp32 = onnx_runner(src)
     plain = onnx_int8(src, tmp_path / 'plain.onnx', data, data, fp32, max_drop=100)
@@ -158,6 +178,31 @@ def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
     assert searched.drop <= 0.5 and searched.agreement >= 99
     assert searched.layers_in_fp32 and len(searched.layers_in_fp32) < searched.total_layers
     assert searched.quantized_layers == searched.total_layers - len(searched.layers_in_fp32)
+
+
+def _colour_data():
+    from fishzoo.calibration import LabelledImages
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    images = torch.rand(60, 3, 8, 8, generator=g) * 0.6
+    images[torch.arange(60), labels] += 1.0  # the label's colour is the brightest
+    return images, labels, LabelledImages(torch.utils.data.TensorDataset(images, labels), multilabel=False)
+
+
+def test_openvino_accuracy_control_restores_the_crushed_layers(tmp_path):
+    import openvino as ov
+    from fishzoo.export import export_openvino
+    from fishzoo.int8 import openvino_int8
+    from fishzoo.runtime import openvino_runner
+    model = _ColourNet().eval()
+    _, _, data = _colour_data()
+    ov.save_model(export_openvino(model, (3, 8, 8)), str(tmp_path / 'fp32.xml'))
+    fp32 = openvino_runner(tmp_path / 'fp32.xml', precision='f32')
+    _, plain = openvino_int8(ov.Core().read_model(str(tmp_path / 'fp32.xml')), data, data, fp32, max_drop=100)
+    assert plain.drop > 20  # NNCF's defaults lose the colours too
+    _, restored = openvino_int8(ov.Core().read_model(str(tmp_path / 'fp32.xml')), data, data, fp32, max_drop=0.5)
+    assert restored.drop <= 0.5 and restored.agreement >= 99
+    assert restored.quantized_layers < plain.quantized_layers
 
 
 def test_mistakes_get_one_sentence(trained, tmp_path, capsys):

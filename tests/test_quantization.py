@@ -36,6 +36,9 @@ def test_mobilenet_int8_close_to_fp32_at_any_size(mobilenet, quantized_mobilenet
         assert out.shape == reference.shape
         assert _relative(out, reference) < 0.25
     assert quantized_mobilenet.pretrained_cfg['architecture'] == 'mobilenetv2_dual_050'
+    assert quantized_mobilenet.eval() is quantized_mobilenet  # as code written for the fp32 model calls it
+    with pytest.raises(QuantizeError, match='runs inference only'):
+        quantized_mobilenet.train()
     assert quantized_mobilenet.num_classes == 5
 
 
