@@ -141,6 +141,11 @@ def quantize(
                             f'({describe(e, 200)})') from None
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    # a convolution over one input channel (a grayscale stem) compiles to an int8 kernel whose output layout
+    # disagrees with what inductor planned (torch 2.14: "expected stride 1==1024"), so it stays fp32
+    for name, module in folded.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 1 and module.groups == 1:
+            quantizer.set_module_name_qconfig(name, None)
     try:
         prepared = prepare_pt2e(captured, quantizer)
         with torch.no_grad():

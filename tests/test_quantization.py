@@ -59,9 +59,9 @@ def test_calibration_from_a_loader_of_pairs(mobilenet):
 
 
 class _SmallNet(nn.Module):
-    def __init__(self):
+    def __init__(self, in_chans=3):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                                   nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
         self.fc = nn.Linear(32, 4)
 
@@ -82,6 +82,18 @@ def test_compiled_int8_matches_the_converted_graph():
         eager = q.model(x.contiguous(memory_format=torch.channels_last))
     assert _relative(out, eager) < 0.02
     assert _relative(out, model(x).detach()) < 0.1
+
+
+def test_grayscale_stem_stays_compiled():
+    """An int8 convolution over one input channel broke inductor's layout plan (the first call fell back to
+    eager); such a convolution stays fp32 and the rest compiles."""
+    torch.manual_seed(0)
+    model = _SmallNet(in_chans=1).eval()
+    q = quantize(model, torch.randn(8, 1, 16, 16), compile=True)
+    for batch in (8, 8, 3):
+        q(torch.randn(batch, 1, 16, 16))
+    assert q.compiled, 'compilation fell back to eager'
+    assert q.report['fp32']['conv2d'] == 1 and q.report['int8']['conv2d'] == 1
 
 
 def test_no_calibration_images(mobilenet):
