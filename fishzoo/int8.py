@@ -96,27 +96,36 @@ def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[La
     batches = [b.numpy() for b in calibration.batches(1)]
     calib = nncf.Dataset(batches)
     try:
-        if validation is None:
-            quantized = nncf.quantize(ov_model, calib, subset_size=len(batches))
-        else:
-            val = nncf.Dataset([(x.numpy(), y.numpy()) for x, y in validation.loader(1)])
-
-            def validate(compiled, items) -> float:
-                logits = np.concatenate([compiled(x)[0] for x, _ in items])
-                targets = np.concatenate([y for _, y in items])
-                return score(logits, targets, validation.multilabel, thresholds)
-
-            quantized = nncf.quantize_with_accuracy_control(
-                ov_model, calib, val, validation_fn=validate, max_drop=max_drop, subset_size=len(batches))
+        quantized = nncf.quantize(ov_model, calib, subset_size=len(batches))
     except Exception as e:
         raise QuantizeError(f'OpenVINO int8 quantization failed ({describe(e, 200)})') from None
-    accuracy = None
-    if validation is not None:
-        from fishzoo.runtime import openvino_runner
+    if validation is None:
+        return quantized, None
+    from fishzoo.runtime import openvino_runner
+
+    def checked(candidate) -> Int8Accuracy:
         with tempfile.TemporaryDirectory() as tmp:
-            ov.save_model(quantized, f'{tmp}/m.xml')
-            accuracy = measure(fp32_runner, openvino_runner(f'{tmp}/m.xml'), validation, max_drop, thresholds)
-        accuracy.quantized_layers, accuracy.total_layers = _quantized_convolutions(quantized)
+            ov.save_model(candidate, f'{tmp}/m.xml')
+            result = measure(fp32_runner, openvino_runner(f'{tmp}/m.xml'), validation, max_drop, thresholds)
+        result.quantized_layers, result.total_layers = _quantized_convolutions(candidate)
+        return result
+
+    accuracy = checked(quantized)
+    if accuracy.drop <= max_drop:  # the common case: no search, no repeated validation
+        return quantized, accuracy
+    val = nncf.Dataset([(x.numpy(), y.numpy()) for x, y in validation.loader(1)])
+
+    def validate(compiled, items) -> float:
+        logits = np.concatenate([compiled(x)[0] for x, _ in items])
+        targets = np.concatenate([y for _, y in items])
+        return score(logits, targets, validation.multilabel, thresholds)
+
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            ov_model, calib, val, validation_fn=validate, max_drop=max_drop, subset_size=len(batches))
+    except Exception as e:
+        raise QuantizeError(f'OpenVINO int8 accuracy-aware quantization failed ({describe(e, 200)})') from None
+    accuracy = checked(quantized)
     return quantized, accuracy
 
 

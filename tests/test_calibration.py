@@ -56,6 +56,15 @@ def test_validation_maps_folders_to_the_model_labels(tmp_path):
         validation_images(tmp_path, CFG, None, 2, multilabel=True)
 
 
+def test_single_label_validation_csv(tmp_path):
+    _tree(tmp_path / 'img', ['x'])
+    (tmp_path / 'val.csv').write_text('image,labels\nimg/x/0.png,dog\nimg/x/1.png,cat\n')
+    data = validation_images(tmp_path / 'val.csv', CFG, ['cat', 'dog'], 2, multilabel=False)
+    assert data.dataset.targets == [1, 0] and not data.multilabel
+    calib = calibration_images(tmp_path / 'val.csv', CFG)  # the image column alone
+    assert len(calib) == 2
+
+
 def test_multilabel_validation_csv(tmp_path):
     _tree(tmp_path / 'img', ['x'])
     (tmp_path / 'val.csv').write_text('image,labels\nimg/x/0.png,a b\nimg/x/1.png,\nimg/x/2.png,c\n')

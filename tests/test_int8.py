@@ -63,7 +63,8 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize('fmt, model_file', [('onnx', 'model.onnx'), ('openvino', 'openvino_model.xml')])
 def test_int8_export_checked_on_held_out_images(trained, fmt, model_file, capsys):
     out = trained['root'] / f'{fmt}-int8'
-    code = main(['export', str(trained['folder']), '--format', fmt, '--int8', '--calib-data', str(trained['images']),
+    calib = trained['images'] if fmt == 'onnx' else trained['csv']  # a folder, or a CSV's image column
+    code = main(['export', str(trained['folder']), '--format', fmt, '--int8', '--calib-data', str(calib),
                  '--val-data', str(trained['val']), '--max-drop', '100', '-o', str(out)])
     printed = capsys.readouterr().out
     assert code == 0
@@ -111,7 +112,8 @@ def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_
     transform = eval_transform(model.pretrained_cfg)
     with torch.no_grad():
         probs = model(torch.stack([transform(load_image(p)) for p in trained['paths']])).sigmoid()
-    thresholds = probs.median(0).values.tolist()  # about half the images carry each label
+    # half the images carry each label; the threshold sits between two images, none on it
+    thresholds = probs.sort(0).values[23:25].mean(0).tolist()
     folder = save_pretrained(model, tmp_path / 'multilabel', label_names=LABELS,
                              extra_config=dict(multilabel=True, thresholds=thresholds))
     rows = ['image,labels'] + [f'images/{p.name},' + ' '.join(LABELS[c] for c in range(3) if probs[i, c] >= thresholds[c])
@@ -127,13 +129,6 @@ def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_
     assert config['thresholds'] == thresholds and 'micro-F1 (%)' in (out / 'README.md').read_text()
     picked = predict(str(out), [str(trained['paths'][0])], backend='onnx')[0]['labels']
     assert all(prob >= thresholds[LABELS.index(label)] for label, prob in picked)  # the folder's thresholds
-
-
-def test_validation_from_the_training_csv(trained, capsys):
-    out = trained['root'] / 'onnx-csv'
-    assert main(['export', str(trained['folder']), '--format', 'onnx', '--int8', '--calib-data', str(trained['csv']),
-                 '--val-data', str(trained['csv']), '--max-drop', '100', '-o', str(out)]) == 0
-    assert json.loads((out / 'config.json').read_text())['export']['accuracy']['images'] == 48
 
 
 class _ColourNet(torch.nn.Module):
