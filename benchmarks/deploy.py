@@ -10,7 +10,6 @@ Needs ``pip install 'fishzoo[deploy,onnx]'``. The full run takes about 17 minute
 (compiling and calibrating FishNet-150 is most of it).
 """
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from fishzoo.quantization import quantize
 from fishzoo.runtime import load_runner, onnx_runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import log, write_readme_section  # noqa: E402
+from measure import log, publish  # noqa: E402
 
 README_START, README_END = '<!-- deploy-benchmark:start -->', '<!-- deploy-benchmark:end -->'
 BASELINE = 'fp32 fast path (optimize_for_inference)'
@@ -206,12 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             result['models'][name] = [dict(r.as_dict(), size=size) for r in rows]
             del rows
     result['targets'] = targets(result['models'][models[0][0]])
-    table = markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.readme:
-        write_readme_section(args.readme, table, README_START, README_END)
+    publish(markdown(result), result, args.json, args.readme, README_START, README_END)
     return 0
 
 

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import json
 import statistics
 import sys
 import time
@@ -233,6 +234,16 @@ def roofline_case(device, tools: DeviceTools, channels: Sequence[int] = (128, 25
     _, c, s, channels_last, step, macs = best
     layout = 'channels_last' if channels_last else 'NCHW'
     return Case('roofline', f'conv3x3 {c}ch {s}x{s} b{batch}', 'torch', f'eager {layout}', 1, s, macs, step)
+
+
+def publish(table: str, result: dict, json_path: Optional[str] = None, readme: Optional[str] = None,
+            start: str = README_START, end: str = README_END) -> None:
+    """A run's output: the table printed, the result as JSON and the table in the README between markers."""
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str))
+    if readme:
+        write_readme_section(readme, table, start, end)
 
 
 def write_readme_section(readme: str, table: str, start: str = README_START, end: str = README_END) -> None:

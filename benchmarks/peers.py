@@ -12,7 +12,6 @@ measured: ``benchmarks/measure.py``. The full run takes about 12 minutes on 2 CP
 import argparse
 import copy
 import enum
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from fishzoo.info import count_gmacs, machine_summary
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import (  # noqa: E402  (benchmarks/ is not a package: run from a checkout)
     MB, Case, DeviceTools, conv_share, default_device, device_tools, inference_step, log, measure,
-    measure_memory, roofline_case, saved_activation_bytes, timed_setup, write_readme_section)
+    measure_memory, publish, roofline_case, saved_activation_bytes, timed_setup)
 
 
 class Impl(str, enum.Enum):
@@ -519,12 +518,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg.compile = cfg.compile and not args.no_compile
     cfg.onnx = cfg.onnx and not args.no_onnx
     result = run_benchmark(cfg)
-    table = markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-    if args.readme:
-        write_readme_section(args.readme, table)
+    publish(markdown(result), result, args.json, args.readme)
     return 0
 
 

@@ -72,17 +72,29 @@ def _digits(pretrained_cfg: dict, split: str):
     return data.train if split == 'train' else data.val, data.class_names
 
 
+def _readable(samples, pretrained_cfg: dict, multilabel: bool, flag: str, source) -> LabelledImages:
+    """``(path, target)`` samples whose images decode, read with the eval transform; unreadable ones are
+    skipped and counted, and a source with none left is refused."""
+    from fishzoo.data import ImageSamples
+    kept, bad = drop_unreadable(samples, strict=False)
+    if not kept:
+        raise QuantizeError(f'{flag} {source}: none of its {len(bad)} images could be read '
+                            f'(first: {bad[0][0]}: {bad[0][1]})')
+    if bad:
+        _logger.warning('%s %s: skipped %d unreadable images of %d', flag, source, len(bad), len(bad) + len(kept))
+    mode = image_mode(pretrained_cfg.get('input_size', (3,))[0])
+    dataset = ImageSamples([p for p, _ in kept], [t for _, t in kept], eval_transform(pretrained_cfg), mode)
+    return LabelledImages(dataset, multilabel, len(bad))
+
+
 def calibration_images(source: Union[str, Path], pretrained_cfg: dict, flag: str = '--calib-data',
                        limit: Optional[int] = DEFAULT_CALIBRATION_IMAGES) -> LabelledImages:
     """Up to ``limit`` images from ``source`` (folder, CSV or ``digits``) with dummy targets."""
-    from fishzoo.data import ImageSamples, read_label_csv
-    transform = eval_transform(pretrained_cfg)
-    mode = image_mode(pretrained_cfg.get('input_size', (3,))[0])
+    from fishzoo.data import read_label_csv
     if str(source) == DIGITS:
         samples, _ = _digits(pretrained_cfg, 'train')
-        picks = _subsample(range(len(samples)), limit)
-        samples = samples.subset(picks)
-        samples.transform = transform
+        samples = samples.subset(_subsample(range(len(samples)), limit))
+        samples.transform = eval_transform(pretrained_cfg)
         return LabelledImages(samples, multilabel=False)
     path = Path(source)
     if path.is_dir():
@@ -97,29 +109,21 @@ def calibration_images(source: Union[str, Path], pretrained_cfg: dict, flag: str
     else:
         raise QuantizeError(f'{flag} {source}: expected a folder of images, a CSV with an image column, '
                             f'or "{DIGITS}" for the embedded demo data')
-    kept, bad = drop_unreadable([(f, 0) for f in _subsample(files, limit)], strict=False)
-    if not kept:
-        raise QuantizeError(f'{flag} {source}: none of its {len(bad)} images could be read '
-                            f'(first: {bad[0][0]}: {bad[0][1]})')
-    if bad:
-        _logger.warning('%s %s: skipped %d unreadable images of %d', flag, source, len(bad), len(bad) + len(kept))
-    return LabelledImages(ImageSamples([f for f, _ in kept], [0] * len(kept), transform, mode), False, len(bad))
+    return _readable([(f, 0) for f in _subsample(files, limit)], pretrained_cfg, False, flag, source)
 
 
 def validation_images(source: Union[str, Path], pretrained_cfg: dict, label_names: Optional[Sequence[str]],
                       num_classes: int, multilabel: bool, flag: str = '--val-data') -> LabelledImages:
     """Labelled images from a class-folder tree, a CSV (``image,labels``) or ``digits``, indexed by the
     model's label names (or, without names, by the sorted class folders)."""
-    from fishzoo.data import ImageSamples, _folder_samples, _multi_hot, read_label_csv
-    transform = eval_transform(pretrained_cfg)
-    mode = image_mode(pretrained_cfg.get('input_size', (3,))[0])
+    from fishzoo.data import _folder_samples, _multi_hot, read_label_csv
     names = list(label_names) if label_names else None
     if str(source) == DIGITS:
         samples, digit_names = _digits(pretrained_cfg, 'val')
         if names is not None and names != digit_names or num_classes != len(digit_names):
             raise QuantizeError(f'{flag} {DIGITS}: the model was not trained on the 10 digits '
                                 f'({num_classes} classes{", " + ",".join(names[:5]) if names else ""})')
-        samples.transform = transform
+        samples.transform = eval_transform(pretrained_cfg)
         return LabelledImages(samples, multilabel=False)
     path = Path(source)
     if path.is_file() and path.suffix.lower() == '.csv':
@@ -156,14 +160,7 @@ def validation_images(source: Union[str, Path], pretrained_cfg: dict, label_name
                             f'or "{DIGITS}" for the embedded demo data')
     if len(names) != num_classes:
         raise QuantizeError(f'{flag} {source}: {len(names)} classes, but the model has {num_classes}')
-    kept, bad = drop_unreadable(samples, strict=False)
-    if not kept:
-        raise QuantizeError(f'{flag} {source}: none of its {len(bad)} images could be read '
-                            f'(first: {bad[0][0]}: {bad[0][1]})')
-    if bad:
-        _logger.warning('%s %s: skipped %d unreadable images of %d', flag, source, len(bad), len(bad) + len(kept))
-    dataset = ImageSamples([p for p, _ in kept], [t for _, t in kept], transform, mode)
-    return LabelledImages(dataset, multilabel, len(bad))
+    return _readable(samples, pretrained_cfg, multilabel, flag, source)
 
 
 def as_batches(calibration: Union[torch.Tensor, Iterable, LabelledImages], batch_size: int = 16

@@ -33,10 +33,9 @@ FORMATS = ('onnx', 'openvino')
 
 
 def _require(*modules: str, extra: str = 'onnx', what: str = 'ONNX export') -> None:
-    import importlib.util
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ExportError(f"{what} needs {', '.join(missing)}: pip install 'fishzoo[{extra}]'")
+    from fishzoo.runtime import require
+    for module in modules:
+        require(module, extra, what, ExportError)
 
 
 def export_onnx(
@@ -210,9 +209,11 @@ def export_folder(
         verify: bool = True,
 ) -> Dict:
     """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``: a folder, CSV or
-    'digits' as for the command line, or :class:`fishzoo.calibration.LabelledImages`); returns the ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
+    'digits' as for the command line, or :class:`fishzoo.calibration.LabelledImages`; ``val_data`` likewise);
+    returns the ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
     from fishzoo.calibration import LabelledImages, calibration_images, validation_images
     from fishzoo.card import export_card
+    from fishzoo.runtime import BACKEND_FILES, onnx_runner, openvino_runner
     if fmt not in FORMATS:
         raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
     if not 0 <= max_drop <= 100:
@@ -241,7 +242,6 @@ def export_folder(
     start = time.perf_counter()
     shapes = check_shapes(input_size)
     record = dict(format=fmt, precision='int8' if int8 else 'fp32', input_size=list(input_size))
-    from fishzoo.runtime import BACKEND_FILES, onnx_runner
     for stale in BACKEND_FILES.values():  # a folder re-exported in another format keeps one model file
         for path in (output_dir / stale, (output_dir / stale).with_suffix('.bin')):
             path.unlink(missing_ok=True)
@@ -270,7 +270,6 @@ def export_folder(
         record['inference_precision'] = 'f32' if not int8 else 'default'
         if int8:
             from fishzoo.int8 import openvino_int8
-            from fishzoo.runtime import openvino_runner
             fp32_run = None
             if validation is not None:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -283,11 +282,12 @@ def export_folder(
         ov.save_model(ov_model, str(output_dir / 'openvino_model.xml'), compress_to_fp16=False)
     record['file'] = BACKEND_FILES[fmt]
     record['seconds'] = round(time.perf_counter() - start, 1)
+    def source(data) -> str:
+        return 'images given in Python' if isinstance(data, LabelledImages) else str(data)
     if calibration is not None:
-        record['calibration'] = dict(source=str(calib_data) if not isinstance(calib_data, LabelledImages) else 'images given in Python', images=len(calibration), skipped=calibration.skipped)
+        record['calibration'] = dict(source=source(calib_data), images=len(calibration), skipped=calibration.skipped)
     if accuracy is not None:
-        source = 'images given in Python' if isinstance(val_data, LabelledImages) else str(val_data)
-        record['accuracy'] = dict(accuracy.as_dict(), source=source, skipped=validation.skipped)
+        record['accuracy'] = dict(accuracy.as_dict(), source=source(val_data), skipped=validation.skipped)
     config['export'] = record
     (output_dir / 'config.json').write_text(json.dumps(config, indent=2))
     (output_dir / 'README.md').write_text(export_card(config), encoding='utf-8')

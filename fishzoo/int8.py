@@ -217,10 +217,9 @@ def _activation_damage(quantized: Path, batches: List[np.ndarray]) -> List[str]:
 _FUSED_ACTIVATIONS = ('Relu', 'Clip', 'LeakyRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish')
 
 
-def _nodes_around(graph, tensor: str) -> List[str]:
+def _nodes_around(graph, producers: Dict, tensor: str) -> List[str]:
     """Nodes to leave unquantized so that ``tensor`` stays fp32: its producer (and, for an activation, the
-    layer feeding it) and its consumers."""
-    producers = {out: node for node in graph.node for out in node.output}
+    layer feeding it) and its consumers; ``producers`` maps each tensor to the node writing it."""
     nodes = [n.name for n in graph.node if tensor in n.input]
     producer = producers.get(tensor)
     while producer is not None:
@@ -231,9 +230,12 @@ def _nodes_around(graph, tensor: str) -> List[str]:
     return nodes
 
 
-def _layer_names(src: Path) -> List[str]:
-    import onnx
-    return [n.name for n in onnx.load(str(src)).graph.node if n.op_type in ('Conv', 'Gemm', 'MatMul')]
+def _doubling(n: int) -> List[int]:
+    """1, 2, 4, ... up to and including ``n``."""
+    counts = [1]
+    while counts[-1] < n:
+        counts.append(min(2 * counts[-1], n))
+    return counts if n else []
 
 
 def onnx_int8(src: Union[str, Path], dst: Union[str, Path], calibration: LabelledImages,
@@ -254,20 +256,21 @@ def onnx_int8(src: Union[str, Path], dst: Union[str, Path], calibration: Labelle
     if validation is None:
         return None
     accuracy = measure(fp32_runner, onnx_runner(dst), validation, max_drop, thresholds)
-    layers = _layer_names(src)
+    graph = onnx.load(str(src)).graph
+    layers = [n.name for n in graph.node if n.op_type in ('Conv', 'Gemm', 'MatMul')]
     if accuracy.drop > max_drop:
         ranked = _activation_damage(dst, batches)
-        graph = onnx.load(str(src)).graph
-        count = 1
-        while accuracy.drop > max_drop and count <= len(ranked):
-            exclude = list(dict.fromkeys(n for t in ranked[:count] for n in _nodes_around(graph, t)))
+        producers = {out: node for node in graph.node for out in node.output}
+        for count in _doubling(len(ranked)):
+            exclude = list(dict.fromkeys(n for t in ranked[:count] for n in _nodes_around(graph, producers, t)))
             _quantize_onnx(src, dst, batches, exclude)
             accuracy = measure(fp32_runner, onnx_runner(dst), validation, max_drop, thresholds)
             accuracy.layers_in_fp32 = [n for n in exclude if n in layers]
             _logger.info('ONNX int8: %d activations (%d layers) in fp32: drop %.2f points', count,
                          len(accuracy.layers_in_fp32), accuracy.drop)
-            count = min(count * 2, len(ranked)) if count < len(ranked) else count + 1
-        if accuracy.drop > max_drop:
+            if accuracy.drop <= max_drop:
+                break
+        else:
             _logger.warning('ONNX int8: the drop stays %.2f points even with every quantized activation in fp32',
                             accuracy.drop)
     accuracy.total_layers = len(layers)

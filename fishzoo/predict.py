@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
-from timm.data import create_transform, resolve_input_data_config
 
 from fishzoo.errors import DataError, ModelLoadError, PredictError, first_line
 from fishzoo.images import IMAGE_EXTENSIONS, image_mode, load_image
@@ -99,16 +98,12 @@ def predict(
     if backend == 'torch':
         model = load_model(model_or_dir)
         num_classes, cfg = model.num_classes, model.pretrained_cfg
-        thresholds = read_thresholds(model_or_dir, num_classes)
-        config = resolve_input_data_config(model)
-        transform = create_transform(
-            **{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
     else:
         model, folder_config = _exported(model_or_dir, backend)
         num_classes, cfg = folder_config.get('num_classes'), folder_config.get('pretrained_cfg') or {}
-        thresholds = read_thresholds(model_or_dir, num_classes)
-        transform = eval_transform(cfg)
         cfg = dict(cfg, label_names=folder_config.get('label_names') or cfg.get('label_names'))
+    thresholds = read_thresholds(model_or_dir, num_classes)
+    transform = eval_transform(cfg)
     names = cfg.get('label_names')
     names = list(names) if names else [str(i) for i in range(num_classes)]
     mode = image_mode(cfg.get('input_size', (3,))[0])

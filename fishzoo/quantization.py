@@ -39,21 +39,19 @@ _FUSED_UNARY = {'relu', 'relu_', 'relu6', 'hardtanh', 'hardtanh_', 'hardswish', 
 
 
 def _require_torchao():
+    # torchao registers an Enum with torch's pytree at import, which torch 2.14 logs as deprecated
+    pytree_log = logging.getLogger('torch.utils._pytree')
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            import logging as _logging
-            # torchao registers an Enum with torch's pytree at import, which torch 2.14 logs as deprecated
-            pytree_log = _logging.getLogger('torch.utils._pytree')
-            level = pytree_log.level
-            pytree_log.setLevel(_logging.ERROR)
-            try:
-                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-                from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-            finally:
-                pytree_log.setLevel(level)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError:
         raise QuantizeError("fishzoo.quantize needs torchao: pip install 'fishzoo[deploy]'") from None
+    finally:
+        pytree_log.setLevel(level)
     return prepare_pt2e, convert_pt2e, xiq
 
 

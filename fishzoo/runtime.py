@@ -17,14 +17,14 @@ ONNX_FILE = 'model.onnx'
 OPENVINO_FILE = 'openvino_model.xml'  # with openvino_model.bin beside it (optimum-intel's names)
 BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE}
 BACKENDS = ('torch', 'onnx', 'openvino')
-EXTRAS = {'onnx': ('onnxruntime', 'onnx'), 'openvino': ('openvino', 'deploy')}
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def require(module: str, extra: str, what: str) -> None:
+def require(module: str, extra: str, what: str, error: type = ModelLoadError) -> None:
+    """Raise ``error`` naming the extra to install when ``module`` is missing."""
     if importlib.util.find_spec(module) is None:
-        raise ModelLoadError(f"{what} needs {module}: pip install 'fishzoo[{extra}]'")
+        raise error(f"{what} needs {module}: pip install 'fishzoo[{extra}]'")
 
 
 def detect_backend(folder: Union[str, Path]) -> str:
@@ -38,8 +38,7 @@ def detect_backend(folder: Union[str, Path]) -> str:
     return 'torch'
 
 
-def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precision: Optional[str] = None,
-                    split_batches: bool = True) -> Runner:
+def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precision: Optional[str] = None) -> Runner:
     """An OpenVINO CPU model as a function; ``precision`` is OpenVINO's INFERENCE_PRECISION_HINT ('f32';
     None: OpenVINO's default, bf16 on CPUs that have it).
 
@@ -59,12 +58,11 @@ def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precis
     try:
         model = core.read_model(str(xml))
         latency = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'LATENCY'})
-        throughput = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'THROUGHPUT'}) \
-            if split_batches else None
+        throughput = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'THROUGHPUT'})
     except Exception as e:
         raise ModelLoadError(f'{xml}: OpenVINO could not load it ({describe(e, 200)})') from None
     output = latency.output(0)
-    streams = int(throughput.get_property('NUM_STREAMS')) if throughput is not None else 1
+    streams = int(throughput.get_property('NUM_STREAMS'))
     queue = ov.AsyncInferQueue(throughput, streams) if streams > 1 else None
     results = {}
     if queue is not None:

@@ -12,7 +12,6 @@ least 99% of the held-out images decided as fp32 decides them. About 12 minutes 
 when a target is missed. The README's int8 accuracy table is its output.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from fishzoo.runtime import torch_runner
 from fishzoo.train import main as train_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-from measure import write_readme_section  # noqa: E402
+from measure import publish  # noqa: E402
 
 README_START, README_END = '<!-- int8-accuracy:start -->', '<!-- int8-accuracy:end -->'
 MODELS = (('fishnet150', 64, 6), ('fishnet_s64', 32, 8))  # (model, image size, epochs)
@@ -108,12 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows += study_model(name, size, epochs, Path(args.work_dir), args.reuse_models)
     result = dict(date=time.strftime('%Y-%m-%d'), machine=machine_summary(), rows=rows,
                   seconds=time.perf_counter() - start)
-    table = markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    if args.readme:
-        write_readme_section(args.readme, table, README_START, README_END)
+    publish(markdown(result), result, args.json, args.readme, README_START, README_END)
     return 0 if all(r['drop'] <= MAX_DROP and r['agreement'] >= MIN_AGREEMENT for r in rows) else 1
 
 

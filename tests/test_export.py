@@ -3,10 +3,10 @@ import json
 
 import pytest
 import timm
-import torch
 
 from fishzoo.cli import main
 from fishzoo.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_session, verify_onnx
+from tests.helpers.models import set_bn_statistics
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
@@ -15,13 +15,7 @@ pytest.importorskip('onnxscript')
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    model = timm.create_model('fishnet_s64', num_classes=7).eval()
-    with torch.no_grad():  # BN statistics that are not the identity: the export folds them
-        g = torch.Generator().manual_seed(0)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    model = set_bn_statistics(timm.create_model('fishnet_s64', num_classes=7).eval())  # the export folds them
     path = export_onnx(model, tmp_path_factory.mktemp('onnx') / 'fishnet_s64.onnx', (3, 64, 64))
     return model, path
 

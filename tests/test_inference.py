@@ -11,20 +11,12 @@ from timm.utils import reparameterize_model
 
 import fishzoo
 from fishzoo.inference import FastPath, InferenceModel, retain_freed_memory, select_fast_path
+from tests.helpers.models import set_bn_statistics
 
 
 def _with_statistics(name):
     """A model in eval mode whose BatchNorms are not the identity (so folding has something to get wrong)."""
-    model = timm.create_model(name, num_classes=10).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
+    return set_bn_statistics(timm.create_model(name, num_classes=10).eval(), affine=True)
 
 
 def _rel(a, b):

@@ -11,6 +11,7 @@ from PIL import Image
 from fishzoo.cli import main
 from fishzoo.hub import save_pretrained
 from fishzoo.predict import predict
+from tests.helpers.models import set_bn_statistics
 
 pytest.importorskip('onnxruntime')
 pytest.importorskip('openvino')
@@ -24,13 +25,7 @@ def _model():
     torch.manual_seed(0)
     model = timm.create_model('fishnet_s64', num_classes=3, pretrained_cfg_overlay=dict(
         input_size=(3, SIZE, SIZE), crop_pct=1.0, label_names=LABELS)).eval()
-    with torch.no_grad():  # BN statistics that are not the identity: the exports fold them
-        g = torch.Generator().manual_seed(0)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return set_bn_statistics(model)  # the exports fold them
 
 
 @pytest.fixture(scope='module')
