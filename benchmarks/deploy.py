@@ -24,12 +24,12 @@ import timm
 import torch
 
 import fishzoo  # noqa: F401  (registers the models)
-from fishzoo.calibration import LabelledImages
-from fishzoo.export import export_folder, export_onnx
-from fishzoo.inference import optimize_for_inference
+from fishzoo.deploy.calibration import LabelledImages
+from fishzoo.deploy.export import export_folder, export_onnx
+from fishzoo.deploy.fast_path import optimize_for_inference
+from fishzoo.deploy.int8_torch import quantize
+from fishzoo.deploy.runtime import load_runner, onnx_runner
 from fishzoo.info import machine_summary
-from fishzoo.quantization import quantize
-from fishzoo.runtime import load_runner, onnx_runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import log, publish  # noqa: E402
@@ -179,8 +179,10 @@ def targets(rows: List[Dict]) -> List[Dict]:
     ov_hand = next(r for r in rows if r['name'].startswith('OpenVINO int8'))
     ao = next(r for r in rows if 'torchao' in r['name'])
     checks = [
-        (f"fastest fishzoo int8 ({fastest['name']}) vs fp32 fast path, >= 3.5", fastest['img_per_s'] / base['img_per_s'], 3.5, True),
-        ("fastest fishzoo int8 vs OpenVINO int8 by hand, >= 1.0", fastest['img_per_s'] / ov_hand['img_per_s'], 1.0, True),
+        (f"fastest fishzoo int8 ({fastest['name']}) vs fp32 fast path, >= 3.5",
+         fastest['img_per_s'] / base['img_per_s'], 3.5, True),
+        ("fastest fishzoo int8 vs OpenVINO int8 by hand, >= 1.0",
+         fastest['img_per_s'] / ov_hand['img_per_s'], 1.0, True),
         ('fishzoo.quantize vs fp32 fast path, >= 2.5', ao['img_per_s'] / base['img_per_s'], 2.5, True),
         (f"batch-1 median, lowest fishzoo int8 ({lowest['name']}) / fp32 fast path, <= 0.35",
          lowest['latency_median_ms'] / base['latency_median_ms'], 0.35, False),

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from fishzoo.inference import FastPath
+from fishzoo.deploy.fast_path import FastPath
 
 MB = 2 ** 20
 README_START, README_END = '<!-- benchmark:start -->', '<!-- benchmark:end -->'

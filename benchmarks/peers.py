@@ -26,14 +26,27 @@ import torch.nn.functional as F
 from timm.models import reparameterize_model
 
 import fishzoo  # noqa: F401  (registers the models)
+from fishzoo.deploy.fast_path import FastPath, optimize_for_inference, retain_freed_memory, select_fast_path
 from fishzoo.errors import ExportError
-from fishzoo.inference import FastPath, optimize_for_inference, retain_freed_memory, select_fast_path
 from fishzoo.info import count_gmacs, machine_summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import (  # noqa: E402  (benchmarks/ is not a package: run from a checkout)
-    MB, Case, DeviceTools, conv_share, default_device, device_tools, inference_step, log, measure,
-    measure_memory, publish, roofline_case, saved_activation_bytes, timed_setup)
+    MB,
+    Case,
+    DeviceTools,
+    conv_share,
+    default_device,
+    device_tools,
+    inference_step,
+    log,
+    measure,
+    measure_memory,
+    publish,
+    roofline_case,
+    saved_activation_bytes,
+    timed_setup,
+)
 
 
 class Impl(str, enum.Enum):
@@ -206,7 +219,7 @@ def build_cases(cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, w
             lambda: inference_step(ref_fast, x))
 
     if cfg.onnx and device.type == 'cpu':
-        from fishzoo.export import INPUT_NAME, export_onnx, onnx_session
+        from fishzoo.deploy.export import INPUT_NAME, export_onnx, onnx_session
         try:
             path = export_onnx(fishzoo_model, work_dir / f'{name}.onnx', (3, size, size))
             session = onnx_session(path)
@@ -415,7 +428,8 @@ def markdown(result: Dict) -> str:
              f"Conv roofline: {roof['gflops']:.0f} GFLOP/s ({roof['model']}, {roof['path']}). "
              f"Medians of {result['config']['infer_rounds']} (inference) / {result['config']['train_rounds']} "
              f"(training) interleaved rounds; whole run {result['seconds'] / 60:.1f} min.", '',
-             '| task | model | implementation | path | batch x px | img/s | GFLOP/s | of roofline | peak MB | setup s |',
+             '| task | model | implementation | path | batch x px | img/s | GFLOP/s | of roofline | peak MB '
+             '| setup s |',
              '|---|---|---|---|---:|---:|---:|---:|---:|---:|']
     for c in result['cases']:
         peak = f"{c['peak_mb']:.0f}" if c['peak_mb'] is not None else '-'
@@ -429,7 +443,8 @@ def markdown(result: Dict) -> str:
                       f"{a['checkpointing']:.0f} MB."]
     for key, share in result.get('conv_share', {}).items():
         lines += ['', f"{key.replace('/', ', ')}: convolutions take {share['conv_fraction']:.0%} of a profiled call "
-                      f"({share['conv_seconds'] * 1e3:.0f} of {share['profiled_seconds'] * 1e3:.0f} ms); were everything "
+                      f"({share['conv_seconds'] * 1e3:.0f} of {share['profiled_seconds'] * 1e3:.0f} ms); "
+                      "were everything "
                       f"else free it would run {share['conv_only_per_second']:.1f} img/s, "
                       f"{share['conv_only_of_roofline']:.0%} of the roofline."]
     if result['targets']:

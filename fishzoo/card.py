@@ -1,7 +1,8 @@
 """The model card (``README.md``) of a hub folder: YAML front matter the Hub reads, and the text a person reads."""
 import copy
 import re
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from huggingface_hub import EvalResult, ModelCardData
@@ -59,71 +60,76 @@ def retarget_card(text: str, repo_id: str) -> str:
     return re.sub(r'^(- name: ).*$', rf'\g<1>{name}', text, count=1, flags=re.MULTILINE)
 
 
-def model_card(
-        model: torch.nn.Module,
-        hub_config: Optional[dict] = None,
-        *,
-        repo_id: Optional[str] = None,
-        dataset: Union[str, Tuple[str, str], None] = None,
-        metrics: Optional[Mapping[str, float]] = None,
-        metrics_source: Optional[str] = None,
-        license: Optional[str] = None,
-        tags: Sequence[str] = (),
-        description: Optional[str] = None,
-        base_model: Optional[str] = None,
-) -> str:
-    """The README.md of a hub folder: YAML front matter (library, tags, license, datasets, model-index) and text.
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model card says beyond the model and its config.json.
 
-    Args:
-        hub_config: the folder's config.json contents (its pretrained_cfg describes the saved model's
-            input); the model's own pretrained_cfg if not given.
+    Attributes:
+        repo_id: the Hub repo the folder is for (the snippets load ``hf-hub:REPO_ID``; without it
+            ``local-dir:``, which ``push_to_hub`` rewrites).
         dataset: the training dataset, as a hub id or (hub id, display name).
         metrics: name -> value (e.g. ``{'top1': 78.14}``), written to ``model-index`` and to a table.
         metrics_source: who measured the metrics, when not this folder's own evaluation
             (e.g. 'reported by the FishNet authors, not measured by fishzoo').
+        license: a Hub license id; the model's pretrained_cfg license, else 'other'.
+        tags: extra Hub tags.
+        description: the card's first paragraph.
         base_model: the Hub repo a fine-tune started from (the Hub's model tree).
     """
-    cfg = (hub_config or {}).get('pretrained_cfg') or model.pretrained_cfg
-    arch = (hub_config or {}).get('architecture') or cfg.get('architecture') or type(model).__name__
-    license = license or cfg.get('license') or 'other'
-    dataset_id, dataset_name = (dataset, dataset) if isinstance(dataset, str) else (dataset or (None, None))
+    repo_id: Optional[str] = None
+    dataset: Union[str, Tuple[str, str], None] = None
+    metrics: Optional[Mapping[str, float]] = None
+    metrics_source: Optional[str] = None
+    license: Optional[str] = None
+    tags: Sequence[str] = ()
+    description: Optional[str] = None
+    base_model: Optional[str] = None
+
+    @property
+    def dataset_id_and_name(self) -> Tuple[Optional[str], Optional[str]]:
+        if isinstance(self.dataset, str):
+            return self.dataset, self.dataset
+        return self.dataset or (None, None)
+
+
+def _front_matter(arch: str, cfg: dict, facts: CardFacts, license: str) -> str:
+    """The YAML the Hub reads: library, tags, license, datasets, base model and ``model-index`` metrics."""
+    dataset_id, dataset_name = facts.dataset_id_and_name
     eval_results = None
-    if metrics and dataset_id:
+    if facts.metrics and dataset_id:
         # model-index names a source only together with its url (the original implementation's)
-        source = dict(source_name=metrics_source, source_url=cfg['origin_url']) \
-            if metrics_source and cfg.get('origin_url') else {}
+        source = dict(source_name=facts.metrics_source, source_url=cfg['origin_url']) \
+            if facts.metrics_source and cfg.get('origin_url') else {}
         eval_results = [
             EvalResult(
                 task_type='image-classification', dataset_type=dataset_id, dataset_name=dataset_name,
                 metric_type=METRICS.get(name, (name,))[0], metric_name=_metric_title(name),
                 metric_value=_card_value(name, value), **source)
-            for name, value in metrics.items()]
+            for name, value in facts.metrics.items()]
     card_license = dict(license=license)
     if license == 'unknown':
         card_license = dict(license='other', license_name='no-license-published')
-    data = ModelCardData(
+    return ModelCardData(
         library_name='timm',
         pipeline_tag='image-classification',
-        tags=list(dict.fromkeys(['image-classification', 'timm', 'fishzoo', arch, *tags])),
+        tags=list(dict.fromkeys(['image-classification', 'timm', 'fishzoo', arch, *facts.tags])),
         datasets=[dataset_id] if dataset_id else None,
-        base_model=base_model,
-        model_name=(repo_id or arch).split('/')[-1],
+        base_model=facts.base_model,
+        model_name=(facts.repo_id or arch).split('/')[-1],
         eval_results=eval_results,
         **card_license,
-    )
-    ref = f'hf-hub:{repo_id}' if repo_id else LOCAL_REF
-    params = sum(p.numel() for p in model.parameters())
-    gmacs, activations = _complexity(model, cfg['input_size'])
-    is_fishzoo = type(model).__module__.startswith('fishzoo.')
+    ).to_yaml()
+
+
+def _usage(model: torch.nn.Module, hub_config: dict, cfg: dict, ref: str, is_fishzoo: bool) -> List[str]:
+    """Install, classify an image, feature maps and embeddings: snippets the tests execute."""
     mode = {1: 'L', 4: 'RGBA'}.get(cfg['input_size'][0], 'RGB')  # what the model's input channels read
-    multilabel = bool((hub_config or {}).get('multilabel'))
+    multilabel = bool(hub_config.get('multilabel'))
     activation = 'sigmoid()' if multilabel else 'softmax(-1)'
     install = ['# fishzoo is not on PyPI: install it from its source tree', 'pip install timm /path/to/fishzoo'] \
         if is_fishzoo else ['pip install timm']
+    thresholds = list(hub_config.get('thresholds') or [0.5] * model.num_classes)
     lines = [
-        '---', data.to_yaml(), '---', '',
-        f'# {(repo_id or arch).split("/")[-1]}', '',
-        description or cfg.get('description') or f'A `{arch}` image classifier saved with fishzoo.', '',
         '## Usage', '',
         '```bash', *install, '```', '',
         '### Image classification', '',
@@ -135,9 +141,8 @@ def model_card(
         f"model = timm.create_model('{ref}', pretrained=True).eval()",
         'transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))',
         f"probs = model(transform(Image.open('image.jpg').convert('{mode}')).unsqueeze(0)).{activation}",
-        *(["thresholds = torch.tensor(" + repr(list((hub_config or {}).get('thresholds') or [0.5] * model.num_classes))
-           + ')  # tuned on the validation set (config.json)', 'labels = probs[0] >= thresholds']
-          if multilabel else []),
+        *([f'thresholds = torch.tensor({thresholds!r})  # tuned on the validation set (config.json)',
+           'labels = probs[0] >= thresholds'] if multilabel else []),
         '```', '',
         '### Feature maps and image embeddings', '',
         '```python',
@@ -151,18 +156,27 @@ def model_card(
     if is_fishzoo:
         lines += ['fishzoo registers its architectures with timm when it is installed; no `import fishzoo` is needed.',
                   '']
-    lines += [
+    return lines
+
+
+def _details(model: torch.nn.Module, arch: str, cfg: dict, facts: CardFacts, license: str) -> List[str]:
+    """Architecture, size, input, classes, dataset, lineage, paper and license."""
+    params = sum(p.numel() for p in model.parameters())
+    gmacs, activations = _complexity(model, cfg['input_size'])
+    _, height, width = cfg['input_size']
+    lines = [
         '## Model details', '',
         f'- Architecture: `{arch}` ({params / 1e6:.2f}M parameters)',
-        f"- GMACs: {gmacs:.2f}, activations: {activations:.2f}M (one {cfg['input_size'][1]}x{cfg['input_size'][2]} image)",
-        f"- Input: {cfg['input_size'][1]}x{cfg['input_size'][2]} px, {cfg['input_size'][0]} channels, "
+        f'- GMACs: {gmacs:.2f}, activations: {activations:.2f}M (one {height}x{width} image)',
+        f"- Input: {height}x{width} px, {cfg['input_size'][0]} channels, "
         f"{cfg.get('interpolation')} resize, crop {cfg.get('crop_pct')}",
         f'- Classes: {model.num_classes}',
     ]
+    _, dataset_name = facts.dataset_id_and_name
     if dataset_name:
         lines.append(f'- Dataset: {dataset_name}')
-    if base_model:
-        lines.append(f'- Fine-tuned from: [{base_model}](https://huggingface.co/{base_model})')
+    if facts.base_model:
+        lines.append(f'- Fine-tuned from: [{facts.base_model}](https://huggingface.co/{facts.base_model})')
     if cfg.get('paper_name'):
         lines.append(f"- Paper: {cfg['paper_name']} ({cfg.get('paper_ids', '')})")
     if cfg.get('origin_url'):
@@ -171,12 +185,42 @@ def model_card(
         lines.append('- License: the authors published no license for their code or weights.')
     else:
         lines.append(f'- License: {license}')
-    if metrics:
-        lines += ['', '## Results', '']
-        if metrics_source:
-            lines += [f'Numbers {metrics_source}.', '']
-        lines += ['| metric | value |', '|---|---:|']
-        lines += [f'| {_metric_title(k)} (%) | {_card_value(k, v):.2f} |' for k, v in metrics.items()]
+    return lines
+
+
+def _results(facts: CardFacts) -> List[str]:
+    if not facts.metrics:
+        return []
+    lines = ['', '## Results', '']
+    if facts.metrics_source:
+        lines += [f'Numbers {facts.metrics_source}.', '']
+    lines += ['| metric | value |', '|---|---:|']
+    return lines + [f'| {_metric_title(k)} (%) | {_card_value(k, v):.2f} |' for k, v in facts.metrics.items()]
+
+
+def model_card(model: torch.nn.Module, hub_config: Optional[dict] = None, facts: Optional[CardFacts] = None,
+               **fields) -> str:
+    """The README.md of a hub folder: YAML front matter (library, tags, license, datasets, model-index) and text.
+
+    ``hub_config`` is the folder's config.json contents (its pretrained_cfg describes the saved model's
+    input; the model's own pretrained_cfg if not given). What else the card says is ``facts``, or the
+    :class:`CardFacts` fields as keyword arguments.
+    """
+    facts = facts or CardFacts(**fields)
+    hub_config = hub_config or {}
+    cfg = hub_config.get('pretrained_cfg') or model.pretrained_cfg
+    arch = hub_config.get('architecture') or cfg.get('architecture') or type(model).__name__
+    license = facts.license or cfg.get('license') or 'other'
+    ref = f'hf-hub:{facts.repo_id}' if facts.repo_id else LOCAL_REF
+    is_fishzoo = type(model).__module__.startswith('fishzoo.')
+    lines = [
+        '---', _front_matter(arch, cfg, facts, license), '---', '',
+        f'# {(facts.repo_id or arch).split("/")[-1]}', '',
+        facts.description or cfg.get('description') or f'A `{arch}` image classifier saved with fishzoo.', '',
+        *_usage(model, hub_config, cfg, ref, is_fishzoo),
+        *_details(model, arch, cfg, facts, license),
+        *_results(facts),
+    ]
     for note in cfg.get('notes') or ():
         lines.append(f'\n> {note}')
     if arch.startswith(('fishnet', 'fishnext')):

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import fishzoo
+from fishzoo.deploy.export import DEFAULT_OPSET
 from fishzoo.errors import FishzooError, UserError
-from fishzoo.export import DEFAULT_OPSET
 from fishzoo.images import refuse_bombs_quietly
 
 
@@ -38,10 +38,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from fishzoo.info import format_info, model_info
-    try:
-        info = model_info(args.model)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    info = model_info(args.model)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -101,8 +98,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from fishzoo.hub_folder import check_hub_folder
     from fishzoo.loading import resolve_source
-    from fishzoo.models._hub_folder import check_hub_folder
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -120,7 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from fishzoo.export import export_and_verify, export_folder
+    from fishzoo.deploy.export import export_and_verify, export_folder
     from fishzoo.loading import load_model, resolve_source
     source = resolve_source(args.model)
     model = load_model(args.model, pretrained=args.pretrained or source.has_weights).eval()
@@ -137,7 +134,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if single_file:  # one self-contained file, as before folders: labels and preprocessing in its metadata
         result = export_and_verify(model, args.output, input_size, opset=args.opset, dynamic=not args.static,
                                    verify=not args.no_verify)
-        shape = 'dynamic batch and spatial size' if not args.static else f'fixed input 2x{"x".join(map(str, input_size))}'
+        shape = ('dynamic batch and spatial size' if not args.static
+                 else f'fixed input 2x{"x".join(map(str, input_size))}')
         print(f"wrote {args.output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
         for size, rel in result.get('max_rel_diff', {}).items():
             print(f'  onnxruntime vs PyTorch at {size}: {rel:.1e} relative')
@@ -187,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser('convert', help="convert the FishNet authors' (or pytorchcv's) checkpoint to a hub folder")
-    p.add_argument('arch', metavar='ARCH', help='fishnet99, fishnet150, fishnet201, or a tag such as fishnet150.in1k_ls')
+    p.add_argument('arch', metavar='ARCH',
+                   help='fishnet99, fishnet150, fishnet201, or a tag such as fishnet150.in1k_ls')
     p.add_argument('checkpoint', metavar='CHECKPOINT', help="the authors' .tar file (a torch.save pickle)")
     p.add_argument('--output-dir', required=True, help='where to write config.json, model.safetensors, README.md')
     p.add_argument('--push-to-hub', metavar='REPO_ID', help='also upload the folder to this Hub repo')

@@ -13,7 +13,7 @@ from typing import Optional, Union
 import timm
 from timm.data import ImageNetInfo
 
-from fishzoo.errors import ConversionError, ModelLoadError
+from fishzoo.errors import ConversionError
 from fishzoo.hub import push_to_hub as _push_to_hub
 from fishzoo.hub import save_pretrained
 from fishzoo.loading import load_model
@@ -49,12 +49,9 @@ def convert_fishnet(
         raise ConversionError(f'{checkpoint}: no such checkpoint file')
     if (output_dir / 'model.safetensors').exists() and not overwrite:
         raise ConversionError(f'{output_dir} already holds a model; pass --overwrite to replace it')
-    try:
-        # the message names the file: a refused pickle, a corrupted file, another architecture
-        model = load_model(name, pretrained=True, label=f'converting as {name.split(".")[0]}',
-                           pretrained_cfg_overlay=dict(file=str(checkpoint)))
-    except ModelLoadError as e:
-        raise ConversionError(str(e)) from None
+    # a ModelLoadError names the file: a refused pickle, a corrupted file, another architecture
+    model = load_model(name, pretrained=True, label=f'converting as {name.split(".")[0]}',
+                       pretrained_cfg_overlay=dict(file=str(checkpoint)))
     top1, top5 = REPORTED_ACCURACY[name]
     info = ImageNetInfo()
     save_pretrained(

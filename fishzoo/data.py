@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from timm.data.readers.reader_image_folder import find_images_and_targets
 
 from fishzoo.errors import DataError, describe
@@ -69,6 +70,13 @@ class TrainValData:
 
 
 # --- splitting -----------------------------------------------------------------------------------
+
+def eval_transform(pretrained_cfg: dict) -> Callable:
+    """The eval transform a model's ``pretrained_cfg`` describes (resize, center crop, normalize): how
+    ``fishzoo predict``, the exports' calibration and their accuracy checks read an image."""
+    config = resolve_data_config(pretrained_cfg=pretrained_cfg)
+    return create_transform(**{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+
 
 def stratified_split(targets: Sequence, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
     """Train/val indices: stratified for class indices, iterative-stratified for multi-hot targets."""
@@ -165,7 +173,7 @@ def write_digits_multilabel(root: Union[str, Path], images: int = 600, empty_slo
     return root / 'labels.csv'
 
 
-def _folder_samples(folder: Path, flag: str, class_to_idx=None):
+def folder_samples(folder: Path, flag: str, class_to_idx=None):
     if not folder.is_dir():
         raise DataError(f'{flag} {folder}: no such directory')
     samples, class_to_idx = find_images_and_targets(str(folder), types=IMAGE_EXTENSIONS, class_to_idx=class_to_idx)
@@ -210,13 +218,13 @@ def image_folder_data(
             only_val = sorted(set(val_classes) - set(train_classes))
             raise DataError(f'the class folders of {train_dir} and {val_dir} differ: '
                             f'only in train: {only_train or "none"}; only in val: {only_val or "none"}')
-        train, class_to_idx = _folder_samples(train_dir, '--data-dir')
-        val, _ = _folder_samples(val_dir, '--data-dir', class_to_idx)
+        train, class_to_idx = folder_samples(train_dir, '--data-dir')
+        val, _ = folder_samples(val_dir, '--data-dir', class_to_idx)
     else:
         if val_fraction is None:
             raise DataError(f'--data-dir {data_dir} has no train/ and val/ sub-folders; '
                             'give --val-split to split a single class-folder tree')
-        samples, class_to_idx = _folder_samples(train_dir if train_dir.is_dir() else data_dir, '--data-dir')
+        samples, class_to_idx = folder_samples(train_dir if train_dir.is_dir() else data_dir, '--data-dir')
         train_idx, val_idx = stratified_split([t for _, t in samples], val_fraction, seed)
         train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
     train, bad_train = drop_unreadable(train, strict)
@@ -276,7 +284,7 @@ def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = 
     return [(str(image), labels) for _, image, labels in rows]
 
 
-def _multi_hot(rows, class_names: List[str], path) -> List[np.ndarray]:
+def multi_hot(rows, class_names: List[str], path) -> List[np.ndarray]:
     index = {c: i for i, c in enumerate(class_names)}
     targets = []
     for image, labels in rows:
@@ -307,7 +315,7 @@ def csv_data(
         class_names = sorted({label for _, labels in train_rows + (val_rows or []) for label in labels})
     if not class_names:
         raise DataError(f'{train_csv}: no labels in any row; give the class list with --classes')
-    train_targets = _multi_hot(train_rows, class_names, train_csv)
+    train_targets = multi_hot(train_rows, class_names, train_csv)
     if val_rows is None:
         if val_fraction is None:
             raise DataError('give --val-csv, or --val-split to split --train-csv')
@@ -315,7 +323,7 @@ def csv_data(
         val_rows, val_targets = [train_rows[i] for i in val_idx], [train_targets[i] for i in val_idx]
         train_rows, train_targets = [train_rows[i] for i in train_idx], [train_targets[i] for i in train_idx]
     else:
-        val_targets = _multi_hot(val_rows, class_names, val_csv)
+        val_targets = multi_hot(val_rows, class_names, val_csv)
     train, bad_train = drop_unreadable([(p, t) for (p, _), t in zip(train_rows, train_targets)], strict)
     val, bad_val = drop_unreadable([(p, t) for (p, _), t in zip(val_rows, val_targets)], strict)
     return TrainValData(

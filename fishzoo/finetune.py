@@ -25,16 +25,18 @@ turned into ``FrozenBatchNorm2d``), ``full`` (everything trains, ``--layer-decay
 ``freeze`` / ``unfreeze`` do, since the optimizer (and DDP) hold the original parameters; it switches
 ``requires_grad`` and keeps the BatchNorm layers of frozen stages in eval mode instead.
 
-For multi-label models, :func:`tune_thresholds` picks decision thresholds on validation probabilities.
+Multi-label metrics and threshold tuning live in :mod:`fishzoo.metrics`.
 """
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from timm.models import group_parameters
 from timm.utils import freeze
+
+from fishzoo.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def stage_groups(model: nn.Module) -> List[List[str]]:
     groups = group_parameters(model, model.group_matcher(coarse=True))
     ordered = [groups[k] for k in sorted(groups)]
     if not set(classifier_names(model)) <= set(ordered[-1]):
-        raise ValueError(f'{type(model).__name__}: the classifier is not in the last group of its group_matcher')
+        raise ConfigError(f'{type(model).__name__}: the classifier is not in the last group of its group_matcher')
     return ordered
 
 
@@ -119,12 +121,12 @@ class GradualUnfreezer:
 
     def __init__(self, model: nn.Module, freeze_epochs: int = 1, optimizer: Optional[torch.optim.Optimizer] = None):
         if freeze_epochs < 0:
-            raise ValueError(f'freeze_epochs must be >= 0, got {freeze_epochs}')
+            raise ConfigError(f'freeze_epochs must be >= 0, got {freeze_epochs}')
         if optimizer is not None:
             held = {id(p) for group in optimizer.param_groups for p in group['params']}
             missing = [n for n, p in model.named_parameters() if id(p) not in held]
             if missing:
-                raise ValueError(f'the optimizer does not hold {len(missing)} parameters (first: {missing[0]}); '
+                raise ConfigError(f'the optimizer does not hold {len(missing)} parameters (first: {missing[0]}); '
                                  'create it over all parameters before the GradualUnfreezer')
         self.model = model
         self.freeze_epochs = freeze_epochs
@@ -175,48 +177,6 @@ def _stay_in_eval(module, args):
 
 
 # --- multi-label ---------------------------------------------------------------------------------
-
-def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, thresholds=0.5) -> Dict[str, float]:
-    """Micro/macro F1, mean average precision and subset accuracy (scikit-learn) at ``thresholds``."""
-    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
-    predicted = probs >= np.asarray(thresholds)
-    present = targets.sum(0) > 0  # AP is undefined for a class without positives
-    return dict(
-        f1_micro=float(f1_score(targets, predicted, average='micro', zero_division=0)),
-        f1_macro=float(f1_score(targets, predicted, average='macro', zero_division=0)),
-        map=float(average_precision_score(targets[:, present], probs[:, present], average='macro'))
-        if present.any() else float('nan'),
-        subset_acc=float(accuracy_score(targets, predicted)),
-    )
-
-
-THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.005), 3)
-
-
-def tune_thresholds(probs: np.ndarray, targets: np.ndarray, mode: str = 'global') -> List[float]:
-    """Decision thresholds that maximise F1 on (validation) probabilities.
-
-    ``global``: one threshold for every class, maximising micro F1. ``per-class``: each class's own,
-    maximising that class's F1 (classes without positives keep 0.5).
-    """
-    from sklearn.metrics import f1_score
-    targets = targets.astype(bool)
-    if mode == 'global':
-        scores = [f1_score(targets, probs >= t, average='micro', zero_division=0) for t in THRESHOLD_GRID]
-        return [float(THRESHOLD_GRID[int(np.argmax(scores))])] * probs.shape[1]
-    if mode != 'per-class':
-        raise ValueError(f"threshold tuning must be 'global' or 'per-class', got {mode!r}")
-    out = []
-    for c in range(probs.shape[1]):
-        if not targets[:, c].any():
-            out.append(0.5)
-            continue
-        predicted = probs[:, c][None, :] >= THRESHOLD_GRID[:, None]
-        tp = (predicted & targets[:, c]).sum(1)
-        f1 = 2 * tp / (predicted.sum(1) + targets[:, c].sum())
-        out.append(float(THRESHOLD_GRID[int(np.argmax(f1))]))
-    return out
-
 
 def one_hot_targets(targets: Sequence[int], num_classes: int) -> List[np.ndarray]:
     eye = np.eye(num_classes, dtype=np.float32)

@@ -16,16 +16,16 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from timm.models import save_for_hf
 
-from fishzoo import __version__
-from fishzoo.card import model_card, retarget_card
-from fishzoo.errors import HubFolderError, HubUploadError, describe  # noqa: F401  (users catch them from here)
-from fishzoo.models._hub_folder import WEIGHT_FILES, check_hub_folder, read_hub_config, sha256_file  # noqa: F401
+from fishzoo.card import CardFacts, model_card, retarget_card
+from fishzoo.errors import ConfigError, HubFolderError, HubUploadError, describe  # noqa: F401  (users catch them from here)
+from fishzoo.hub_folder import WEIGHT_FILES, check_hub_folder, read_hub_config, sha256_file  # noqa: F401
+from fishzoo.version import __version__
 
 _logger = logging.getLogger(__name__)
 
@@ -49,24 +49,22 @@ def save_pretrained(
         label_descriptions: Optional[Dict[str, str]] = None,
         data_config: Optional[dict] = None,
         extra_config: Optional[dict] = None,
-        repo_id: Optional[str] = None,
-        dataset: Union[str, Tuple[str, str], None] = None,
-        metrics: Optional[Mapping[str, float]] = None,
-        metrics_source: Optional[str] = None,
-        license: Optional[str] = None,
-        tags: Sequence[str] = (),
-        description: Optional[str] = None,
-        base_model: Optional[str] = None,
+        **card_facts,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
 
     ``label_names`` (one per class) and ``extra_config`` go into ``config.json``; ``data_config``
-    overrides the preprocessing recorded in its pretrained_cfg. The card arguments are those of
-    :func:`model_card`.
+    overrides the preprocessing recorded in its pretrained_cfg. The other keyword arguments are what the
+    card says, the fields of :class:`fishzoo.card.CardFacts` (``repo_id``, ``dataset``, ``metrics``,
+    ``metrics_source``, ``license``, ``tags``, ``description``, ``base_model``).
     """
+    try:
+        facts = CardFacts(**card_facts)
+    except TypeError as e:
+        raise ConfigError(f'save_pretrained: {e}') from None
     save_dir = Path(save_dir)
     if label_names is not None and len(label_names) != model.num_classes:
-        raise ValueError(f'label_names has {len(label_names)} names but the model has {model.num_classes} classes')
+        raise ConfigError(f'label_names has {len(label_names)} names but the model has {model.num_classes} classes')
     model_config = dict(extra_config or {})
     if label_names is not None:
         model_config['label_names'] = list(label_names)
@@ -81,9 +79,7 @@ def save_pretrained(
     # lets check_hub_folder tell a truncated or bit-flipped weights file from a good one
     hub_config['weights_sha256'] = sha256_file(save_dir / 'model.safetensors')
     (save_dir / 'config.json').write_text(json.dumps(hub_config, indent=2))
-    card = model_card(
-        model, hub_config, repo_id=repo_id, dataset=dataset, metrics=metrics, metrics_source=metrics_source, license=license,
-        tags=tags, description=description, base_model=base_model)
+    card = model_card(model, hub_config, facts)
     (save_dir / 'README.md').write_text(card, encoding='utf-8')
     # the demo page: the folder runs as a Gradio Space as it is (fishzoo demo FOLDER serves it locally)
     shutil.copyfile(Path(__file__).with_name('space_app.py'), save_dir / 'app.py')

@@ -15,8 +15,14 @@ import torch.nn as nn
 from safetensors import SafetensorError
 
 from fishzoo.errors import (
-    CheckpointError, FishzooError, HubFolderError, ModelLoadError, PretrainedWeightsUnavailable, describe)
-from fishzoo.models._hub_folder import check_hub_folder, hub_repo_folder
+    CheckpointError,
+    FishzooError,
+    HubFolderError,
+    ModelLoadError,
+    PretrainedWeightsUnavailable,
+    describe,
+)
+from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
 
 LOCAL_DIR, HF_HUB = 'local-dir:', 'hf-hub:'
 

@@ -13,18 +13,12 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from fishzoo.errors import DataError, ModelLoadError, PredictError, first_line
+from fishzoo.data import eval_transform
+from fishzoo.deploy.runtime import BACKENDS, detect_backend, load_runner
+from fishzoo.errors import DataError, PredictError, first_line
+from fishzoo.hub_folder import read_hub_config
 from fishzoo.images import IMAGE_EXTENSIONS, image_mode, load_image
-from fishzoo.loading import load_model as _load_model
-from fishzoo.loading import resolve_source
-
-
-def load_model(model_or_dir: str):
-    """The model in eval mode with its weights (a folder's, a hub repo's, or a timm name's pretrained ones)."""
-    try:
-        return _load_model(model_or_dir, pretrained=True).eval()
-    except ModelLoadError as e:
-        raise PredictError(str(e)) from None
+from fishzoo.loading import load_model, resolve_source
 
 
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
@@ -65,16 +59,12 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
 
 def _exported(model_or_dir: str, backend: str):
     """(logits function, config.json) of an exported folder for ``backend``."""
-    from fishzoo.runtime import load_runner, read_export_config
     folder = resolve_source(model_or_dir).folder
     if folder is None or not folder.is_dir():
         raise PredictError(f'{model_or_dir}: --backend {backend} runs an exported folder '
                            f'(`fishzoo export MODEL --format {backend} -o DIR`), not a model name')
-    try:
-        config = read_export_config(folder)
-        run = load_runner(folder, backend)
-    except ModelLoadError as e:
-        raise PredictError(str(e)) from None
+    config = read_hub_config(folder)
+    run = load_runner(folder, backend)
     return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
 
 
@@ -88,15 +78,13 @@ def predict(
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
     folders and glob patterns (:func:`expand_images`). ``backend``: 'torch', 'onnx' or 'openvino' (an
     exported folder); None picks what the folder holds."""
-    from fishzoo.calibration import eval_transform
-    from fishzoo.runtime import BACKENDS, detect_backend
     images = expand_images(images)
     if backend is None:
         backend = detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
     if backend == 'torch':
-        model = load_model(model_or_dir)
+        model = load_model(model_or_dir, pretrained=True).eval()
         num_classes, cfg = model.num_classes, model.pretrained_cfg
     else:
         model, folder_config = _exported(model_or_dir, backend)
@@ -116,8 +104,8 @@ def predict(
                 raise PredictError(f'{image}: no such image file')
             try:
                 batch.append(transform(load_image(image, mode)))
-            except DataError as e:  # names the image: unreadable, or refused as a decompression bomb
-                raise PredictError(str(e)) from None
+            except DataError:  # names the image already: unreadable, or refused as a decompression bomb
+                raise
             except (OSError, ValueError) as e:
                 raise PredictError(f'{image}: unreadable image ({first_line(e)})') from None
         with torch.no_grad():

@@ -47,7 +47,8 @@ def served(trained_run):
 def test_demo_page_in_a_browser(served, trained_run, image_dataset):
     """Upload an image on the page, press Submit, read the labels: the same top label and probability as
     fishzoo predict."""
-    assert CHROMIUM and CHROMEDRIVER, "the demo test needs Debian's chromium and chromium-driver (.ci/run installs them)"
+    assert CHROMIUM and CHROMEDRIVER, \
+        "the demo test needs Debian's chromium and chromium-driver (.ci/run installs them)"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By

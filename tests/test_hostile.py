@@ -50,8 +50,8 @@ from safetensors.torch import load_file
 import fishzoo  # noqa: F401
 from fishzoo import data
 from fishzoo.cli import main as cli_main
-from fishzoo.hub import HubFolderError, HubUploadError, push_to_hub, read_hub_config, save_pretrained
 from fishzoo.errors import CheckpointError
+from fishzoo.hub import HubFolderError, HubUploadError, push_to_hub, read_hub_config, save_pretrained
 from fishzoo.train import STATE_FILE, checkpoint_dirs, main
 from tests.conftest import TRAIN_ARGS
 

@@ -19,12 +19,12 @@ from urllib.parse import urlparse
 import torch
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg
+
 # private to timm: pyproject pins timm to the minor release these are tested with
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 
-from fishzoo.errors import CheckpointError, HubFolderError, PretrainedWeightsUnavailable, describe
-
-from ._hub_folder import check_hub_folder, hub_repo_folder
+from fishzoo.errors import CheckpointError, PretrainedWeightsUnavailable, describe
+from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
 
 __all__ = ['build_model', 'validate_state_dict', 'CheckpointError', 'PretrainedWeightsUnavailable']
 
@@ -142,10 +142,7 @@ def _build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
                 f'{variant} has no pretrained weights (none are published for it; timm.list_pretrained() lists '
                 'those that are); build it without pretrained=True, or load a trained folder with local-dir:PATH')
         if load_from in ('local-dir', 'hf-hub'):
-            try:
-                check_hub_folder(location if load_from == 'local-dir' else hub_repo_folder(location))
-            except HubFolderError as e:
-                raise CheckpointError(str(e)) from None
+            check_hub_folder(location if load_from == 'local-dir' else hub_repo_folder(location))
         where = location if load_from in ('file', 'local-dir', 'hf-hub') else f'the {load_from} weights'
         try:
             return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

@@ -75,7 +75,7 @@ def Ints(low: int, high: int, max_len: int) -> Arg:  # noqa: N802
 NAME = Arg('name')
 
 # what every timm classifier takes; 10^6 classes is past any real label set, and the weights' own
-# shapes are checked afterwards anyway (fishzoo.models._hub_folder)
+# shapes are checked afterwards anyway (fishzoo.hub_folder)
 COMMON_ARGS: Dict[str, Arg] = dict(
     num_classes=Int(0, 1_000_000),
     in_chans=Int(1, 1024),

@@ -56,8 +56,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    DropPath, LayerType, calculate_drop_path_rates, create_act_layer, create_classifier, get_norm_act_layer)
+    DropPath,
+    LayerType,
+    calculate_drop_path_rates,
+    create_act_layer,
+    create_classifier,
+    get_norm_act_layer,
+)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+
 # private to timm: pyproject pins timm to the minor release this is tested with
 from timm.models._features import feature_take_indices
 

@@ -38,10 +38,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerType, calculate_drop_path_rates, create_classifier, make_divisible
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+
 # private to timm: pyproject pins timm to the minor release this is tested with
 from timm.models._features import feature_take_indices
 

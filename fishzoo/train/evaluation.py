@@ -1,23 +1,16 @@
 """Validation: logits gathered from every process (each image once), and the metrics a run reports.
 
 Single-label: loss, top-1 and top-5 (timm's ``accuracy``). Multi-label: loss, micro/macro F1, mAP and
-subset accuracy (scikit-learn, through ``fishzoo.finetune.multilabel_metrics``).
+subset accuracy (:mod:`fishzoo.metrics`).
 """
 from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from timm.utils import accuracy
 from tqdm.auto import tqdm
 
-from fishzoo.finetune import multilabel_metrics, tune_thresholds
-
-
-def single_label_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
-    k = min(5, logits.shape[1])
-    top1, top5 = accuracy(logits, targets, topk=(1, k))
-    return dict(loss=nn.functional.cross_entropy(logits, targets).item(), top1=top1.item(), top5=top5.item())
+from fishzoo.metrics import multilabel_metrics, single_label_metrics, tune_thresholds
 
 
 @torch.no_grad()

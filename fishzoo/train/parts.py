@@ -9,26 +9,26 @@ import json
 import logging
 import math
 import pickle
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from accelerate import PartialState
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from timm.data import Mixup, create_transform, resolve_input_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torchvision import transforms as T
 
 from fishzoo import data
-from fishzoo.errors import CheckpointError, ConfigError, FishzooError, ModelLoadError, describe
+from fishzoo.errors import CheckpointError, ConfigError, FishzooError, describe
 from fishzoo.finetune import classifier_names, freeze_backbone, one_hot_targets
+from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
 from fishzoo.loading import load_model, resolve_source
-from fishzoo.models._hub_folder import check_hub_folder, hub_repo_folder
 
 from .lr_find import lr_range_test
 from .recipes import Situation, apply_recipe, choose_recipe, min_positives
@@ -158,12 +158,9 @@ def load_data(args: argparse.Namespace) -> data.TrainValData:
 
 def create_model(args: argparse.Namespace, num_classes: int, class_names: Optional[List[str]] = None) -> nn.Module:
     """The model with a head for ``num_classes``; a pretrained head for other classes is re-initialised."""
-    try:
-        model = load_model(args.model, pretrained=args.pretrained, label=f'--model {args.model}',
-                           num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
-                           drop_path_rate=args.drop_path)
-    except ModelLoadError as e:
-        raise ConfigError(str(e)) from None
+    model = load_model(args.model, pretrained=args.pretrained, label=f'--model {args.model}',
+                       num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
+                       drop_path_rate=args.drop_path)
     if args.pretrained:
         source_classes = model.pretrained_cfg.get('num_classes')
         source_names = model.pretrained_cfg.get('label_names')

@@ -34,8 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 _logger = logging.getLogger('fishzoo.train')
 
-RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'app.py', 'requirements.txt', 'metrics.json', 'curves.png',
-             'thresholds.json')
+RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'app.py', 'requirements.txt', 'metrics.json',
+             'curves.png', 'thresholds.json')
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from fishzoo.errors import TrainingStopped
-from fishzoo.finetune import GradualUnfreezer, multilabel_metrics, trainable_parameters, tune_thresholds
+from fishzoo.finetune import GradualUnfreezer, trainable_parameters
 from fishzoo.loading import resolve_source
+from fishzoo.metrics import multilabel_metrics, tune_thresholds
 
 from .checkpoints import CheckpointStore
 from .evaluation import metrics_of, predict_loader

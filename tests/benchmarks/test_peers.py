@@ -75,7 +75,8 @@ def test_target_evaluation():
         c = measure.Case(section, 'fishnet150', impl.value, run.value, 8, 224, 6.4, lambda: None, samples=[rate])
         c.peak_mb = peak
         return pb.CaseKey(section, impl, run), c
-    roofline = measure.Case('roofline', 'conv', 'torch', 'eager', 1, 56, 10.0, lambda: None, samples=[12.0])  # 240 GFLOP/s
+    # 240 GFLOP/s
+    roofline = measure.Case('roofline', 'conv', 'torch', 'eager', 1, 56, 10.0, lambda: None, samples=[12.0])
     cases = pb.Cases('fishnet150')
     for key, c in [case(pb.Impl.FISHZOO, pb.Run.FAST, 14.0), case(pb.Impl.FISHZOO, pb.Run.EAGER_CL, 10.5),
                    case(pb.Impl.PYTORCHCV, pb.Run.EAGER_NCHW, 10.0), case(pb.Impl.PYTORCHCV, pb.Run.EAGER_CL, 11.0),
@@ -134,7 +135,8 @@ def test_saved_activation_bytes_counts_distinct_non_parameters():
 
 
 def test_script_readme_missing(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / 'peers.py'), '--quick', '--readme', str(tmp_path / 'nope.md')],
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / 'peers.py'), '--quick', '--readme',
+                           str(tmp_path / 'nope.md')],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and 'no such file' in proc.stderr
 

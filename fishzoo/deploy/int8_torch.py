@@ -19,9 +19,11 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
-from fishzoo.calibration import LabelledImages, as_batches
 from fishzoo.errors import QuantizeError, describe
-from fishzoo.inference import InferenceModel, select_fast_path
+
+from .calibration import LabelledImages, as_batches
+from .fast_path import InferenceModel, select_fast_path
+from .runtime import require
 
 _logger = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ _QDQ_NAMES = ('quantize_per_tensor', 'dequantize_per_tensor', 'quantize_per_chan
 # ops that only move or reshape data: not worth counting as fp32 compute
 _DATA_MOVEMENT = {'view', 'reshape', 'flatten', 'permute', 'contiguous', 'clone', 'getitem', 'size', 'sym_size',
                   'alias', 'expand', 'slice', 'squeeze', 'unsqueeze', 'detach', '_assert_tensor_metadata', 'sym_numel',
-                  'floordiv', 'sym_float', 'sym_int', 'truediv', 'mod', 'eq', 'ge', 'le', 'lt', 'gt', 'sym_max', 'sym_min'}
+                  'floordiv', 'sym_float', 'sym_int', 'truediv', 'mod', 'eq', 'ge', 'le', 'lt', 'gt', 'sym_max',
+                  'sym_min'}
 
 
 # activations the x86 quantizer fuses into an int8 convolution (its conv + unary patterns); others (Mish)
@@ -40,6 +43,7 @@ _FUSED_UNARY = {'relu', 'relu_', 'relu6', 'hardtanh', 'hardtanh_', 'hardswish', 
 
 def _require_torchao():
     # torchao registers an Enum with torch's pytree at import, which torch 2.14 logs as deprecated
+    require('torchao', 'deploy', 'fishzoo.quantize', QuantizeError)
     pytree_log = logging.getLogger('torch.utils._pytree')
     level = pytree_log.level
     pytree_log.setLevel(logging.ERROR)
@@ -48,8 +52,6 @@ def _require_torchao():
             warnings.simplefilter('ignore')
             from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
             from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-    except ImportError:
-        raise QuantizeError("fishzoo.quantize needs torchao: pip install 'fishzoo[deploy]'") from None
     finally:
         pytree_log.setLevel(level)
     return prepare_pt2e, convert_pt2e, xiq
@@ -115,7 +117,7 @@ def quantize(
         max_batches: int = 32,
 ) -> QuantizedModel:
     """An int8 copy of ``model`` calibrated on ``calibration``: a (N, C, H, W) tensor, a loader (or any
-    iterable) of image tensors or ``(images, targets)`` pairs, or :func:`fishzoo.calibration.calibration_images`.
+    iterable) of image tensors or ``(images, targets)`` pairs, or :func:`fishzoo.deploy.calibration.calibration_images`.
 
     Images must be preprocessed as for the model (its eval transform). ``compile=False`` keeps the converted
     graph eager: same numbers, no int8 speed (useful where no C++ compiler is installed). The first call of a
@@ -156,7 +158,8 @@ def quantize(
         raise QuantizeError(f'the int8 quantizer failed on {type(model).__name__} ({describe(e, 200)})') from None
     report = quantization_report(converted)
     if not report['int8']:
-        raise QuantizeError(f'{type(model).__name__}: the quantizer found no convolution or linear layer to run in int8')
+        raise QuantizeError(f'{type(model).__name__}: the quantizer found no convolution or linear layer '
+                            'to run in int8')
     fast_path = replace(select_fast_path('cpu', compile=compile), channels_last=True)
     compiled = torch.compile(converted) if fast_path.compile else None
     _logger.info('int8: %s in int8, fp32 left: %s', dict(report['int8']), dict(report['fp32']) or 'nothing')

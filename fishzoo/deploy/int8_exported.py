@@ -18,9 +18,11 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from fishzoo.calibration import LabelledImages, agreement, score
 from fishzoo.errors import QuantizeError, describe
-from fishzoo.runtime import Runner, require
+from fishzoo.metrics import agreement, score
+
+from .calibration import LabelledImages
+from .runtime import INPUT_NAME, Runner, onnx_runner, openvino_runner, require
 
 _logger = logging.getLogger(__name__)
 
@@ -101,7 +103,6 @@ def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[La
         raise QuantizeError(f'OpenVINO int8 quantization failed ({describe(e, 200)})') from None
     if validation is None:
         return quantized, None
-    from fishzoo.runtime import openvino_runner
 
     def checked(candidate) -> Int8Accuracy:
         with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +153,6 @@ class _Reader:
 
 def _quantize_onnx(src: Path, dst: Path, batches: List[np.ndarray], exclude: Sequence[str] = ()) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from fishzoo.export import INPUT_NAME
     # quantize_static logs a pre-processing hint on the root logger: the exporter already folded BatchNorm
     # and inferred shapes, which is what that pre-processing does
     root = logging.getLogger()
@@ -188,10 +188,10 @@ def _activation_damage(quantized: Path, batches: List[np.ndarray]) -> List[str]:
     calibration batches; weights are quantized per channel and left out)."""
     import onnx
     import onnxruntime as ort
-    from fishzoo.export import INPUT_NAME
     model = onnx.load(str(quantized))
     graph = model.graph
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == 'Constant' for o in n.output}
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == 'Constant' for o in n.output}
     quantize_of = {n.output[0]: n.input[0] for n in graph.node if n.op_type == 'QuantizeLinear'}
     pairs = [(quantize_of[n.input[0]], n.output[0]) for n in graph.node
              if n.op_type == 'DequantizeLinear' and n.input[0] in quantize_of
@@ -246,7 +246,6 @@ def onnx_int8(src: Union[str, Path], dst: Union[str, Path], calibration: Labelle
     measured accuracy."""
     require('onnxruntime', 'onnx', 'ONNX int8')
     import onnx
-    from fishzoo.runtime import onnx_runner
     src, dst = Path(src), Path(dst)
     batches = [b.numpy() for b in calibration.batches(8)]
     try:

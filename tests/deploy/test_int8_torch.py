@@ -7,7 +7,7 @@ import torch.nn as nn
 from fishzoo.errors import QuantizeError
 
 pytest.importorskip('torchao')
-from fishzoo.quantization import QuantizedModel, quantize, quantization_report  # noqa: E402
+from fishzoo.deploy.int8_torch import QuantizedModel, quantization_report, quantize  # noqa: E402
 
 
 def _relative(a, b):

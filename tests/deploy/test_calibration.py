@@ -1,12 +1,10 @@
 """Calibration and validation images for int8: sources, the model's eval transform, label mapping, mistakes."""
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fishzoo.calibration import (
-    DIGITS, agreement, as_batches, calibration_images, score, validation_images)
 from fishzoo.data import digits_data
+from fishzoo.deploy.calibration import DIGITS, as_batches, calibration_images, validation_images
 from fishzoo.errors import QuantizeError
 
 CFG = dict(input_size=(3, 24, 24), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation='bilinear',
@@ -75,13 +73,7 @@ def test_multilabel_validation_csv(tmp_path):
         validation_images(tmp_path / 'val.csv', CFG, ['a', 'b', 'c'], 3, multilabel=False)
 
 
-def test_as_batches_and_metrics():
+def test_as_batches():
     assert [b.shape[0] for b in as_batches(torch.zeros(40, 3, 8, 8), batch_size=16)] == [16, 16, 8]
     with pytest.raises(QuantizeError, match='no calibration images'):
         as_batches(torch.zeros(0, 3, 8, 8))
-    logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
-    assert score(logits, np.array([0, 1, 1]), False) == pytest.approx(200 / 3)
-    assert agreement(logits, logits[:, ::-1], False) == 0
-    multi = np.array([[3.0, -3.0], [-3.0, -3.0]])
-    assert score(multi, np.array([[1, 0], [0, 0]]), True) == 100
-    assert agreement(multi, np.array([[3.0, 3.0], [-3.0, -3.0]]), True) == 50

@@ -10,7 +10,7 @@ import torch
 from timm.utils import reparameterize_model
 
 import fishzoo
-from fishzoo.inference import FastPath, InferenceModel, retain_freed_memory, select_fast_path
+from fishzoo.deploy.fast_path import FastPath, InferenceModel, retain_freed_memory, select_fast_path
 from tests.helpers.models import set_bn_statistics
 
 

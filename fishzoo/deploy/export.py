@@ -9,7 +9,8 @@ OpenVINO converts the folded model with ``openvino.convert_model`` (batch, heigh
 A folder holds the model file (``model.onnx`` or ``openvino_model.xml``/``.bin``), the source model's
 ``config.json`` (preprocessing, label names, thresholds) with an ``export`` record, and a README card with
 the measured int8 accuracy; ``fishzoo predict FOLDER --backend onnx|openvino`` runs it. ``--int8`` quantizes
-after export (``fishzoo.int8``), calibrated on ``--calib-data`` and, with ``--val-data``, accuracy-aware.
+after export (:mod:`fishzoo.deploy.int8_exported`), calibrated on ``--calib-data`` and, with ``--val-data``,
+accuracy-aware.
 """
 import json
 import shutil
@@ -23,17 +24,18 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
+from fishzoo.card import export_card
 from fishzoo.errors import ExportError, describe
 
+from .calibration import LabelledImages, calibration_images, validation_images
+from .int8_exported import onnx_int8, openvino_int8
+from .runtime import BACKEND_FILES, INPUT_NAME, OUTPUT_NAME, onnx_runner, onnx_session, openvino_runner, require
+
 DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the issue allows
-INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'
-
-
 FORMATS = ('onnx', 'openvino')
 
 
 def _require(*modules: str, extra: str = 'onnx', what: str = 'ONNX export') -> None:
-    from fishzoo.runtime import require
     for module in modules:
         require(module, extra, what, ExportError)
 
@@ -90,17 +92,6 @@ def describe_onnx(path: Path, model: nn.Module) -> None:
     onnx.save(proto, str(path))
 
 
-def onnx_session(path: Union[str, Path], threads: Optional[int] = None):
-    """An onnxruntime CPU session with every graph optimisation, on ``threads`` intra-op threads."""
-    _require('onnxruntime')
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-
-
 def verify_onnx(
         path: Union[str, Path],
         model: nn.Module,
@@ -108,7 +99,7 @@ def verify_onnx(
         tolerance: float = 1e-4,
 ) -> Dict[str, float]:
     """Max relative difference between onnxruntime and PyTorch at each input shape; raises above ``tolerance``."""
-    session = onnx_session(path)
+    session = onnx_session(path, error=ExportError)
     model = model.eval()
     errors = {}
     g = torch.Generator().manual_seed(0)
@@ -209,11 +200,8 @@ def export_folder(
         verify: bool = True,
 ) -> Dict:
     """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``: a folder, CSV or
-    'digits' as for the command line, or :class:`fishzoo.calibration.LabelledImages`; ``val_data`` likewise);
+    'digits' as for the command line, or :class:`fishzoo.deploy.calibration.LabelledImages`; ``val_data`` likewise);
     returns the ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
-    from fishzoo.calibration import LabelledImages, calibration_images, validation_images
-    from fishzoo.card import export_card
-    from fishzoo.runtime import BACKEND_FILES, onnx_runner, openvino_runner
     if fmt not in FORMATS:
         raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
     if not 0 <= max_drop <= 100:
@@ -254,7 +242,6 @@ def export_folder(
             record['max_rel_diff_fp32'] = verify_onnx(fp32_path, model, shapes)
         record['opset'] = opset
         if int8:
-            from fishzoo.int8 import onnx_int8
             fp32_run = onnx_runner(fp32_path) if validation is not None else None
             try:
                 accuracy = onnx_int8(fp32_path, target, calibration, validation, fp32_run, max_drop, thresholds)
@@ -269,7 +256,6 @@ def export_folder(
         # floating point (bf16 on CPUs that have it), which the measured accuracy includes
         record['inference_precision'] = 'f32' if not int8 else 'default'
         if int8:
-            from fishzoo.int8 import openvino_int8
             fp32_run = None
             if validation is not None:
                 with tempfile.TemporaryDirectory() as tmp:

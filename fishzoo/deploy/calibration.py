@@ -1,5 +1,5 @@
 """Images for int8 calibration and for checking an int8 model's accuracy, read with the model's own eval
-transform (timm's ``resolve_data_config`` + ``create_transform``, as ``fishzoo predict`` reads them).
+transform (:func:`fishzoo.data.eval_transform`, as ``fishzoo predict`` reads them).
 
 - Calibration needs images only: a folder (every image under it), a CSV with an ``image`` column, or
   ``digits`` (the embedded demo data, for the models the README's first command trains).
@@ -11,12 +11,12 @@ Unreadable images are skipped and counted; a source with none left is refused in
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from timm.data import create_transform, resolve_data_config
 
+from fishzoo.data import ImageSamples, digits_data, eval_transform, folder_samples, multi_hot, read_label_csv
 from fishzoo.errors import DataError, QuantizeError
 from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_mode
 
@@ -27,12 +27,6 @@ DIGITS = 'digits'  # the embedded demo data as a source name
 # training part and validates on its held-out part
 DIGITS_VAL_FRACTION, DIGITS_SEED = 0.2, 42
 DEFAULT_CALIBRATION_IMAGES = 300  # NNCF's default subset size
-
-
-def eval_transform(pretrained_cfg: dict) -> Callable:
-    """The eval transform a model's ``pretrained_cfg`` describes (resize, center crop, normalize)."""
-    config = resolve_data_config(pretrained_cfg=pretrained_cfg)
-    return create_transform(**{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
 
 
 @dataclass
@@ -67,7 +61,6 @@ def _subsample(items: Sequence, limit: Optional[int]) -> List:
 
 
 def _digits(pretrained_cfg: dict, split: str):
-    from fishzoo.data import digits_data
     data = digits_data(DIGITS_VAL_FRACTION, DIGITS_SEED, mode=image_mode(pretrained_cfg.get('input_size', (1,))[0]))
     return data.train if split == 'train' else data.val, data.class_names
 
@@ -75,7 +68,6 @@ def _digits(pretrained_cfg: dict, split: str):
 def _readable(samples, pretrained_cfg: dict, multilabel: bool, flag: str, source) -> LabelledImages:
     """``(path, target)`` samples whose images decode, read with the eval transform; unreadable ones are
     skipped and counted, and a source with none left is refused."""
-    from fishzoo.data import ImageSamples
     kept, bad = drop_unreadable(samples, strict=False)
     if not kept:
         raise QuantizeError(f'{flag} {source}: none of its {len(bad)} images could be read '
@@ -90,7 +82,6 @@ def _readable(samples, pretrained_cfg: dict, multilabel: bool, flag: str, source
 def calibration_images(source: Union[str, Path], pretrained_cfg: dict, flag: str = '--calib-data',
                        limit: Optional[int] = DEFAULT_CALIBRATION_IMAGES) -> LabelledImages:
     """Up to ``limit`` images from ``source`` (folder, CSV or ``digits``) with dummy targets."""
-    from fishzoo.data import read_label_csv
     if str(source) == DIGITS:
         samples, _ = _digits(pretrained_cfg, 'train')
         samples = samples.subset(_subsample(range(len(samples)), limit))
@@ -116,7 +107,6 @@ def validation_images(source: Union[str, Path], pretrained_cfg: dict, label_name
                       num_classes: int, multilabel: bool, flag: str = '--val-data') -> LabelledImages:
     """Labelled images from a class-folder tree, a CSV (``image,labels``) or ``digits``, indexed by the
     model's label names (or, without names, by the sorted class folders)."""
-    from fishzoo.data import _folder_samples, _multi_hot, read_label_csv
     names = list(label_names) if label_names else None
     if str(source) == DIGITS:
         samples, digit_names = _digits(pretrained_cfg, 'val')
@@ -130,7 +120,7 @@ def validation_images(source: Union[str, Path], pretrained_cfg: dict, label_name
         try:
             rows = read_label_csv(path)
             names = names or sorted({label for _, labels in rows for label in labels})
-            targets = _multi_hot(rows, names, path)
+            targets = multi_hot(rows, names, path)
         except DataError as e:
             raise QuantizeError(f'{flag} {e}') from None
         if not multilabel:  # a single-label model checked on a CSV: one label per row
@@ -142,10 +132,7 @@ def validation_images(source: Union[str, Path], pretrained_cfg: dict, label_name
         if multilabel:
             raise QuantizeError(f'{flag} {path}: a multi-label model is checked on a CSV (image,labels), '
                                 'not on class folders')
-        try:
-            found, class_to_idx = _folder_samples(path, flag)
-        except DataError as e:
-            raise QuantizeError(str(e)) from None
+        found, class_to_idx = folder_samples(path, flag)
         folders = sorted(class_to_idx, key=class_to_idx.get)
         if names is None:
             names = folders
@@ -171,7 +158,8 @@ def as_batches(calibration: Union[torch.Tensor, Iterable, LabelledImages], batch
         batches = list(calibration.batches(batch_size))
     elif isinstance(calibration, torch.Tensor):
         if calibration.dim() != 4:
-            raise QuantizeError(f'calibration images must be a (N, C, H, W) tensor, got shape {tuple(calibration.shape)}')
+            raise QuantizeError('calibration images must be a (N, C, H, W) tensor, '
+                                f'got shape {tuple(calibration.shape)}')
         batches = list(calibration.split(batch_size))
     elif isinstance(calibration, Iterable) and not isinstance(calibration, (str, bytes, Path)):
         batches = []
@@ -188,20 +176,3 @@ def as_batches(calibration: Union[torch.Tensor, Iterable, LabelledImages], batch
         raise QuantizeError('no calibration images: give a few hundred images like the ones the model will see')
     return batches
 
-
-def score(logits: np.ndarray, targets: np.ndarray, multilabel: bool, thresholds=0.5) -> float:
-    """Top-1 accuracy in percent (single-label) or micro-F1 in percent (multi-label, at ``thresholds``)."""
-    if multilabel:
-        from fishzoo.finetune import multilabel_metrics
-        probs = 1 / (1 + np.exp(-logits))
-        return 100 * multilabel_metrics(probs, targets, thresholds)['f1_micro']
-    return 100 * float((logits.argmax(1) == targets).mean())
-
-
-def agreement(logits: np.ndarray, reference: np.ndarray, multilabel: bool, thresholds=0.5) -> float:
-    """How often two models decide the same, in percent: same top-1 class, or same label set."""
-    if multilabel:
-        t = np.asarray(thresholds)
-        same = ((1 / (1 + np.exp(-logits)) >= t) == (1 / (1 + np.exp(-reference)) >= t)).all(1)
-        return 100 * float(same.mean())
-    return 100 * float((logits.argmax(1) == reference.argmax(1)).mean())

@@ -23,8 +23,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from safetensors import SafetensorError, safe_open
 
 from fishzoo.errors import HubFolderError, describe
-
-from ._model_args import model_args_problem
+from fishzoo.models._model_args import model_args_problem
 
 # the weight files timm's local-dir loader looks for, in its order of preference
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_model.safetensors')

@@ -5,7 +5,7 @@ import pytest
 import timm
 
 from fishzoo.cli import main
-from fishzoo.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_session, verify_onnx
+from fishzoo.deploy.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_session, verify_onnx
 from tests.helpers.models import set_bn_statistics
 
 onnx = pytest.importorskip('onnx')

@@ -101,7 +101,7 @@ def test_fp32_openvino_export_is_exact(trained, capsys):
 
 
 def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_path):
-    from fishzoo.calibration import eval_transform
+    from fishzoo.data import eval_transform
     from fishzoo.images import load_image
     model = trained['model']
     transform = eval_transform(model.pretrained_cfg)
@@ -111,7 +111,8 @@ def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_
     thresholds = probs.sort(0).values[23:25].mean(0).tolist()
     folder = save_pretrained(model, tmp_path / 'multilabel', label_names=LABELS,
                              extra_config=dict(multilabel=True, thresholds=thresholds))
-    rows = ['image,labels'] + [f'images/{p.name},' + ' '.join(LABELS[c] for c in range(3) if probs[i, c] >= thresholds[c])
+    rows = ['image,labels'] + [f'images/{p.name},'
+                               + ' '.join(LABELS[c] for c in range(3) if probs[i, c] >= thresholds[c])
                                for i, p in enumerate(trained['paths'])]
     csv = trained['root'] / 'multilabel.csv'
     csv.write_text('\n'.join(rows) + '\n')
@@ -153,9 +154,9 @@ class _ColourNet(torch.nn.Module):
 
 
 def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
-    from fishzoo.export import export_onnx
-    from fishzoo.int8 import onnx_int8
-    from fishzoo.runtime import onnx_runner
+    from fishzoo.deploy.export import export_onnx
+    from fishzoo.deploy.int8_exported import onnx_int8
+    from fishzoo.deploy.runtime import onnx_runner
     model = _ColourNet().eval()
     images, labels, data = _colour_data()
     with torch.no_grad():
@@ -171,7 +172,7 @@ def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
 
 
 def _colour_data():
-    from fishzoo.calibration import LabelledImages
+    from fishzoo.deploy.calibration import LabelledImages
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     images = torch.rand(60, 3, 8, 8, generator=g) * 0.6
@@ -181,9 +182,10 @@ def _colour_data():
 
 def test_openvino_accuracy_control_restores_the_crushed_layers(tmp_path):
     import openvino as ov
-    from fishzoo.export import export_openvino
-    from fishzoo.int8 import openvino_int8
-    from fishzoo.runtime import openvino_runner
+
+    from fishzoo.deploy.export import export_openvino
+    from fishzoo.deploy.int8_exported import openvino_int8
+    from fishzoo.deploy.runtime import openvino_runner
     model = _ColourNet().eval()
     _, _, data = _colour_data()
     ov.save_model(export_openvino(model, (3, 8, 8)), str(tmp_path / 'fp32.xml'))

@@ -1,8 +1,10 @@
-"""Running an exported folder: ``config.json`` + ``model.onnx`` (onnxruntime) or ``openvino_model.xml`` /
-``.bin`` (OpenVINO), with the preprocessing and labels of the model it was exported from.
+"""The bottom layer of deployment: the names an exported folder uses, the optional-module check, and
+running an exported folder (``config.json`` + ``model.onnx`` for onnxruntime, or ``openvino_model.xml`` /
+``.bin`` for OpenVINO) with the preprocessing and labels of the model it was exported from.
 
-``fishzoo predict FOLDER --backend onnx|openvino`` and the int8 accuracy checks call models through
-:func:`load_runner`, which returns a function from a float32 image batch (N, C, H, W) to logits (numpy).
+``fishzoo predict FOLDER --backend onnx|openvino``, the exports' checks and the int8 accuracy checks call
+models through a :data:`Runner`: a function from a float32 image batch (N, C, H, W) to logits (numpy).
+Everything else in :mod:`fishzoo.deploy` imports from here; this module imports none of them.
 """
 import importlib.util
 from pathlib import Path
@@ -12,7 +14,9 @@ import numpy as np
 import torch
 
 from fishzoo.errors import ModelLoadError, describe
+from fishzoo.hub_folder import read_hub_config
 
+INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'  # the exported graphs' input and output (transformers' names)
 ONNX_FILE = 'model.onnx'
 OPENVINO_FILE = 'openvino_model.xml'  # with openvino_model.bin beside it (optimum-intel's names)
 BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE}
@@ -25,6 +29,17 @@ def require(module: str, extra: str, what: str, error: type = ModelLoadError) ->
     """Raise ``error`` naming the extra to install when ``module`` is missing."""
     if importlib.util.find_spec(module) is None:
         raise error(f"{what} needs {module}: pip install 'fishzoo[{extra}]'")
+
+
+def onnx_session(path: Union[str, Path], threads: Optional[int] = None, error: type = ModelLoadError):
+    """An onnxruntime CPU session with every graph optimisation, on ``threads`` intra-op threads."""
+    require('onnxruntime', 'onnx', 'the onnx backend', error)
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
 def detect_backend(folder: Union[str, Path]) -> str:
@@ -82,7 +97,6 @@ def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precis
 
 def onnx_runner(path: Union[str, Path], threads: Optional[int] = None) -> Runner:
     require('onnxruntime', 'onnx', 'the onnx backend')
-    from fishzoo.export import INPUT_NAME, OUTPUT_NAME, onnx_session
     try:
         session = onnx_session(path, threads)
     except Exception as e:
@@ -113,16 +127,7 @@ def load_runner(folder: Union[str, Path], backend: str) -> Runner:
         raise ModelLoadError(f'{folder}: no {BACKEND_FILES[backend]} for --backend {backend}; {hint}')
     if backend == 'onnx':
         return onnx_runner(path)
-    record = read_export_config(folder).get('export') or {}
+    record = read_hub_config(folder).get('export') or {}
     precision = record.get('inference_precision')
     return openvino_runner(path, precision=precision if precision in ('f32', 'bf16', 'f16') else None)
 
-
-def read_export_config(folder: Union[str, Path]) -> dict:
-    """``folder/config.json`` of an exported folder, checked like a hub folder's."""
-    from fishzoo.errors import HubFolderError
-    from fishzoo.models._hub_folder import read_hub_config
-    try:
-        return read_hub_config(folder)
-    except HubFolderError as e:
-        raise ModelLoadError(str(e)) from None
