@@ -4,7 +4,10 @@ Accelerate places the model, runs DDP, mixed precision and gradient accumulation
 the training state; timm gives the optimizer, scheduler, losses, Mixup/CutMix and EMA. The pieces:
 
     args.py         the flags (timm's train.py names) and YAML recipes
-    parts.py        data, model, transforms, loaders, optimizer, schedule, loss, Mixup, EMA from the flags
+    recipes.py      the defaults chosen by situation (data size, resolution, fine-tuning, multi-label)
+    config.py       the run's settings resolved once (model source, hold-out, recipe) into a read-only RunConfig
+    parts.py        data, model, transforms, loaders, optimizer, schedule, loss, Mixup, EMA from the settings
+    lr_find.py      the LR range test (--lr-find, --lr auto), an explicit step between resolving and building
     schedule.py     timm's schedulers, one-cycle and plateau behind one interface
     trainer.py      the loop: epochs, validation, NaN and signal stops, threshold tuning
     checkpoints.py  crash-safe checkpoints: atomic save, find, resume, prune
@@ -27,12 +30,15 @@ from fishzoo.errors import ConfigError, TrainingStopped  # noqa: E402
 from .args import DIGITS_RECIPE, build_parser, load_config, parse_args  # noqa: E402
 from .checkpoints import STATE_FILE, CheckpointStore, checkpoint_dirs, find_resume_checkpoint  # noqa: E402
 from .cli import create_accelerator, main  # noqa: E402
+from .config import ResolvedRun, RunConfig, resolve_run  # noqa: E402
+from .lr_find import find_lr  # noqa: E402
 from .parts import TrainingParts, build_parts  # noqa: E402
 from .run_folder import RunFolder  # noqa: E402
 from .trainer import Trainer  # noqa: E402
 
 __all__ = [
     'main', 'Trainer', 'TrainingParts', 'build_parts', 'create_accelerator', 'CheckpointStore', 'RunFolder',
+    'RunConfig', 'ResolvedRun', 'resolve_run', 'find_lr',
     'parse_args', 'build_parser', 'load_config', 'DIGITS_RECIPE', 'STATE_FILE', 'checkpoint_dirs',
     'find_resume_checkpoint', 'ConfigError', 'TrainingStopped',
 ]

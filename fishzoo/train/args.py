@@ -240,10 +240,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 INVOCATION_FLAGS = ('config', 'resume', 'overwrite', 'lr_find', 'push_to_hub', 'log_wandb')
 
 
-def repeatable_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """Every training flag's final value (recipe and ``--lr auto`` resolved), keyed as ``--config`` reads them."""
+def repeatable_config(config) -> Dict[str, Any]:
+    """Every training flag's final value in a resolved :class:`~.config.RunConfig` (recipe and ``--lr auto``
+    included), keyed as ``--config`` reads them."""
     flags = {a.dest for a in build_parser()._actions if a.dest != 'help'}
-    return {dest.replace('_', '-'): value for dest, value in sorted(vars(args).items())
+    return {dest.replace('_', '-'): value for dest, value in sorted(config.as_dict().items())
             if dest in flags and dest not in INVOCATION_FLAGS and value is not None}
 
 
@@ -283,10 +284,10 @@ def check_args(args: argparse.Namespace) -> None:
 TRAIN_CONFIG = 'train_config.yaml'
 
 
-def write_train_config(args: argparse.Namespace) -> Path:
+def write_train_config(config) -> Path:
     """``OUTPUT_DIR/train_config.yaml``: :func:`repeatable_config` with a header saying how to rerun it."""
-    path = Path(args.output_dir) / TRAIN_CONFIG
-    header = (f'# every setting of this run (recipe: {args.recipe}); repeat it with\n'
+    path = Path(config.output_dir) / TRAIN_CONFIG
+    header = (f'# every setting of this run (recipe: {config.recipe}); repeat it with\n'
               f'#   fishzoo-train --config {path} --output-dir NEW_DIR\n')
-    path.write_text(header + yaml.safe_dump(repeatable_config(args), sort_keys=False))
+    path.write_text(header + yaml.safe_dump(repeatable_config(config), sort_keys=False))
     return path

@@ -8,11 +8,9 @@
 import argparse
 import contextlib
 import faulthandler
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -23,9 +21,13 @@ from fishzoo.errors import FishzooError
 from fishzoo.images import refuse_bombs_quietly
 
 from .args import parse_args, write_train_config
+from .config import resolve_run, settled_lr
+from .lr_find import find_lr
 from .parts import build_parts
 from .run_folder import OutputDirLock, prepare_output_dir
 from .trainer import Trainer
+
+_logger = logging.getLogger('fishzoo.train')
 
 
 def distributed_on_cpu() -> bool:
@@ -77,15 +79,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         with OutputDirLock(args.output_dir) if state.is_main_process else contextlib.nullcontext():
             prepare_output_dir(args, state)
             accelerator = create_accelerator(args)
-            lr_find_only = args.lr_find and args.lr != 'auto'
-            parts = build_parts(args, accelerator.num_processes, accelerator.device)
-            if lr_find_only:  # the range test was the job: its suggestion is in the log and lr_find.json
-                found = json.loads((Path(args.output_dir) / 'lr_find.json').read_text())
-                print(f"suggested lr: {found['suggestion']:.2e} (train with --lr auto, or pass it as --lr)", flush=True)
-                return 0
+            run = resolve_run(args, accelerator.num_processes)
+            if args.lr_find or args.lr == 'auto':
+                suggestion = find_lr(run, accelerator.device)
+                if args.lr != 'auto':  # the range test was the job: its suggestion is in the log and lr_find.json
+                    print(f'suggested lr: {suggestion:.2e} (train with --lr auto, or pass it as --lr)', flush=True)
+                    return 0
+                run = run.replace_config(lr=settled_lr(suggestion))
+                _logger.info('--lr auto: training with lr %g', run.config.lr)
+            parts = build_parts(run, accelerator.num_processes)
             if accelerator.is_main_process:  # the run's every setting, as a recipe --config reads back
-                write_train_config(args)
-            Trainer(args, accelerator, parts).run()
+                write_train_config(run.config)
+            Trainer(run.config, accelerator, parts).run()
     except FishzooError as e:
         print(f'fishzoo-train: {e}', file=sys.stderr)
         return e.exit_code

@@ -21,6 +21,8 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn as nn
 
+from fishzoo.errors import ConfigError
+
 _logger = logging.getLogger('fishzoo.train')
 
 
@@ -130,3 +132,31 @@ def lr_range_test(
         result.suggestion = result.lrs[valley(result.losses)]
     result.seconds = time.perf_counter() - start
     return result
+
+
+def find_lr(run, device='cpu') -> float:
+    """The LR range test on a :class:`~.config.ResolvedRun`'s own model, data, loss, Mixup and optimizer
+    (``--lr-find``, ``--lr auto``); writes ``lr_find.json`` / ``.png`` to the output folder (main process) and
+    returns the suggested rate. A resumed ``--lr auto`` run returns the rate it started with."""
+    from accelerate import PartialState
+
+    from .parts import create_loss, create_mixup, create_optimizer, create_train_loader
+    config = run.config
+    output_dir = Path(config.output_dir)
+    previous = output_dir / 'lr_find.json'
+    if config.resume and config.lr == 'auto' and previous.is_file():
+        suggestion = json.loads(previous.read_text())['suggestion']
+        _logger.info('--lr auto: lr %.3g from %s (resuming)', suggestion, previous)
+        return suggestion
+    found = lr_range_test(
+        run.model, create_train_loader(config, run.data.train), create_loss(config, run.data.multilabel),
+        lambda m: create_optimizer(config.replace(lr=1e-7), m), torch.device(device),
+        mixup=create_mixup(config, run.data.multilabel, len(run.data.class_names)), steps=config.lr_find_steps)
+    if not math.isfinite(found.suggestion):
+        raise ConfigError('--lr-find: the loss was not finite from the first step; check the data and --opt')
+    if PartialState().is_main_process:
+        found.write(output_dir)
+    _logger.info('LR range test: %d steps in %.0f s; suggested lr %.2e, the middle of the loss\'s longest fall '
+                 '(fastai\'s valley; lowest loss at %.2e, a tenth of it %.2e) (%s)', len(found.lrs), found.seconds,
+                 found.suggestion, found.lr_at_min, found.lr_min, output_dir / 'lr_find.png')
+    return found.suggestion

@@ -1,37 +1,32 @@
-"""The parts of a training run, built from its arguments: data, model, transforms, loaders, optimizer,
-schedule, loss, Mixup and EMA.
+"""The parts of a training run, built from its resolved configuration: data, model, transforms, loaders,
+optimizer, schedule, loss, Mixup and EMA.
 
-:func:`build_parts` returns them ready for ``Accelerator.prepare``; the :class:`~fishzoo.train.trainer.Trainer`
+Each ``create_*`` / ``load_*`` function reads its settings (a :class:`~.config.RunConfig`, or the argparse
+namespace in a notebook) and changes none of them. :func:`build_parts` returns the parts of a
+:class:`~.config.ResolvedRun` ready for ``Accelerator.prepare``; the :class:`~fishzoo.train.trainer.Trainer`
 takes them as they are, so a test (or a notebook) can hand it parts of its own.
 """
-import argparse
-import json
 import logging
 import math
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
-from accelerate import PartialState
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.data import Mixup, create_transform, resolve_input_data_config
+from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torchvision import transforms as T
 
 from fishzoo import data
-from fishzoo.errors import CheckpointError, ConfigError, FishzooError, describe
-from fishzoo.finetune import classifier_names, freeze_backbone, one_hot_targets
-from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
-from fishzoo.loading import load_model, resolve_source
+from fishzoo.errors import CheckpointError, ConfigError, describe
+from fishzoo.finetune import classifier_names, one_hot_targets
+from fishzoo.loading import load_model
 
-from .lr_find import lr_range_test
-from .recipes import Situation, apply_recipe, choose_recipe, min_positives
 from .schedule import LRSchedule
 
 _logger = logging.getLogger('fishzoo.train')
@@ -39,7 +34,8 @@ _logger = logging.getLogger('fishzoo.train')
 
 @dataclass
 class TrainingParts:
-    """Everything a run trains with, before ``Accelerator.prepare``."""
+    """Everything a run trains with, before ``Accelerator.prepare``, and the configuration it was built from."""
+    config: Any  # RunConfig
     model: nn.Module
     data: data.TrainValData
     data_config: Dict[str, Any]  # input size, interpolation, mean/std, crop: what the hub folder records
@@ -58,34 +54,6 @@ class TrainingParts:
     @property
     def multilabel(self) -> bool:
         return self.data.multilabel
-
-
-def settle_model_source(args: argparse.Namespace) -> None:
-    """Fill ``--pretrained`` and ``--in-chans`` from what ``--model`` is, saying so in the log.
-
-    A folder or hub model, and any ``--finetune``, load the weights (fine-tuning a random backbone is never
-    what was meant); ``--in-chans`` defaults to the folder model's own, and a different value is logged as
-    the stem adaptation it is.
-    """
-    source = resolve_source(args.model)
-    if not args.pretrained and (source.has_weights or args.finetune):
-        why = f'--finetune {args.finetune}' if args.finetune and not source.has_weights else f'--model {args.model}'
-        _logger.info('loading the weights of %s (implied by %s)', args.model, why)
-        args.pretrained = True
-    source_chans = None
-    if source.has_weights:
-        try:
-            folder = source.folder if source.kind == 'folder' else hub_repo_folder(source.location)
-            config = check_hub_folder(folder)
-        except (FishzooError, OSError) as e:
-            raise ConfigError(f'--model {args.model}: {e}') from None
-        input_size = config.get('pretrained_cfg', {}).get('input_size') or [None]
-        source_chans = config.get('model_args', {}).get('in_chans', input_size[0])
-    if args.in_chans is None:
-        args.in_chans = source_chans or 3
-    elif source_chans and args.in_chans != source_chans:
-        _logger.info('--in-chans %d: adapting the stem of %s from %d to %d input channels (timm adapt_input_conv)',
-                     args.in_chans, args.model, source_chans, args.in_chans)
 
 
 def load_initial_checkpoint(model: nn.Module, path: str) -> None:
@@ -118,25 +86,15 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
             from None
 
 
-def hold_out_by_default(args: argparse.Namespace, why: str, fraction: float = 0.2) -> None:
-    args.val_split = fraction
-    _logger.info('%s: holding out %d%% of the training data for validation, stratified by class '
-                 '(--val-split sets the fraction)', why, round(100 * fraction))
-
-
-def load_data(args: argparse.Namespace) -> data.TrainValData:
+def load_data(args) -> data.TrainValData:
     """The data source the flags name (the embedded digits when none), multi-hot when ``--multilabel``."""
     mode = data.image_mode(args.in_chans)
     if args.train_csv:
-        if args.val_split is None and not args.val_csv:
-            hold_out_by_default(args, 'no --val-csv given')
         loaded = data.csv_data(args.train_csv, args.val_csv, args.image_root, args.classes, args.val_split,
                                args.seed, mode, args.strict_images)
     elif args.dataset:
         loaded = data.hf_data(args.dataset, args.data_dir, args.val_split, args.seed, mode)
     elif args.data_dir:
-        if args.val_split is None and not data.has_train_val_folders(args.data_dir):
-            hold_out_by_default(args, f'--data-dir {args.data_dir} has no train/ and val/ sub-folders')
         loaded = data.image_folder_data(args.data_dir, args.val_split, args.seed, mode, args.strict_images)
     else:
         classes = [c.strip() for c in args.digits.split(',')] if args.digits else None
@@ -156,7 +114,7 @@ def load_data(args: argparse.Namespace) -> data.TrainValData:
     return loaded
 
 
-def create_model(args: argparse.Namespace, num_classes: int, class_names: Optional[List[str]] = None) -> nn.Module:
+def create_model(args, num_classes: int, class_names: Optional[List[str]] = None) -> nn.Module:
     """The model with a head for ``num_classes``; a pretrained head for other classes is re-initialised."""
     model = load_model(args.model, pretrained=args.pretrained, label=f'--model {args.model}',
                        num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
@@ -179,7 +137,7 @@ def create_model(args: argparse.Namespace, num_classes: int, class_names: Option
     return model
 
 
-def build_transforms(args: argparse.Namespace, data_config: Dict[str, Any]):
+def build_transforms(args, data_config: Dict[str, Any]):
     """timm's training (augmenting) and evaluation transforms for the model's data config."""
     train_tf = create_transform(
         data_config['input_size'], is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
@@ -194,7 +152,7 @@ def build_transforms(args: argparse.Namespace, data_config: Dict[str, Any]):
     return train_tf, val_tf
 
 
-def create_loss(args: argparse.Namespace, multilabel: bool) -> nn.Module:
+def create_loss(args, multilabel: bool) -> nn.Module:
     if multilabel:
         return nn.BCEWithLogitsLoss()
     if args.mixup > 0 or args.cutmix > 0:
@@ -204,7 +162,7 @@ def create_loss(args: argparse.Namespace, multilabel: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
+def create_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
     try:
         return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                    momentum=args.momentum, layer_decay=args.layer_decay)
@@ -214,78 +172,35 @@ def create_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.
                           f'--weight-decay {args.weight_decay})') from None
 
 
-def find_lr(args: argparse.Namespace, model: nn.Module, loader, loss_fn, mixup, device) -> None:
-    """``--lr-find`` / ``--lr auto``: the LR range test on this run's parts; its files go to --output-dir, and
-    with ``--lr auto`` its suggestion becomes ``args.lr``."""
-    previous = Path(args.output_dir) / 'lr_find.json'
-    if args.resume and args.lr == 'auto' and previous.is_file():  # a resumed run keeps the rate it started with
-        args.lr = float(f"{json.loads(previous.read_text())['suggestion']:.3g}")
-        _logger.info('--lr auto: lr %g from %s (resuming)', args.lr, previous)
-        return
-
-    def make_optimizer(m):
-        return create_optimizer(argparse.Namespace(**{**vars(args), 'lr': 1e-7}), m)
-    found = lr_range_test(model, loader, loss_fn, make_optimizer, torch.device(device), mixup=mixup,
-                          steps=args.lr_find_steps)
-    if not math.isfinite(found.suggestion):
-        raise ConfigError('--lr-find: the loss was not finite from the first step; check the data and --opt')
-    if PartialState().is_main_process:
-        found.write(Path(args.output_dir))
-    _logger.info('LR range test: %d steps in %.0f s; suggested lr %.2e, the middle of the loss\'s longest fall '
-                 '(fastai\'s valley; lowest loss at %.2e, a tenth of it %.2e) (%s)', len(found.lrs), found.seconds,
-                 found.suggestion, found.lr_at_min, found.lr_min, Path(args.output_dir) / 'lr_find.png')
-    if args.lr == 'auto':
-        args.lr = float(f'{found.suggestion:.3g}')
-        _logger.info('--lr auto: training with lr %g', args.lr)
+def create_mixup(args, multilabel: bool, num_classes: int) -> Optional[Mixup]:
+    """timm's Mixup/CutMix when asked for (single-label only: a mixed multi-hot target is no label set)."""
+    if (args.mixup > 0 or args.cutmix > 0) and not multilabel:
+        return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                     switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing, num_classes=num_classes)
+    return None
 
 
-def build_parts(args: argparse.Namespace, num_processes: int = 1, device='cpu') -> TrainingParts:
-    """Every part of the run the flags describe; ``num_processes`` splits the batches and the schedule, and
-    ``device`` is where an LR range test (``--lr-find``, ``--lr auto``) runs."""
-    settle_model_source(args)
-    loaded = load_data(args)
-    model = create_model(args, len(loaded.class_names), loaded.class_names)
-    if args.finetune == 'frozen':
-        freeze_backbone(model)
-    # adapts mean/std to the model's channels
-    data_config = resolve_input_data_config(model, args=dict(img_size=args.img_size) if args.img_size else {})
-    if args.recipe is None:
-        situation = Situation(
-            finetuning=bool(args.pretrained or args.finetune or args.initial_checkpoint), multilabel=loaded.multilabel,
-            train_images=len(loaded.train), input_size=max(data_config['input_size'][1:]), epochs=args.epochs,
-            global_batch=args.batch_size * num_processes * args.grad_accum_steps,
-            min_val_positives=min_positives(loaded.val.targets) if loaded.multilabel else None,
-            batch_given='batch_size' in args.given, batch_divisor=num_processes * args.grad_accum_steps)
-        apply_recipe(args, choose_recipe(situation))
-        args.recipe = situation.describe()
-    else:
-        _logger.info('recipe: %s', args.recipe)
-    loaded.train.transform, loaded.val.transform = build_transforms(args, data_config)
-
-    if args.batch_size * num_processes > len(loaded.train):
-        raise ConfigError(f'--batch-size {args.batch_size} (x {num_processes} processes) is larger than the training '
-                          f'set ({len(loaded.train)} images)')
-    train_loader = torch.utils.data.DataLoader(
-        loaded.train, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
+def create_train_loader(args, dataset) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
         persistent_workers=args.workers > 0)
-    val_loader = torch.utils.data.DataLoader(
-        loaded.val, batch_size=args.validation_batch_size or args.batch_size, shuffle=False,
-        num_workers=args.workers)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
 
-    mixup = None
-    if (args.mixup > 0 or args.cutmix > 0) and not loaded.multilabel:
-        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                      switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing,
-                      num_classes=len(loaded.class_names))
-    loss_fn = create_loss(args, loaded.multilabel)
-    if args.lr_find or args.lr == 'auto':
-        find_lr(args, model, train_loader, loss_fn, mixup, device)
-    optimizer = create_optimizer(args, model)
-    updates_per_epoch = math.ceil(len(train_loader) / num_processes / args.grad_accum_steps)
+
+def build_parts(run, num_processes: int = 1) -> TrainingParts:
+    """Every part of a :class:`~.config.ResolvedRun` (its ``lr`` settled: see :func:`.lr_find.find_lr`);
+    ``num_processes`` splits the batches and the schedule."""
+    config, loaded, model = run.config, run.data, run.model
+    if config.lr == 'auto':
+        raise ConfigError('--lr auto: find the learning rate first (fishzoo.train.lr_find.find_lr)')
+    train_loader = create_train_loader(config, loaded.train)
+    val_loader = torch.utils.data.DataLoader(
+        loaded.val, batch_size=config.validation_batch_size or config.batch_size, shuffle=False,
+        num_workers=config.workers)
+    optimizer = create_optimizer(config, model)
+    updates_per_epoch = math.ceil(len(train_loader) / num_processes / config.grad_accum_steps)
     return TrainingParts(
-        model=model, data=loaded, data_config=data_config, train_loader=train_loader, val_loader=val_loader,
-        optimizer=optimizer, schedule=LRSchedule(optimizer, args, updates_per_epoch),
-        loss_fn=loss_fn, mixup=mixup,
-        ema=ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None)
+        config=config, model=model, data=loaded, data_config=run.data_config, train_loader=train_loader,
+        val_loader=val_loader, optimizer=optimizer, schedule=LRSchedule(optimizer, config, updates_per_epoch),
+        loss_fn=create_loss(config, loaded.multilabel),
+        mixup=create_mixup(config, loaded.multilabel, len(loaded.class_names)),
+        ema=ModelEmaV3(model, decay=config.model_ema_decay) if config.model_ema else None)

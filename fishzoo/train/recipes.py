@@ -38,7 +38,6 @@ What each situation gets, and why (the README's "Recipes" table says the same, w
 
 The embedded digits job (no data flags) has its own fixed recipe, ``configs/digits.yaml``.
 """
-import argparse
 import logging
 import math
 from dataclasses import dataclass, field
@@ -148,20 +147,16 @@ def min_positives(targets: Sequence) -> Optional[int]:
     return int(np.stack([np.asarray(t) for t in targets]).sum(axis=0).min())
 
 
-def apply_recipe(args: argparse.Namespace, recipe: Recipe) -> Dict[str, Any]:
-    """Set every recipe value the user did not give (``args.given``) and log what was chosen and why.
+def recipe_settings(settings, recipe: Recipe) -> Dict[str, Any]:
+    """The recipe values for every setting the user did not give (``settings.given``), logged with why.
 
-    Returns the values applied. The AdamW rates are not applied to another ``--opt``: that optimizer then
-    runs with the flags' own defaults, as in timm.
+    The AdamW rates are not applied to another ``--opt``: that optimizer then runs with the flags' own
+    defaults, as in timm. ``settings`` is read, not changed.
     """
-    given = set(getattr(args, 'given', ()))
-    other_opt = 'opt' in given and str(args.opt).lower() != recipe.values['opt']
-    applied = {}
-    for key, value in recipe.values.items():
-        if key in given or (other_opt and key in ADAMW_KEYS):
-            continue
-        setattr(args, key, value)
-        applied[key] = value
+    given = set(getattr(settings, 'given', ()))
+    other_opt = 'opt' in given and str(settings.opt).lower() != recipe.values['opt']
+    applied = {key: value for key, value in recipe.values.items()
+               if key not in given and not (other_opt and key in ADAMW_KEYS)}
     _logger.info('recipe for %s (flags you give win; every value is in train_config.yaml):',
                  recipe.situation.describe())
     by_reason: Dict[str, List[str]] = {}
@@ -171,10 +166,10 @@ def apply_recipe(args: argparse.Namespace, recipe: Recipe) -> Dict[str, Any]:
         _logger.info('  %s: %s', ', '.join(values), reason)
     kept = sorted(k for k in recipe.values if k in given)
     if kept:
-        _logger.info('  yours: %s', ', '.join(f'{k.replace("_", "-")} {_show(getattr(args, k))}' for k in kept))
+        _logger.info('  yours: %s', ', '.join(f'{k.replace("_", "-")} {_show(getattr(settings, k))}' for k in kept))
     if other_opt:
         _logger.info('  --opt %s: the recipe LR and weight decay are for AdamW; using --lr %s, --weight-decay %s',
-                     args.opt, _show(args.lr), _show(args.weight_decay))
+                     settings.opt, _show(settings.lr), _show(settings.weight_decay))
     return applied
 
 

@@ -6,7 +6,6 @@ fishzoo's own: an epoch-0 evaluation of the untrained head, NaN detection naming
 survive a crash (:mod:`.checkpoints`), stopping on a signal with a checkpoint (:mod:`.signals`),
 multi-label threshold tuning, and the published run folder (:mod:`.run_folder`).
 """
-import argparse
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from fishzoo.loading import resolve_source
 from fishzoo.metrics import multilabel_metrics, tune_thresholds
 
 from .checkpoints import CheckpointStore
+from .config import RunConfig
 from .evaluation import metrics_of, predict_loader
 from .parts import TrainingParts
 from .run_folder import RunFolder, format_record
@@ -47,26 +47,26 @@ def base_model_id(model_spec: str, model: nn.Module) -> Optional[str]:
 
 
 class Trainer:
-    """One training run over ``parts``, configured by ``args`` (the flags of ``fishzoo-train``).
+    """One training run over ``parts``, configured by ``config`` (the resolved settings of ``fishzoo-train``).
 
     ``store`` and ``folder`` default to a :class:`CheckpointStore` and a :class:`RunFolder` in
-    ``args.output_dir``; pass your own to change where (or whether) things are written.
+    ``config.output_dir``; pass your own to change where (or whether) things are written.
     """
 
-    def __init__(self, args: argparse.Namespace, accelerator: Accelerator, parts: TrainingParts,
+    def __init__(self, config: RunConfig, accelerator: Accelerator, parts: TrainingParts,
                  store: Optional[CheckpointStore] = None, folder: Optional[RunFolder] = None):
-        self.args = args
+        self.config = config
         self.accelerator = accelerator
         self.parts = parts
-        self.output_dir = Path(args.output_dir)
-        self.store = store or CheckpointStore(accelerator, self.output_dir, keep=args.keep_checkpoints)
+        self.output_dir = Path(config.output_dir)
+        self.store = store or CheckpointStore(accelerator, self.output_dir, keep=config.keep_checkpoints)
         self.folder = folder or RunFolder(self.output_dir)
         self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
             parts.model, parts.optimizer, parts.train_loader, parts.val_loader)
         self.unfreezer = None
-        if args.finetune == 'gradual':
+        if config.finetune == 'gradual':
             # built after prepare, so that DDP registered every parameter, frozen ones included
-            self.unfreezer = GradualUnfreezer(accelerator.unwrap_model(self.model), args.freeze_epochs,
+            self.unfreezer = GradualUnfreezer(accelerator.unwrap_model(self.model), config.freeze_epochs,
                                               self.optimizer.optimizer)
         self.signals = StopSignals()
         self.thresholds: Optional[List[float]] = None
@@ -105,7 +105,7 @@ class Trainer:
             + (f'the last good checkpoint is {good[-1]}' if good else 'no checkpoint was written yet'))
 
     def train_one_epoch(self) -> Dict[str, float]:
-        accelerator, args, parts = self.accelerator, self.args, self.parts
+        accelerator, config, parts = self.accelerator, self.config, self.parts
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
         device = accelerator.device
@@ -123,7 +123,7 @@ class Trainer:
         start = time.perf_counter() - elapsed
         for images, targets in tqdm(loader, desc=f'epoch {self.epoch + 1} train', leave=False, mininterval=1.0,
                                     disable=None if accelerator.is_local_main_process else True):
-            if args.channels_last:
+            if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(self.model):
                 hard_targets = targets
@@ -135,8 +135,8 @@ class Trainer:
                 if not torch.isfinite(loss):
                     raise self._nan_stop(loss, batches)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.clip_grad:
-                    accelerator.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+                if accelerator.sync_gradients and config.clip_grad:
+                    accelerator.clip_grad_norm_(self.model.parameters(), config.clip_grad)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
                 if accelerator.sync_gradients:
@@ -165,7 +165,7 @@ class Trainer:
         return record
 
     def evaluate(self, model: nn.Module, prefix: str = 'val') -> Dict[str, float]:
-        logits, targets = predict_loader(self.accelerator, model, self.val_loader, self.args.channels_last)
+        logits, targets = predict_loader(self.accelerator, model, self.val_loader, self.config.channels_last)
         return {f'{prefix}_{k}': v for k, v in metrics_of(logits, targets, self.parts.multilabel).items()}
 
     def final_model(self) -> nn.Module:
@@ -173,16 +173,17 @@ class Trainer:
 
     def tune_thresholds(self) -> None:
         """Multi-label: thresholds picked on the validation set; F1 before and after goes to the log and metrics."""
-        logits, targets = predict_loader(self.accelerator, self.final_model(), self.val_loader, self.args.channels_last)
+        logits, targets = predict_loader(self.accelerator, self.final_model(), self.val_loader,
+                                         self.config.channels_last)
         probs, targets = logits.sigmoid().numpy(), targets.numpy()
         before = multilabel_metrics(probs, targets)['f1_micro']
-        self.thresholds = tune_thresholds(probs, targets, self.args.threshold_tuning)
+        self.thresholds = tune_thresholds(probs, targets, self.config.threshold_tuning)
         after = multilabel_metrics(probs, targets, self.thresholds)['f1_micro']
         self.history[-1].update(val_f1_micro_tuned=after)
         if self.accelerator.is_main_process:
             _logger.info('threshold tuning (%s): val micro-F1 %.4f at 0.5 -> %.4f with tuned thresholds',
-                         self.args.threshold_tuning, before, after)
-            self.folder.write_thresholds(self.args.threshold_tuning, before, after, self.parts.data.class_names,
+                         self.config.threshold_tuning, before, after)
+            self.folder.write_thresholds(self.config.threshold_tuning, before, after, self.parts.data.class_names,
                                          self.thresholds)
             self.folder.write_metrics(self.history)
 
@@ -195,29 +196,29 @@ class Trainer:
     def _log_record(self, record: Dict[str, Any]) -> None:
         self.history.append(record)
         if self.accelerator.is_main_process:
-            print(format_record(record, self.args.epochs), flush=True)
+            print(format_record(record, self.config.epochs), flush=True)
             self.folder.write_metrics(self.history)
 
     def _run(self) -> Dict[str, Any]:
-        accelerator, args, parts = self.accelerator, self.args, self.parts
-        if args.resume:
-            checkpoint = self.store.find(args.resume)
+        accelerator, config, parts = self.accelerator, self.config, self.parts
+        if config.resume:
+            checkpoint = self.store.find(config.resume)
             if checkpoint is not None:
                 self.load_checkpoint(checkpoint)
             else:
                 _logger.info('--resume auto: no checkpoint in %s, starting from scratch', self.output_dir)
-        if args.report_to != 'none':
-            accelerator.init_trackers('fishzoo', config={k: v for k, v in vars(args).items()
+        if config.report_to != 'none':
+            accelerator.init_trackers('fishzoo', config={k: v for k, v in config.as_dict().items()
                                                          if isinstance(v, (int, float, str, bool))})
         if accelerator.is_main_process:
-            _logger.info('training %s on %s: %d train / %d val images, %d classes, %d processes', args.model,
+            _logger.info('training %s on %s: %d train / %d val images, %d classes, %d processes', config.model,
                          parts.data.name, len(parts.data.train), len(parts.data.val), parts.num_classes,
                          accelerator.num_processes)
         if self.epoch == 0 and not self.history:
             # epoch 0: the untrained head, a sanity check of the metrics before any update
             self._log_record(dict(epoch=0, **self.evaluate(self.model),
                                   trainable_params=trainable_parameters(self.model)))
-        while self.epoch < args.epochs:
+        while self.epoch < config.epochs:
             start = time.perf_counter()
             if self.unfreezer is not None:
                 self.unfreezer.set_epoch(self.epoch)
@@ -233,11 +234,11 @@ class Trainer:
             accelerator.log({k: v for k, v in record.items() if k != 'epoch'}, step=record['epoch'])
             self._log_record(record)
             self.keep_if_best(record)
-            if self.epoch % args.checkpoint_every == 0 or self.epoch == args.epochs:
+            if self.epoch % config.checkpoint_every == 0 or self.epoch == config.epochs:
                 self.save_checkpoint()
-        if not args.save_last:
+        if not config.save_last:
             self.restore_best()
-        if parts.multilabel and args.threshold_tuning != 'none':
+        if parts.multilabel and config.threshold_tuning != 'none':
             self.tune_thresholds()
         self.finish()
         accelerator.end_training()
@@ -253,7 +254,7 @@ class Trainer:
         prefix = 'ema_val' if self.parts.ema is not None else 'val'
         if not self.parts.multilabel:
             return f'{prefix}_top1'
-        return f"{prefix}_f1_micro{'' if self.args.threshold_tuning == 'none' else '_best'}"
+        return f"{prefix}_f1_micro{'' if self.config.threshold_tuning == 'none' else '_best'}"
 
     def keep_if_best(self, record: Dict[str, Any]) -> None:
         """Save the final model's weights when ``record`` beats every earlier epoch (ties keep the earlier)."""
@@ -284,29 +285,29 @@ class Trainer:
 
     def finish(self) -> None:
         """The hub folder, the curves and (optionally) the upload, from the main process."""
-        accelerator, args, parts = self.accelerator, self.args, self.parts
+        accelerator, config, parts = self.accelerator, self.config, self.parts
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             return
-        published_epoch = self.epoch if args.save_last or self.best is None else self.best['epoch']
+        published_epoch = self.epoch if config.save_last or self.best is None else self.best['epoch']
         last = next(r for r in self.history if r['epoch'] == published_epoch)
         prefix = 'ema_val' if parts.ema is not None else 'val'
         names = ('f1_micro', 'f1_macro', 'map', 'subset_acc') if parts.multilabel else ('top1', 'top5')
         extra_config = None
         if parts.multilabel:
             # fishzoo predict applies these (sigmoid outputs, one decision threshold per class)
-            extra_config = dict(multilabel=True, threshold_tuning=args.threshold_tuning,
+            extra_config = dict(multilabel=True, threshold_tuning=config.threshold_tuning,
                                 thresholds=self.thresholds or [0.5] * parts.num_classes)
         data = parts.data
-        dataset = args.dataset_name or data.name
-        if not args.dataset_name:
+        dataset = config.dataset_name or data.name
+        if not config.dataset_name:
             _logger.info('the model card names the dataset %r (--dataset-name sets it)', dataset)
         self.folder.publish(
             self.final_model().float().eval().to(memory_format=torch.contiguous_format), self.history,
             class_names=data.class_names, data_config=parts.data_config, multilabel=parts.multilabel,
             metrics={k: last[f'{prefix}_{k}'] for k in names if f'{prefix}_{k}' in last},
             extra_config=extra_config, dataset=dataset, epoch=published_epoch,
-            base_model=base_model_id(args.model, self.final_model()) if args.pretrained else None,
-            description=f'`{args.model}` trained with fishzoo-train on {dataset} '
+            base_model=base_model_id(config.model, self.final_model()) if config.pretrained else None,
+            description=f'`{config.model}` trained with fishzoo-train on {dataset} '
                         f'({len(data.train)} training images, {parts.num_classes} classes).',
-            push_to=args.push_to_hub, commit_message=f'fishzoo-train: {args.model}')
+            push_to=config.push_to_hub, commit_message=f'fishzoo-train: {config.model}')

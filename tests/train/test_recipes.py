@@ -7,7 +7,8 @@ import yaml
 
 from fishzoo.train import main, parse_args
 from fishzoo.train.args import RECIPE_HELP, build_parser, given_flags
-from fishzoo.train.recipes import RECIPE_KEYS, Situation, apply_recipe, choose_recipe, min_positives
+from fishzoo.train.config import RunConfig
+from fishzoo.train.recipes import RECIPE_KEYS, Situation, choose_recipe, min_positives, recipe_settings
 
 SCRATCH = Situation(finetuning=False, multilabel=False, train_images=1437, input_size=32, epochs=8, global_batch=64)
 
@@ -57,26 +58,36 @@ def test_normal_resolution_crops_by_data_size():
     assert _recipe(input_size=224, train_images=100_000, finetuning=True)['scale'] == [0.35, 1.0]
 
 
+def _resolved(args, applied) -> RunConfig:
+    """The flags with the recipe's values: what resolve_run makes of them; the flags themselves stay as parsed."""
+    before = vars(args).copy()
+    config = RunConfig.from_args(args).replace(**applied)
+    assert vars(args) == before
+    return config
+
+
 def test_given_flags_win_and_another_optimizer_keeps_its_own_rates(tmp_path):
     cfg = tmp_path / 'r.yaml'
     cfg.write_text('weight-decay: 0.01\n')
     args = parse_args(['--data-dir', 'x', '--scale', '0.5', '1', '--config', str(cfg), '--epochs', '5'])
     assert {'scale', 'weight_decay', 'epochs', 'data_dir'} <= args.given and 'lr' not in args.given
-    applied = apply_recipe(args, choose_recipe(SCRATCH))
+    applied = recipe_settings(args, choose_recipe(SCRATCH))
+    args = _resolved(args, applied)
     assert args.scale == [0.5, 1.0] and args.weight_decay == 0.01 and args.lr == 3e-3 and args.opt == 'adamw'
     assert 'scale' not in applied and applied['lr'] == 3e-3
 
     args = parse_args(['--data-dir', 'x', '--opt', 'sgd'])
-    apply_recipe(args, choose_recipe(SCRATCH))
+    args = _resolved(args, recipe_settings(args, choose_recipe(SCRATCH)))
     assert (args.opt, args.lr, args.weight_decay) == ('sgd', 0.05, 1e-4)  # the flags' SGD defaults
     assert args.scale == [0.8, 1.0]  # augmentation still follows the situation
 
     small = dataclasses.replace(SCRATCH, batch_given=False)
     args = parse_args(['--data-dir', 'x'])
-    apply_recipe(args, choose_recipe(small))
+    args = _resolved(args, recipe_settings(args, choose_recipe(small)))
     assert args.batch_size == 32
     args = parse_args(['--data-dir', 'x', '-b', '16'])
-    apply_recipe(args, choose_recipe(dataclasses.replace(small, batch_given=True, global_batch=16)))
+    args = _resolved(args, recipe_settings(args, choose_recipe(dataclasses.replace(small, batch_given=True,
+                                                                                    global_batch=16))))
     assert args.batch_size == 16 and args.lr == pytest.approx(1.5e-3)
 
 

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from fishzoo.errors import TrainingStopped
-from fishzoo.train import CheckpointStore, Trainer, build_parts, checkpoint_dirs, create_accelerator, parse_args
+from fishzoo.train import (
+    CheckpointStore, Trainer, build_parts, checkpoint_dirs, create_accelerator, parse_args, resolve_run)
 from tests.conftest import TRAIN_ARGS
 
 
@@ -17,12 +18,12 @@ def _trainer(image_dataset, out, epochs=3, loss_fn=None, save_state=None, extra=
     args = parse_args(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', str(epochs),
                        *TRAIN_ARGS, *extra])
     accelerator = create_accelerator(args)
-    parts = build_parts(args, accelerator.num_processes)
+    parts = build_parts(resolve_run(args, accelerator.num_processes), accelerator.num_processes)
     if loss_fn is not None:
         parts = dataclasses.replace(parts, loss_fn=loss_fn(parts.loss_fn))
     store = CheckpointStore(accelerator, out, keep=args.keep_checkpoints,
                             save_state=save_state(accelerator.save_state) if save_state else None)
-    return Trainer(args, accelerator, parts, store=store)
+    return Trainer(parts.config, accelerator, parts, store=store)
 
 
 def test_trainer_runs_on_given_parts(image_dataset, tmp_path):
@@ -69,8 +70,7 @@ def test_full_disk_keeps_previous_checkpoint(image_dataset, tmp_path):
     assert 'could not write checkpoint' in message and 'No space left on device' in message
     assert f'the previous checkpoint {out}/checkpoints/epoch_0001 is intact' in message
     assert [p.name for p in (out / 'checkpoints').iterdir() if p.is_dir()] == ['epoch_0001']  # no half-written one
-    resumed = _trainer(image_dataset, out)
-    resumed.args.resume = 'auto'
+    resumed = _trainer(image_dataset, out, extra=('--resume', 'auto'))
     assert resumed.run()['epoch'] == 3
 
 
@@ -108,5 +108,6 @@ def test_multilabel_best_epoch_is_judged_at_the_threshold_it_will_use(tmp_path, 
     args = parse_args(['--train-csv', str(csv), '--output-dir', str(tmp_path / 'run'), '--epochs', '1',
                        '--threshold-tuning', tuning, *TRAIN_ARGS])
     accelerator = create_accelerator(args)
-    trainer = Trainer(args, accelerator, build_parts(args, accelerator.num_processes))
+    parts = build_parts(resolve_run(args, accelerator.num_processes), accelerator.num_processes)
+    trainer = Trainer(parts.config, accelerator, parts)
     assert trainer.best_metric() == metric
