@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -165,117 +166,145 @@ def _pytorchcv(name: str) -> Optional[nn.Module]:
     return get_model(name, pretrained=False)
 
 
-def build_cases(cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, work_dir: Path) -> Cases:
-    device = tools.device
-    g = torch.Generator().manual_seed(0)
-    cases = Cases(cfg.model)
+class CaseBuilder:
+    """Builds and warms up every case of a run, section by section; each ``add`` times the setup."""
 
-    def add(key: CaseKey, batch: int, size: int, gmacs: float, build: Callable, warmup: int = 2) -> Case:
-        model_name = key.model or cfg.model
+    def __init__(self, cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, work_dir: Path):
+        self.cfg, self.tools, self.fast_path, self.work_dir = cfg, tools, fast_path, work_dir
+        self.device = tools.device
+        self.cases = Cases(cfg.model)
+        g = torch.Generator().manual_seed(0)
+        size, batch, tbatch = cfg.img_size, cfg.infer_batch, cfg.train_batch
+        self.x = torch.randn(batch, 3, size, size, generator=g).to(self.device)
+        self.x_cl = self.x.contiguous(memory_format=torch.channels_last)
+        self.xt = torch.randn(tbatch, 3, size, size, generator=g).to(self.device)
+        self.yt = torch.randint(0, 1000, (tbatch,), generator=g).to(self.device)
+        self.xt_cl = self.xt.contiguous(memory_format=torch.channels_last)
+        self.generator = g
+        self.model = timm.create_model(cfg.model).eval().to(self.device)
+        self.gmacs = count_gmacs(self.model, (3, size, size))
+        self.reference = timm.create_model(cfg.peer_model).eval().to(self.device).to(memory_format=torch.channels_last)
+        self.ref_gmacs = count_gmacs(self.reference, (3, size, size))
+        self.peer = _pytorchcv(cfg.model)
+
+    def add(self, key: CaseKey, build: Callable, batch: Optional[int] = None, size: Optional[int] = None,
+            gmacs: Optional[float] = None, warmup: int = 2) -> Case:
+        """Time ``build()`` (which returns the step) and its warm-up; batch, size and GMACs default to the
+        main model's inference case."""
+        model_name = key.model or self.cfg.model
         log(f'  building {key.section} {model_name} {key.impl.value} {key.run.value}')
-        step, seconds = timed_setup(build, warmup, tools.sync)
-        return cases.add(key, Case(key.section, model_name, key.impl.value, key.run.value, batch, size, gmacs,
-                                   step, seconds))
+        step, seconds = timed_setup(build, warmup, self.tools.sync)
+        return self.cases.add(key, Case(
+            key.section, model_name, key.impl.value, key.run.value, batch or self.cfg.infer_batch,
+            size or self.cfg.img_size, self.gmacs if gmacs is None else gmacs, step, seconds))
 
-    # --- inference, main model
-    name, size, batch = cfg.model, cfg.img_size, cfg.infer_batch
-    x = torch.randn(batch, 3, size, size, generator=g).to(device)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    fishzoo_model = timm.create_model(name).eval().to(device)
-    gmacs = count_gmacs(fishzoo_model, (3, size, size))
-    cl = copy.deepcopy(fishzoo_model).to(memory_format=torch.channels_last)
-    add(CaseKey('inference', Impl.FISHZOO, Run.EAGER_NCHW), batch, size, gmacs,
-        lambda: inference_step(fishzoo_model, x))
-    add(CaseKey('inference', Impl.FISHZOO, Run.EAGER_CL), batch, size, gmacs, lambda: inference_step(cl, x_cl))
-    folded = reparameterize_model(fishzoo_model, inplace=False).eval().to(memory_format=torch.channels_last)
-    add(CaseKey('inference', Impl.FISHZOO, Run.FOLDED_CL), batch, size, gmacs, lambda: inference_step(folded, x_cl))
-    fast = optimize_for_inference(fishzoo_model, compile=cfg.compile)
-    add(CaseKey('inference', Impl.FISHZOO, Run.FAST), batch, size, gmacs,
-        lambda: inference_step(fast, x)).module = fast
+    def fishzoo_inference(self) -> None:
+        model, x, x_cl = self.model, self.x, self.x_cl
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.add(CaseKey('inference', Impl.FISHZOO, Run.EAGER_NCHW), partial(inference_step, model, x))
+        self.add(CaseKey('inference', Impl.FISHZOO, Run.EAGER_CL), partial(inference_step, cl, x_cl))
+        folded = reparameterize_model(model, inplace=False).eval().to(memory_format=torch.channels_last)
+        self.add(CaseKey('inference', Impl.FISHZOO, Run.FOLDED_CL), partial(inference_step, folded, x_cl))
+        fast = optimize_for_inference(model, compile=self.cfg.compile)
+        self.add(CaseKey('inference', Impl.FISHZOO, Run.FAST), partial(inference_step, fast, x)).module = fast
 
-    peer = _pytorchcv(name)
-    if peer is None:
-        log('  pytorchcv is not installed: its rows are left out (pip install "fishzoo[bench]")')
-    else:
-        peer = peer.eval().to(device)
+    def peer_inference(self) -> None:
+        if self.peer is None:
+            log('  pytorchcv is not installed: its rows are left out (pip install "fishzoo[bench]")')
+            return
+        peer = self.peer.eval().to(self.device)
         peer_cl = copy.deepcopy(peer).to(memory_format=torch.channels_last)
-        add(CaseKey('inference', Impl.PYTORCHCV, Run.EAGER_NCHW), batch, size, gmacs, lambda: inference_step(peer, x))
-        add(CaseKey('inference', Impl.PYTORCHCV, Run.EAGER_CL), batch, size, gmacs,
-            lambda: inference_step(peer_cl, x_cl))
-        if cfg.compile:
+        self.add(CaseKey('inference', Impl.PYTORCHCV, Run.EAGER_NCHW), partial(inference_step, peer, self.x))
+        self.add(CaseKey('inference', Impl.PYTORCHCV, Run.EAGER_CL), partial(inference_step, peer_cl, self.x_cl))
+        if self.cfg.compile:
             peer_frozen = copy.deepcopy(peer_cl)
             for p in peer_frozen.parameters():
                 p.requires_grad_(False)
-            add(CaseKey('inference', Impl.PYTORCHCV, Run.PEER_COMPILED), batch, size, gmacs,
-                lambda: inference_step(_compile_frozen(peer_frozen, fast_path), x_cl, fast_path))
+            self.add(CaseKey('inference', Impl.PYTORCHCV, Run.PEER_COMPILED), lambda: inference_step(
+                _compile_frozen(peer_frozen, self.fast_path), self.x_cl, self.fast_path))
 
-    reference = timm.create_model(cfg.peer_model).eval().to(device).to(memory_format=torch.channels_last)
-    ref_gmacs = count_gmacs(reference, (3, size, size))
-    add(CaseKey('inference', Impl.TIMM, Run.EAGER_CL, cfg.peer_model), batch, size, ref_gmacs,
-        lambda: inference_step(reference, x_cl))
-    if cfg.compile:
-        ref_fast = optimize_for_inference(reference)
-        add(CaseKey('inference', Impl.TIMM, Run.FAST, cfg.peer_model), batch, size, ref_gmacs,
-            lambda: inference_step(ref_fast, x))
+    def reference_inference(self) -> None:
+        peer_model, reference = self.cfg.peer_model, self.reference
+        self.add(CaseKey('inference', Impl.TIMM, Run.EAGER_CL, peer_model),
+                 partial(inference_step, reference, self.x_cl), gmacs=self.ref_gmacs)
+        if self.cfg.compile:
+            ref_fast = optimize_for_inference(reference)
+            self.add(CaseKey('inference', Impl.TIMM, Run.FAST, peer_model), partial(inference_step, ref_fast, self.x),
+                     gmacs=self.ref_gmacs)
 
-    if cfg.onnx and device.type == 'cpu':
-        from fishzoo.deploy.export import INPUT_NAME, export_onnx, onnx_session
+    def onnxruntime_inference(self) -> None:
+        if not self.cfg.onnx or self.device.type != 'cpu':
+            return
+        from fishzoo.deploy.export import export_onnx
+        from fishzoo.deploy.runtime import INPUT_NAME, onnx_session
+        size = self.cfg.img_size
         try:
-            path = export_onnx(fishzoo_model, work_dir / f'{name}.onnx', (3, size, size))
-            session = onnx_session(path)
-            feed = {INPUT_NAME: x.cpu().numpy()}
-            add(CaseKey('inference', Impl.ONNXRUNTIME, Run.ORT), batch, size, gmacs,
-                lambda: (lambda: session.run(None, feed)))
+            path = export_onnx(self.model, self.work_dir / f'{self.cfg.model}.onnx', (3, size, size))
         except ExportError as e:
             log(f'  onnxruntime row left out: {e}')
+            return
+        session, feed = onnx_session(path), {INPUT_NAME: self.x.cpu().numpy()}
+        self.add(CaseKey('inference', Impl.ONNXRUNTIME, Run.ORT), lambda: (lambda: session.run(None, feed)))
 
-    # --- training, main model
-    tbatch = cfg.train_batch
-    xt = torch.randn(tbatch, 3, size, size, generator=g).to(device)
-    yt = torch.randint(0, 1000, (tbatch,), generator=g).to(device)
-    xt_cl = xt.contiguous(memory_format=torch.channels_last)
-
-    def fishzoo_train(channels_last=False, compile=False, checkpointing=False):
-        model = timm.create_model(name).to(device)
+    def _train(self, model: nn.Module, channels_last: bool, compile: bool = False) -> Callable:
+        model = model.to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        model.set_grad_checkpointing(checkpointing)
-        return lambda: _train_step(model, xt_cl if channels_last else xt, yt, compile, fast_path)
+        x = self.xt_cl if channels_last else self.xt
+        return lambda: _train_step(model, x, self.yt, compile, self.fast_path)
 
-    add(CaseKey('training', Impl.FISHZOO, Run.EAGER_NCHW), tbatch, size, gmacs, fishzoo_train())
-    add(CaseKey('training', Impl.FISHZOO, Run.EAGER_CL), tbatch, size, gmacs, fishzoo_train(channels_last=True))
-    add(CaseKey('training', Impl.FISHZOO, Run.CHECKPOINTING), tbatch, size, gmacs,
-        fishzoo_train(channels_last=True, checkpointing=True))
-    if cfg.compile:
-        add(CaseKey('training', Impl.FISHZOO, Run.TRAIN_COMPILED), tbatch, size, gmacs,
-            fishzoo_train(channels_last=True, compile=True), warmup=3)
-    if peer is not None:
-        def peer_train(channels_last):
-            model = _pytorchcv(name).to(device)
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            return lambda: _train_step(model, xt_cl if channels_last else xt, yt, False, fast_path)
-        add(CaseKey('training', Impl.PYTORCHCV, Run.EAGER_NCHW), tbatch, size, gmacs, peer_train(False))
-        add(CaseKey('training', Impl.PYTORCHCV, Run.EAGER_CL), tbatch, size, gmacs, peer_train(True))
-    ref_train = timm.create_model(cfg.peer_model).to(device).to(memory_format=torch.channels_last)
-    add(CaseKey('training', Impl.TIMM, Run.EAGER_CL, cfg.peer_model), tbatch, size, ref_gmacs,
-        lambda: _train_step(ref_train, xt_cl, yt, False, fast_path))
+    def training(self) -> None:
+        """The main model (eager, channels_last, checkpointing, compiled), pytorchcv's and timm's reference."""
+        cfg = self.cfg
+        train = dict(batch=cfg.train_batch)
 
-    # --- the low-resolution FishNets and the dual MobileNetV2
-    for small in cfg.small_models:
-        s = cfg.small_img_size if 'fishnet' in small else cfg.img_size
-        model = timm.create_model(small).eval().to(device)
-        small_gmacs = count_gmacs(model, (3, s, s))
-        xs = torch.randn(batch, 3, s, s, generator=g).to(device)
-        fast_small = optimize_for_inference(model, compile=cfg.compile)
-        add(CaseKey('inference', Impl.FISHZOO, Run.FAST, small), batch, s, small_gmacs,
-            lambda: inference_step(fast_small, xs))
-        xst = torch.randn(tbatch, 3, s, s, generator=g).to(device).contiguous(memory_format=torch.channels_last)
-        yst = torch.randint(0, model.num_classes, (tbatch,), generator=g).to(device)
-        train_model = timm.create_model(small).to(device).to(memory_format=torch.channels_last)
-        add(CaseKey('training', Impl.FISHZOO, Run.EAGER_CL, small), tbatch, s, small_gmacs,
-            lambda: _train_step(train_model, xst, yst, False, fast_path))
-    return cases
+        def fishzoo_model(checkpointing=False):
+            model = timm.create_model(cfg.model)
+            model.set_grad_checkpointing(checkpointing)
+            return model
+        self.add(CaseKey('training', Impl.FISHZOO, Run.EAGER_NCHW), self._train(fishzoo_model(), False), **train)
+        self.add(CaseKey('training', Impl.FISHZOO, Run.EAGER_CL), self._train(fishzoo_model(), True), **train)
+        self.add(CaseKey('training', Impl.FISHZOO, Run.CHECKPOINTING), self._train(fishzoo_model(True), True), **train)
+        if cfg.compile:
+            self.add(CaseKey('training', Impl.FISHZOO, Run.TRAIN_COMPILED),
+                     self._train(fishzoo_model(), True, compile=True), warmup=3, **train)
+        if self.peer is not None:
+            self.add(CaseKey('training', Impl.PYTORCHCV, Run.EAGER_NCHW),
+                     self._train(_pytorchcv(cfg.model), False), **train)
+            self.add(CaseKey('training', Impl.PYTORCHCV, Run.EAGER_CL),
+                     self._train(_pytorchcv(cfg.model), True), **train)
+        self.add(CaseKey('training', Impl.TIMM, Run.EAGER_CL, cfg.peer_model),
+                 self._train(timm.create_model(cfg.peer_model), True), gmacs=self.ref_gmacs, **train)
+
+    def small_models(self) -> None:
+        """The low-resolution FishNets and the dual MobileNetV2: the fast path and a channels_last step."""
+        cfg, g = self.cfg, self.generator
+        for small in cfg.small_models:
+            s = cfg.small_img_size if 'fishnet' in small else cfg.img_size
+            model = timm.create_model(small).eval().to(self.device)
+            shape = dict(size=s, gmacs=count_gmacs(model, (3, s, s)))
+            xs = torch.randn(cfg.infer_batch, 3, s, s, generator=g).to(self.device)
+            fast_small = optimize_for_inference(model, compile=cfg.compile)
+            self.add(CaseKey('inference', Impl.FISHZOO, Run.FAST, small), partial(inference_step, fast_small, xs),
+                     **shape)
+            xst = torch.randn(cfg.train_batch, 3, s, s, generator=g).to(self.device)
+            xst = xst.contiguous(memory_format=torch.channels_last)
+            yst = torch.randint(0, model.num_classes, (cfg.train_batch,), generator=g).to(self.device)
+            train_model = timm.create_model(small).to(self.device).to(memory_format=torch.channels_last)
+            self.add(CaseKey('training', Impl.FISHZOO, Run.EAGER_CL, small),
+                     partial(_train_step, train_model, xst, yst, False, self.fast_path), batch=cfg.train_batch,
+                     **shape)
+
+
+def build_cases(cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, work_dir: Path) -> Cases:
+    builder = CaseBuilder(cfg, tools, fast_path, work_dir)
+    builder.fishzoo_inference()
+    builder.peer_inference()
+    builder.reference_inference()
+    builder.onnxruntime_inference()
+    builder.training()
+    builder.small_models()
+    return builder.cases
 
 
 def _conv_shares(cases: Cases, roofline: Case, tools: DeviceTools, fast_path: FastPath) -> Dict[str, Dict[str, float]]:

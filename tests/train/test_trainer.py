@@ -10,7 +10,14 @@ from safetensors.torch import load_file
 
 from fishzoo.errors import TrainingStopped
 from fishzoo.train import (
-    CheckpointStore, Trainer, build_parts, checkpoint_dirs, create_accelerator, parse_args, resolve_run)
+    CheckpointStore,
+    Trainer,
+    build_parts,
+    checkpoint_dirs,
+    create_accelerator,
+    parse_args,
+    resolve_run,
+)
 from tests.conftest import TRAIN_ARGS
 
 
