@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -186,6 +187,87 @@ def _folder_config(model: nn.Module, source_folder: Optional[Path]) -> dict:
         return json.loads((Path(tmp) / 'config.json').read_text())
 
 
+@dataclass
+class _Checks:
+    """The images an int8 export is calibrated and checked on, and how the model decides."""
+    calibration: Optional[LabelledImages]
+    validation: Optional[LabelledImages]
+    thresholds: Union[float, Sequence[float]]
+
+
+def _check_options(fmt: str, int8: bool, calib_data, val_data, max_drop: float, output_dir: Path) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
+    if not 0 <= max_drop <= 100:
+        raise ExportError(f'--max-drop is in points between 0 and 100, got {max_drop}')
+    if int8 and calib_data is None:
+        raise ExportError('--int8 needs --calib-data: a folder or CSV of a few hundred images like the ones the '
+                          'model will see (digits: the embedded demo data)')
+    if val_data is not None and not int8:
+        raise ExportError('--val-data checks an int8 export: add --int8 and --calib-data')
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f'-o {output_dir}: exists and is not a folder')
+
+
+def _read_checks(model: nn.Module, config: dict, int8: bool, calib_data, val_data) -> _Checks:
+    cfg = config.get('pretrained_cfg') or model.pretrained_cfg
+    multilabel = config.get('thresholds') is not None or bool(config.get('multilabel'))
+    calibration = validation = None
+    if int8:
+        calibration = calib_data if isinstance(calib_data, LabelledImages) else calibration_images(calib_data, cfg)
+    if isinstance(val_data, LabelledImages):
+        validation = val_data
+    elif val_data is not None:
+        validation = validation_images(val_data, cfg, config.get('label_names'), model.num_classes, multilabel)
+    return _Checks(calibration, validation, config.get('thresholds') or 0.5)
+
+
+def _onnx_into(model: nn.Module, output_dir: Path, input_size, opset: int, verify: bool, int8: bool,
+               checks: _Checks, max_drop: float, record: Dict):
+    """``model.onnx`` (fp32, or int8 through a temporary fp32 file); returns the measured int8 accuracy."""
+    target = output_dir / BACKEND_FILES['onnx']
+    fp32_path = target if not int8 else output_dir / '.model-fp32.onnx'
+    export_onnx(model, fp32_path, input_size, opset=opset)
+    if verify:
+        record['max_rel_diff_fp32'] = verify_onnx(fp32_path, model, check_shapes(input_size))
+    record['opset'] = opset
+    if not int8:
+        return None
+    fp32_run = onnx_runner(fp32_path) if checks.validation is not None else None
+    try:
+        return onnx_int8(fp32_path, target, checks.calibration, checks.validation, fp32_run, max_drop,
+                         checks.thresholds)
+    finally:
+        fp32_path.unlink(missing_ok=True)
+
+
+def _openvino_into(model: nn.Module, output_dir: Path, input_size, verify: bool, int8: bool, checks: _Checks,
+                   max_drop: float, record: Dict):
+    """``openvino_model.xml`` / ``.bin`` (fp32, or NNCF int8); returns the measured int8 accuracy."""
+    ov_model = export_openvino(model, input_size)  # checks that openvino is installed
+    import openvino as ov
+    if verify:
+        record['max_rel_diff_fp32'] = verify_openvino(ov_model, model, check_shapes(input_size))
+    # fp32 exports run in f32 (exact); int8 ones let OpenVINO pick the precision of the layers left in
+    # floating point (bf16 on CPUs that have it), which the measured accuracy includes
+    record['inference_precision'] = 'f32' if not int8 else 'default'
+    accuracy = None
+    if int8 and checks.validation is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ov.save_model(ov_model, f'{tmp}/m.xml')
+            fp32_run = openvino_runner(f'{tmp}/m.xml', precision='f32')
+            ov_model, accuracy = openvino_int8(ov_model, checks.calibration, checks.validation, fp32_run, max_drop,
+                                               checks.thresholds)
+    elif int8:
+        ov_model, _ = openvino_int8(ov_model, checks.calibration)
+    ov.save_model(ov_model, str(output_dir / BACKEND_FILES['openvino']), compress_to_fp16=False)
+    return accuracy
+
+
+def _source_name(data) -> str:
+    return 'images given in Python' if isinstance(data, LabelledImages) else str(data)
+
+
 def export_folder(
         model: nn.Module,
         output_dir: Union[str, Path],
@@ -200,80 +282,31 @@ def export_folder(
         verify: bool = True,
 ) -> Dict:
     """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``: a folder, CSV or
-    'digits' as for the command line, or :class:`fishzoo.deploy.calibration.LabelledImages`; ``val_data`` likewise);
-    returns the ``export`` record written to its config.json (file, precision, checks, measured accuracy)."""
-    if fmt not in FORMATS:
-        raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
-    if not 0 <= max_drop <= 100:
-        raise ExportError(f'--max-drop is in points between 0 and 100, got {max_drop}')
-    if int8 and calib_data is None:
-        raise ExportError('--int8 needs --calib-data: a folder or CSV of a few hundred images like the ones the '
-                          'model will see (digits: the embedded demo data)')
-    if val_data is not None and not int8:
-        raise ExportError('--val-data checks an int8 export: add --int8 and --calib-data')
+    'digits' as for the command line, or :class:`fishzoo.deploy.calibration.LabelledImages`; ``val_data``
+    likewise); returns the ``export`` record written to its config.json (file, precision, checks, measured
+    accuracy)."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ExportError(f'-o {output_dir}: exists and is not a folder')
+    _check_options(fmt, int8, calib_data, val_data, max_drop, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = _folder_config(model, source_folder)
-    cfg = config.get('pretrained_cfg') or model.pretrained_cfg
-    multilabel = config.get('thresholds') is not None or bool(config.get('multilabel'))
-    thresholds = config.get('thresholds') or 0.5
-    calibration = None
-    if int8:
-        calibration = calib_data if isinstance(calib_data, LabelledImages) else calibration_images(calib_data, cfg)
-    validation = None
-    if isinstance(val_data, LabelledImages):
-        validation = val_data
-    elif val_data is not None:
-        validation = validation_images(val_data, cfg, config.get('label_names'), model.num_classes, multilabel)
+    checks = _read_checks(model, config, int8, calib_data, val_data)
     start = time.perf_counter()
-    shapes = check_shapes(input_size)
     record = dict(format=fmt, precision='int8' if int8 else 'fp32', input_size=list(input_size))
     for stale in BACKEND_FILES.values():  # a folder re-exported in another format keeps one model file
         for path in (output_dir / stale, (output_dir / stale).with_suffix('.bin')):
             path.unlink(missing_ok=True)
-    accuracy = None
     if fmt == 'onnx':
-        target = output_dir / 'model.onnx'
-        fp32_path = target if not int8 else output_dir / '.model-fp32.onnx'
-        export_onnx(model, fp32_path, input_size, opset=opset)
-        if verify:
-            record['max_rel_diff_fp32'] = verify_onnx(fp32_path, model, shapes)
-        record['opset'] = opset
-        if int8:
-            fp32_run = onnx_runner(fp32_path) if validation is not None else None
-            try:
-                accuracy = onnx_int8(fp32_path, target, calibration, validation, fp32_run, max_drop, thresholds)
-            finally:
-                fp32_path.unlink(missing_ok=True)
+        accuracy = _onnx_into(model, output_dir, input_size, opset, verify, int8, checks, max_drop, record)
     else:
-        ov_model = export_openvino(model, input_size)  # checks that openvino is installed
-        import openvino as ov
-        if verify:
-            record['max_rel_diff_fp32'] = verify_openvino(ov_model, model, shapes)
-        # fp32 exports run in f32 (exact); int8 ones let OpenVINO pick the precision of the layers left in
-        # floating point (bf16 on CPUs that have it), which the measured accuracy includes
-        record['inference_precision'] = 'f32' if not int8 else 'default'
-        if int8:
-            fp32_run = None
-            if validation is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    ov.save_model(ov_model, f'{tmp}/m.xml')
-                    fp32_run = openvino_runner(f'{tmp}/m.xml', precision='f32')
-                    ov_model, accuracy = openvino_int8(ov_model, calibration, validation, fp32_run, max_drop,
-                                                       thresholds)
-            else:
-                ov_model, _ = openvino_int8(ov_model, calibration)
-        ov.save_model(ov_model, str(output_dir / 'openvino_model.xml'), compress_to_fp16=False)
+        accuracy = _openvino_into(model, output_dir, input_size, verify, int8, checks, max_drop, record)
     record['file'] = BACKEND_FILES[fmt]
     record['seconds'] = round(time.perf_counter() - start, 1)
-    def source(data) -> str:
-        return 'images given in Python' if isinstance(data, LabelledImages) else str(data)
-    if calibration is not None:
-        record['calibration'] = dict(source=source(calib_data), images=len(calibration), skipped=calibration.skipped)
+    if checks.calibration is not None:
+        record['calibration'] = dict(source=_source_name(calib_data), images=len(checks.calibration),
+                                     skipped=checks.calibration.skipped)
     if accuracy is not None:
-        record['accuracy'] = dict(accuracy.as_dict(), source=source(val_data), skipped=validation.skipped)
+        record['accuracy'] = dict(accuracy.as_dict(), source=_source_name(val_data),
+                                  skipped=checks.validation.skipped)
     config['export'] = record
     (output_dir / 'config.json').write_text(json.dumps(config, indent=2))
     (output_dir / 'README.md').write_text(export_card(config), encoding='utf-8')
