@@ -117,7 +117,7 @@ def test_csv_errors(tmp_path):
 
 
 def test_hf_imagefolder(tmp_path):
-    pytest.importorskip('datasets')
+    import datasets  # noqa: F401  (the test extra brings it: missing is a failure, not a skip)
     d = data.hf_data('imagefolder', make_train_val(tmp_path / 'ds'))
     assert d.class_names == ['cat', 'dog', 'fish'] and len(d.train) == 24 and len(d.val) == 12
     image, target = d.train[0]

@@ -44,6 +44,8 @@ def served(trained_run):
     proc.wait(timeout=30)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_demo_page_in_a_browser(served, trained_run, image_dataset):
     """Upload an image on the page, press Submit, read the labels: the same top label and probability as
     fishzoo predict."""

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.deploy
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
-pytest.importorskip('openvino')
 import deploy  # noqa: E402
 
 

@@ -7,6 +7,8 @@ from fishzoo.data import digits_data
 from fishzoo.deploy.calibration import DIGITS, as_batches, calibration_images, validation_images
 from fishzoo.errors import QuantizeError
 
+pytestmark = pytest.mark.deploy
+
 CFG = dict(input_size=(3, 24, 24), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation='bilinear',
            crop_pct=1.0)
 

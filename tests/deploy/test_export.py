@@ -1,6 +1,7 @@
 """ONNX export: dynamic batch and spatial size, opset >= 17, onnxruntime agrees with PyTorch within 1e-4."""
 import json
 
+import onnx
 import pytest
 import timm
 
@@ -8,9 +9,7 @@ from fishzoo.cli import main
 from fishzoo.deploy.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_session, verify_onnx
 from tests.helpers.models import set_bn_statistics
 
-onnx = pytest.importorskip('onnx')
-pytest.importorskip('onnxruntime')
-pytest.importorskip('onnxscript')
+pytestmark = pytest.mark.deploy
 
 
 @pytest.fixture(scope='module')

@@ -13,9 +13,8 @@ from fishzoo.hub import save_pretrained
 from fishzoo.predict import predict
 from tests.helpers.models import set_bn_statistics
 
-pytest.importorskip('onnxruntime')
-pytest.importorskip('openvino')
-pytest.importorskip('nncf')
+pytestmark = pytest.mark.deploy
+
 
 LABELS = ['cat', 'dog', 'fish']
 SIZE = 32

@@ -4,10 +4,10 @@ import timm
 import torch
 import torch.nn as nn
 
+from fishzoo.deploy.int8_torch import QuantizedModel, quantization_report, quantize
 from fishzoo.errors import QuantizeError
 
-pytest.importorskip('torchao')
-from fishzoo.deploy.int8_torch import QuantizedModel, quantization_report, quantize  # noqa: E402
+pytestmark = pytest.mark.deploy
 
 
 def _relative(a, b):
