@@ -3,7 +3,7 @@
 OpenVINO, each as a user does it by hand with the library's defaults (the peers) and as fishzoo's export
 does it. Batch throughput (img/s) and batch-1 latency (median and p90), as ratios to the fp32 fast path.
 
-    python benchmarks/deploy.py [--quick] [--json out.json] [--readme README.md]
+    python benchmarks/deploy.py [--quick] [--json out.json] [--markdown docs/deployment.md]
 
 Random weights: these rows are about speed; int8 accuracy on trained models is ``studies/int8_accuracy.py``.
 Needs ``pip install 'fishzoo[deploy,onnx]'``. The full run takes about 17 minutes on 2 CPU cores
@@ -194,7 +194,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='fishnet_s64 alone, short rounds (a smoke run)')
     parser.add_argument('--json', help='write the measurements here')
-    parser.add_argument('--readme', help='replace the table between the deploy-benchmark markers in this file')
+    parser.add_argument('--markdown', '--readme', dest='readme', metavar='FILE',
+                        help='replace the table between the deploy-benchmark markers in this Markdown file '
+                             '(docs/deployment.md)')
     args = parser.parse_args(argv)
     models = [('fishnet_s64', 64)] if args.quick else [('fishnet150', 224), ('fishnet_s64', 64)]
     batch, rounds, min_seconds = (8, 1, 0.5) if args.quick else (8, 3, 3.0)

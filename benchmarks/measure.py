@@ -238,7 +238,7 @@ def roofline_case(device, tools: DeviceTools, channels: Sequence[int] = (128, 25
 
 def publish(table: str, result: dict, json_path: Optional[str] = None, readme: Optional[str] = None,
             start: str = README_START, end: str = README_END) -> None:
-    """A run's output: the table printed, the result as JSON and the table in the README between markers."""
+    """A run's output: the table printed, the result as JSON, the table between markers in a docs/ file."""
     print(table)
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str))

@@ -2,7 +2,7 @@
 """fishzoo's FishNet against pytorchcv's and timm's ResNet-50, in one process, interleaved: inference and
 training img/s, peak memory and the fraction of a conv roofline it measures itself.
 
-    python benchmarks/peers.py [--quick] [--json out.json] [--readme README.md] [--device cuda]
+    python benchmarks/peers.py [--quick] [--json out.json] [--markdown docs/performance.md] [--device cuda]
 
 The conv roofline is one of the cases: the fastest of a few large 3x3 convolutions, so "fraction of
 roofline" compares like with like. pytorchcv (``pip install 'fishzoo[bench]'``) is an optional peer:
@@ -550,7 +550,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='benchmarks/peers.py', description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small inputs, no compilation: a smoke run in seconds')
     parser.add_argument('--json', metavar='FILE', help='also write the result as JSON')
-    parser.add_argument('--readme', metavar='README', help='put the table between the benchmark markers of README')
+    parser.add_argument('--markdown', '--readme', dest='readme', metavar='FILE',
+                        help='put the table between the benchmark markers of this Markdown file (docs/performance.md)')
     parser.add_argument('--device', help="'cpu' or 'cuda' (default: cuda when present)")
     parser.add_argument('--no-compile', action='store_true', help='leave out the compiled paths')
     parser.add_argument('--no-onnx', action='store_true', help='leave out onnxruntime')

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train a timm model with Accelerate into a hub folder (see fishzoo/train.py).
+"""Train a timm model with Accelerate into a hub folder (see fishzoo/train/ and docs/training.md).
 
     accelerate launch scripts/train.py [options]
 """

@@ -2,14 +2,14 @@
 """int8 on trained networks: every int8 path's held-out top-1 and its agreement with fp32.
 
     python studies/int8_accuracy.py [--work-dir output/int8_accuracy] [--reuse-models] [--json result.json]
-                                    [--readme README.md]
+                                    [--markdown docs/deployment.md]
 
 FishNet-150 at 64 px and ``fishnet_s64`` at 32 px are trained on the embedded digits with fishzoo-train's
 defaults (the split is fishzoo-train's: 1,437 training and 360 held-out scans), then quantized by
 ``fishzoo.quantize`` (torchao, compiled), ``fishzoo export --format onnx --int8`` and ``--format openvino
 --int8``, each calibrated on 300 training images. Targets (#13): top-1 within 0.5 points of fp32 and at
 least 99% of the held-out images decided as fp32 decides them. About 12 minutes on 2 CPU cores; exits 1
-when a target is missed. The README's int8 accuracy table is its output.
+when a target is missed. docs/deployment.md's int8 accuracy table is its output.
 """
 import argparse
 import sys
@@ -99,7 +99,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--work-dir', default='output/int8_accuracy', help='trained folders and exports go here')
     parser.add_argument('--reuse-models', action='store_true', help='use models a previous run trained in --work-dir')
     parser.add_argument('--json', help='write the rows here')
-    parser.add_argument('--readme', help='replace the table between the int8-accuracy markers in this file')
+    parser.add_argument('--markdown', '--readme', dest='readme', metavar='FILE',
+                        help='replace the table between the int8-accuracy markers in this Markdown file '
+                             '(docs/deployment.md)')
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()

@@ -11,7 +11,7 @@ be, trained with nothing but the data, the model and the epochs, checked against
 3. ``--lr-find`` on run 1's data (target: under a minute), then run 1 again with ``--lr auto``
    (target: within 1 point of run 1, whose LR is the recipe's).
 
-About 8 minutes on 2 CPU cores; the README's "Recipes" table is its output. Exits 1 when a target is missed.
+About 8 minutes on 2 CPU cores; the "Recipes" table of docs/training.md is its output. Exits 1 when a target is missed.
 """
 import argparse
 import json

@@ -4,7 +4,7 @@
 
     python studies/transfer_digits.py [--work-dir output/transfer] [--epochs 3] [--json result.json]
 
-About 2 minutes on 2 CPU cores; the README's transfer table is its output.
+About 2 minutes on 2 CPU cores; the transfer table of docs/training.md is its output.
 """
 import argparse
 import json

@@ -170,7 +170,8 @@ def as_batches(calibration: Union[torch.Tensor, Iterable, LabelledImages], batch
                                     f'pairs, got {type(images).__name__}')
             batches.append(images)
     else:
-        raise QuantizeError(f'calibration must be images (a tensor, a loader, or fishzoo.calibration_images), '
+        raise QuantizeError('calibration must be images (a tensor, a loader, or '
+                            'fishzoo.deploy.calibration.calibration_images), '
                             f'got {type(calibration).__name__}')
     if not batches or not sum(len(b) for b in batches):
         raise QuantizeError('no calibration images: give a few hundred images like the ones the model will see')

@@ -58,7 +58,7 @@ def retain_freed_memory() -> bool:
         return False
     _retaining = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
     if _retaining:
-        _logger.info('glibc malloc: freed memory is kept in the process (fishzoo.retain_freed_memory)')
+        _logger.info('glibc malloc: freed memory is kept in the process (fishzoo.deploy.fast_path.retain_freed_memory)')
     return _retaining
 
 

@@ -9,7 +9,7 @@ The situation is read from the run itself once its data and model are known:
 - **small data** (fewer than ``SMALL_DATA`` training images) or large;
 - **low resolution** (input side at most ``LOW_RESOLUTION`` px) or normal.
 
-What each situation gets, and why (the README's "Recipes" table says the same, with the study that chose it):
+What each situation gets, and why (the "Recipes" table of docs/training.md says the same, with the study that chose it):
 
 - AdamW with weight decay 0.05 and a cosine schedule everywhere: it trains from scratch and fine-tunes
   without the per-dataset LR search SGD needs (timm's recipes for modern CNNs, fastai's default). Peak LR
