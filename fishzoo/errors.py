@@ -52,8 +52,9 @@ class PretrainedWeightsUnavailable(FishzooError, RuntimeError):
     """The pretrained weights could not be found locally nor downloaded."""
 
 
-class HubFolderError(FishzooError, ValueError):
-    """A hub folder that cannot be loaded; the message names the file and what was expected."""
+class HubFolderError(CheckpointError):
+    """A hub folder that cannot be loaded; the message names the file and what was expected (a checkpoint
+    error: timm's ``local-dir:`` / ``hf-hub:`` loading raises it as such)."""
 
 
 class ModelLoadError(FishzooError, ValueError):
