@@ -2,23 +2,26 @@
 import copy
 import re
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
 from fishzoo.info import count_gmacs
 
-# the snippet of a folder not (yet) on the Hub; push_to_hub rewrites it to hf-hub:REPO_ID
-LOCAL_REF = 'local-dir:path/to/this/folder'
+# the snippets of a folder not (yet) on the Hub; push_to_hub rewrites them to hf-hub:REPO_ID / REPO_ID
+LOCAL_PATH = 'path/to/this/folder'
+LOCAL_REF = f'local-dir:{LOCAL_PATH}'
 
 # metric name -> (Hub metric type, display name); fractions (F1, mAP) are shown as percentages
 METRICS = {
     'top1': ('accuracy', 'Top-1 accuracy'), 'top5': ('top_5_accuracy', 'Top-5 accuracy'),
     'f1_micro': ('f1', 'Micro F1'), 'f1_macro': ('f1', 'Macro F1'), 'map': ('map', 'mAP'),
     'subset_acc': ('accuracy', 'Subset accuracy'),
+    'f1_micro_tuned': ('f1', 'Micro F1 at the published thresholds'),
 }
-PERCENT_OF_FRACTION = ('f1_micro', 'f1_macro', 'map', 'subset_acc')
+PERCENT_OF_FRACTION = ('f1_micro', 'f1_macro', 'map', 'subset_acc', 'f1_micro_tuned')
+CLASSES_LISTED = 50  # a card lists up to this many class names; config.json holds them all
 
 FISHNET_CITATION = """@inproceedings{sun2018fishnet,
   title={FishNet: A Versatile Backbone for Image, Region, and Pixel Level Prediction},
@@ -56,6 +59,7 @@ def retarget_card(text: str, repo_id: str) -> str:
     """A card's snippet, title and model-index name pointed at ``repo_id`` (run by push before uploading)."""
     name = repo_id.split('/')[-1]
     text = re.sub(r"(local-dir:path/to/this/folder|hf-hub:[^'\"\s)`]+)", f'hf-hub:{repo_id}', text)
+    text = re.sub(r"model='[^']*'\)", f"model='{repo_id}')", text)  # the transformers snippet
     text = re.sub(r'^# .*$', f'# {name}', text, count=1, flags=re.MULTILINE)
     return re.sub(r'^(- name: ).*$', rf'\g<1>{name}', text, count=1, flags=re.MULTILINE)
 
@@ -68,13 +72,17 @@ class CardFacts:
         repo_id: the Hub repo the folder is for (the snippets load ``hf-hub:REPO_ID``; without it
             ``local-dir:``, which ``push_to_hub`` rewrites).
         dataset: the training dataset, as a hub id or (hub id, display name).
-        metrics: name -> value (e.g. ``{'top1': 78.14}``), written to ``model-index`` and to a table.
+        metrics: name -> value (e.g. ``{'top1': 78.14}``), written to ``model-index`` and to a table, the
+            first being the headline; top-5 is left out for models of 5 classes or fewer (it is 100).
         metrics_source: who measured the metrics, when not this folder's own evaluation
             (e.g. 'reported by the FishNet authors, not measured by fishzoo').
-        license: a Hub license id; the model's pretrained_cfg license, else 'other'.
+        license: a Hub license id, as the model's author chose it (``unknown``: the authors published
+            none); without one the card says that none was chosen.
         tags: extra Hub tags.
         description: the card's first paragraph.
         base_model: the Hub repo a fine-tune started from (the Hub's model tree).
+        train_images, val_images: how many images it was trained and measured on (for the limitations).
+        validation: how the validation images were chosen (e.g. '20% held out of the training data').
     """
     repo_id: Optional[str] = None
     dataset: Union[str, Tuple[str, str], None] = None
@@ -84,6 +92,9 @@ class CardFacts:
     tags: Sequence[str] = ()
     description: Optional[str] = None
     base_model: Optional[str] = None
+    train_images: Optional[int] = None
+    val_images: Optional[int] = None
+    validation: Optional[str] = None
 
     @property
     def dataset_id_and_name(self) -> Tuple[Optional[str], Optional[str]]:
@@ -92,11 +103,17 @@ class CardFacts:
         return self.dataset or (None, None)
 
 
-def _front_matter(arch: str, cfg: dict, facts: CardFacts, license: str) -> str:
+def _shown_metrics(facts: CardFacts, num_classes: int) -> Dict[str, float]:
+    """The metrics a card shows: top-5 only with more than 5 classes (with 5 or fewer it is 100 by definition)."""
+    return {k: v for k, v in (facts.metrics or {}).items() if not (k == 'top5' and num_classes <= 5)}
+
+
+def _front_matter(arch: str, cfg: dict, facts: CardFacts, license: Optional[str], num_classes: int) -> str:
     """The YAML the Hub reads: library, tags, license, datasets, base model and ``model-index`` metrics."""
     dataset_id, dataset_name = facts.dataset_id_and_name
     eval_results = None
-    if facts.metrics and dataset_id:
+    metrics = _shown_metrics(facts, num_classes)
+    if metrics and dataset_id:
         # model-index names a source only together with its url (the original implementation's)
         source = dict(source_name=facts.metrics_source, source_url=cfg['origin_url']) \
             if facts.metrics_source and cfg.get('origin_url') else {}
@@ -105,8 +122,8 @@ def _front_matter(arch: str, cfg: dict, facts: CardFacts, license: str) -> str:
                 task_type='image-classification', dataset_type=dataset_id, dataset_name=dataset_name,
                 metric_type=METRICS.get(name, (name,))[0], metric_name=_metric_title(name),
                 metric_value=_card_value(name, value), **source)
-            for name, value in facts.metrics.items()]
-    card_license = dict(license=license)
+            for name, value in metrics.items()]
+    card_license = dict(license=license) if license else {}
     if license == 'unknown':
         card_license = dict(license='other', license_name='no-license-published')
     return ModelCardData(
@@ -128,6 +145,7 @@ def _usage(model: torch.nn.Module, hub_config: dict, cfg: dict, ref: str, is_fis
     activation = 'sigmoid()' if multilabel else 'softmax(-1)'
     install = ['# fishzoo is not on PyPI: install it from its source tree', 'pip install timm /path/to/fishzoo'] \
         if is_fishzoo else ['pip install timm']
+    hf_ref = ref[len('hf-hub:'):] if ref.startswith('hf-hub:') else LOCAL_PATH
     thresholds = list(hub_config.get('thresholds') or [0.5] * model.num_classes)
     lines = [
         '## Usage', '',
@@ -152,6 +170,17 @@ def _usage(model: torch.nn.Module, hub_config: dict, cfg: dict, ref: str, is_fis
         f"encoder = timm.create_model('{ref}', pretrained=True, num_classes=0).eval()",
         'embedding = encoder(x)  # (batch, num_features): the pooled features before the classifier',
         '```', '',
+        '### With transformers', '',
+        '```python',
+        'from transformers import pipeline',
+        '',
+        f"classifier = pipeline('image-classification', model='{hf_ref}')",
+        "scores = classifier('image.jpg')  # [{'label': ..., 'score': ...}, ...], best first",
+        '```', '',
+        ('transformers loads the folder with its `TimmWrapper` classes (`AutoModelForImageClassification`, '
+         '`AutoImageProcessor`, `AutoModel` for the feature maps); the label names are its `id2label`.'
+         + (' Its scores are the sigmoid outputs; the decisions use the thresholds below '
+            "(`config.json`'s `thresholds`), which the pipeline does not apply." if multilabel else '')), '',
     ]
     if is_fishzoo:
         lines += ['fishzoo registers its architectures with timm when it is installed; no `import fishzoo` is needed.',
@@ -159,7 +188,7 @@ def _usage(model: torch.nn.Module, hub_config: dict, cfg: dict, ref: str, is_fis
     return lines
 
 
-def _details(model: torch.nn.Module, arch: str, cfg: dict, facts: CardFacts, license: str) -> List[str]:
+def _details(model: torch.nn.Module, arch: str, cfg: dict, facts: CardFacts, license: Optional[str]) -> List[str]:
     """Architecture, size, input, classes, dataset, lineage, paper and license."""
     params = sum(p.numel() for p in model.parameters())
     gmacs, activations = _complexity(model, cfg['input_size'])
@@ -183,19 +212,65 @@ def _details(model: torch.nn.Module, arch: str, cfg: dict, facts: CardFacts, lic
         lines.append(f"- Original implementation: {cfg['origin_url']}")
     if license == 'unknown':
         lines.append('- License: the authors published no license for their code or weights.')
-    else:
+    elif license:
         lines.append(f'- License: {license}')
+    else:
+        lines.append('- License: none chosen by the author of these weights (fishzoo-train --license sets one)')
     return lines
 
 
-def _results(facts: CardFacts) -> List[str]:
-    if not facts.metrics:
+def _results(facts: CardFacts, num_classes: int) -> List[str]:
+    metrics = _shown_metrics(facts, num_classes)
+    if not metrics:
         return []
     lines = ['', '## Results', '']
     if facts.metrics_source:
         lines += [f'Numbers {facts.metrics_source}.', '']
+    if 'f1_micro_tuned' in metrics:
+        lines += ['The first row is what the published model decides with: its per-class thresholds (below), '
+                  'chosen on the same validation split the row is measured on, so it reads a little high; the '
+                  'other rows are at a threshold of 0.5.', '']
     lines += ['| metric | value |', '|---|---:|']
-    return lines + [f'| {_metric_title(k)} (%) | {_card_value(k, v):.2f} |' for k, v in facts.metrics.items()]
+    return lines + [f'| {_metric_title(k)} (%) | {_card_value(k, v):.2f} |' for k, v in metrics.items()]
+
+
+def _classes(hub_config: dict, num_classes: int) -> List[str]:
+    """The label names (with each one's decision threshold for a multi-label model)."""
+    names = hub_config.get('label_names')
+    if not names or num_classes == 0:
+        return []
+    names = [str(n) for n in names]
+    thresholds = hub_config.get('thresholds')
+    lines = ['', '## Classes', '']
+    shown = names[:CLASSES_LISTED]
+    if thresholds is not None and len(thresholds) == len(names):
+        lines += ['A label is predicted when its sigmoid score reaches its threshold:', '',
+                  '| class | threshold |', '|---|---:|']
+        lines += [f'| {name} | {t:.3f} |' for name, t in zip(shown, thresholds)]
+    else:
+        lines.append(', '.join(f'`{name}`' for name in shown))
+    if len(names) > len(shown):
+        lines += ['', f'... {len(names)} in all (`label_names` in `config.json`).']
+    return lines
+
+
+def _limitations(facts: CardFacts, num_classes: int, multilabel: bool) -> List[str]:
+    """What the card can say of the model's reach from what is known about its training and measurement."""
+    lines = ['', '## Intended use and limitations', '',
+             f'An image classifier for the {num_classes} classes above'
+             + (' (any number of them per image)' if multilabel else ' (one per image)') + '. Use it on images '
+             'like those it was trained on; outside them its scores are not calibrated and its errors unknown.']
+    if facts.train_images:
+        size = 'a small data set' if facts.train_images < 10_000 else 'its data set'
+        lines += ['', f'- Trained on {facts.train_images:,} images ({size}); measured on '
+                  f'{facts.val_images or "the"} validation images'
+                  + (f' ({facts.validation})' if facts.validation else '') + ', drawn from the same source, '
+                  'so the numbers above say how it does on more images like them, not on other cameras, '
+                  'sources or kinds of image.']
+    lines += ['- Not measured: accuracy on data from other sources, calibration of the scores, robustness to '
+              'corrupted or adversarial images, and differences between groups of people or places in the '
+              'images. Check those on your own data before relying on it.']
+    return lines
 
 
 def model_card(model: torch.nn.Module, hub_config: Optional[dict] = None, facts: Optional[CardFacts] = None,
@@ -210,16 +285,18 @@ def model_card(model: torch.nn.Module, hub_config: Optional[dict] = None, facts:
     hub_config = hub_config or {}
     cfg = hub_config.get('pretrained_cfg') or model.pretrained_cfg
     arch = hub_config.get('architecture') or cfg.get('architecture') or type(model).__name__
-    license = facts.license or cfg.get('license') or 'other'
+    license = facts.license
     ref = f'hf-hub:{facts.repo_id}' if facts.repo_id else LOCAL_REF
     is_fishzoo = type(model).__module__.startswith('fishzoo.')
     lines = [
-        '---', _front_matter(arch, cfg, facts, license), '---', '',
+        '---', _front_matter(arch, cfg, facts, license, model.num_classes), '---', '',
         f'# {(facts.repo_id or arch).split("/")[-1]}', '',
         facts.description or cfg.get('description') or f'A `{arch}` image classifier saved with fishzoo.', '',
         *_usage(model, hub_config, cfg, ref, is_fishzoo),
         *_details(model, arch, cfg, facts, license),
-        *_results(facts),
+        *_results(facts, model.num_classes),
+        *_classes(hub_config, model.num_classes),
+        *_limitations(facts, model.num_classes, bool(hub_config.get('multilabel'))),
     ]
     for note in cfg.get('notes') or ():
         lines.append(f'\n> {note}')

@@ -6,6 +6,7 @@
     fishzoo convert ARCH CHECKPOINT --output-dir DIR [--push-to-hub REPO_ID]
                                               the authors' FishNet checkpoint -> hub folder
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
+    fishzoo upgrade FOLDER                    bring a hub folder written by an older fishzoo up to date
     fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B]
                                               labels of images (files, folders, globs) with a folder or model,
                                               run by torch, onnxruntime or OpenVINO
@@ -78,6 +79,13 @@ def _cmd_push(args: argparse.Namespace) -> int:
     from fishzoo.hub import push_to_hub
     url = push_to_hub(args.folder, args.repo_id, private=args.private)
     print(f'uploaded {args.folder} to {args.repo_id}: {url}')
+    return 0
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    from fishzoo.hub import upgrade_folder
+    changes = upgrade_folder(args.folder)
+    print(f'{args.folder}: ' + ('; '.join(changes) if changes else 'up to date'))
     return 0
 
 
@@ -198,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('repo_id', metavar='REPO_ID')
     p.add_argument('--private', action='store_true')
     p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser('upgrade', help="rewrite an older hub folder's config.json so that transformers reads it too")
+    p.add_argument('folder', metavar='FOLDER')
+    p.set_defaults(func=_cmd_upgrade)
 
     p = sub.add_parser('predict', help='labels of images, with a hub folder or a timm model')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='hub folder, local-dir:PATH, hf-hub:REPO_ID or timm name')

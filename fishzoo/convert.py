@@ -62,6 +62,8 @@ def convert_fishnet(
         dataset=('imagenet-1k', 'ImageNet-1k'),
         metrics={'top1': top1, 'top5': top5},
         metrics_source='reported by the FishNet authors, not measured by fishzoo',
+        license=model.pretrained_cfg.get('license'),  # 'unknown': the authors published none
+        train_images=1_281_167, val_images=50_000, validation='the ImageNet-1k validation set',
         tags=('fishnet', 'converted'),
         description=(
             f'`{name}`: the FishNet authors\' ImageNet-1k checkpoint `{checkpoint.name}`, converted to timm '

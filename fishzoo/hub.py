@@ -41,6 +41,44 @@ torch
 UPLOAD_PATTERNS = ['*.json', '*.safetensors', '*.md', '*.png', 'app.py', 'requirements.txt']
 
 
+def for_every_reader(config: dict) -> dict:
+    """A hub folder's ``config.json`` that timm, fishzoo and transformers' TimmWrapper all read the same way.
+
+    - ``model_args`` without ``num_classes``: timm's ``save_for_hf`` writes it there too, and TimmWrapper
+      passes ``model_args`` to ``timm.create_model`` next to its own ``num_classes`` (a ``TypeError``); the
+      top-level ``num_classes`` says the same for every reader.
+    - multi-label folders say ``problem_type: multi_label_classification``, so transformers' pipeline gives
+      sigmoid scores, as ``fishzoo predict`` does (the thresholds stay in ``thresholds``).
+    """
+    config = dict(config)
+    model_args = dict(config.get('model_args') or {})
+    if 'num_classes' in model_args and model_args['num_classes'] == config.get('num_classes'):
+        del model_args['num_classes']
+    if 'model_args' in config:
+        config['model_args'] = model_args
+    if config.get('multilabel') or config.get('thresholds') is not None:
+        config['problem_type'] = 'multi_label_classification'
+    return config
+
+
+def upgrade_folder(folder: Union[str, Path]) -> List[str]:
+    """Rewrite an older hub folder's ``config.json`` by :func:`for_every_reader` (the weights are untouched);
+    returns what changed (nothing when it is up to date)."""
+    folder = Path(folder)
+    config = read_hub_config(folder)
+    upgraded = for_every_reader(config)
+    changes = []
+    if 'num_classes' in (config.get('model_args') or {}) and 'num_classes' not in upgraded['model_args']:
+        changes.append('model_args.num_classes removed (transformers passes num_classes itself)')
+    if upgraded.get('problem_type') != config.get('problem_type'):
+        changes.append('problem_type: multi_label_classification (transformers gives sigmoid scores)')
+    if changes:
+        tmp = folder / '.config.json.tmp'
+        tmp.write_text(json.dumps(upgraded, indent=2))
+        os.replace(tmp, folder / 'config.json')
+    return changes
+
+
 def save_pretrained(
         model: torch.nn.Module,
         save_dir: Union[str, Path],
@@ -75,7 +113,7 @@ def save_pretrained(
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(save_dir / 'model.safetensors', 0o666 & ~umask)
-    hub_config = json.loads((save_dir / 'config.json').read_text())
+    hub_config = for_every_reader(json.loads((save_dir / 'config.json').read_text()))
     # lets check_hub_folder tell a truncated or bit-flipped weights file from a good one
     hub_config['weights_sha256'] = sha256_file(save_dir / 'model.safetensors')
     (save_dir / 'config.json').write_text(json.dumps(hub_config, indent=2))

@@ -11,6 +11,7 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
 import timm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +95,78 @@ def test_hf_hub_config_naming_a_fishzoo_architecture(tmp_path):
     proc = _run(sys.executable, code, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub'))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == expected
+
+
+# --- every import order, in fresh interpreters of this environment (where `pip install -e ".[test]"` put the
+# hook); each row is what a user or a library does before (or instead of) `import timm`
+
+FOUND = "import timm; print(timm.is_model('fishnet99'), type(timm.create_model('fishnet_s64')).__module__)"
+ORDERS = {
+    'find_spec first': "import importlib.util; assert importlib.util.find_spec('timm'); " + FOUND,
+    'find_spec of a submodule first': "import importlib.util; importlib.util.find_spec('timm.models'); " + FOUND,
+    'transformers first': 'import transformers; ' + FOUND,
+    'transformers Auto classes first': 'from transformers import AutoModelForImageClassification; ' + FOUND,
+    'accelerate first': 'import accelerate; ' + FOUND,
+    'torchvision and huggingface_hub first': 'import torchvision, huggingface_hub; ' + FOUND,
+}
+
+
+def _installed_hook_is_this_checkout():
+    """The tests below exercise the hook that site-packages holds: it must be this checkout's."""
+    import importlib.util
+    spec = importlib.util.find_spec('fishzoo_autoload')
+    installed = Path(spec.origin).read_text()
+    assert installed == (REPO / 'fishzoo_autoload.py').read_text(), \
+        f'{spec.origin} is an older copy: pip install -e . again'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('order', list(ORDERS))
+def test_import_orders(order):
+    _installed_hook_is_this_checkout()
+    proc = subprocess.run([sys.executable, '-c', ORDERS[order]], capture_output=True, text=True, timeout=300, cwd='/')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ['True', 'fishzoo.models.fishnet'], proc.stdout
+
+
+@pytest.mark.slow
+def test_python_dash_m_spawned_workers_and_accelerate_launch(tmp_path):
+    """``python -m`` a user's module whose DataLoader workers are spawned (each a fresh interpreter that
+    unpickles a dataset building a fishzoo model), and the same script under ``accelerate launch``."""
+    _installed_hook_is_this_checkout()
+    (tmp_path / 'user_job.py').write_text('''
+import torch
+import pytest
+import timm
+
+
+class Models(torch.utils.data.Dataset):  # each item built in a worker process
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.tensor(timm.create_model('fishnet_s64', num_classes=2).num_classes)
+
+
+if __name__ == '__main__':
+    loader = torch.utils.data.DataLoader(Models(), num_workers=1, multiprocessing_context='spawn')
+    print('workers', sum(int(b) for b in loader), timm.is_model('fishnet150'))
+''')
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
+    proc = subprocess.run([sys.executable, '-m', 'user_job'], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and proc.stdout.split() == ['workers', '4', 'True'], proc.stderr[-2000:]
+    launcher = shutil.which('accelerate')
+    assert launcher, 'accelerate is a dependency of fishzoo'
+    proc = subprocess.run([launcher, 'launch', '--cpu', '--num_processes', '1', '--num_machines', '1',
+                           '--mixed_precision', 'no', '--dynamo_backend', 'no', str(tmp_path / 'user_job.py')],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and 'workers 4 True' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_autoload_off_in_every_order():
+    for order in ('find_spec first', 'transformers first'):
+        code = ORDERS[order].replace(FOUND, "import timm; print(timm.is_model('fishnet99'))")
+        proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd='/',
+                              env={**os.environ, 'FISHZOO_AUTOLOAD': '0'})
+        assert proc.returncode == 0 and proc.stdout.split() == ['False'], (order, proc.stderr[-1000:])

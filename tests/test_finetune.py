@@ -128,6 +128,8 @@ def test_finetune_flags(trained_run, image_dataset, tmp_path, mode):
     else:
         assert head <= counts[0] < counts[1] < counts[2] < total
     assert history[0]['epoch'] == 0 and 'train_loss' not in history[0]
+    card = (out / 'README.md').read_text()  # the local base model by its folder name, never its path
+    assert str(trained_run) not in card and f'`{trained_run.name}` trained with fishzoo-train' in card
 
 
 def test_multilabel_end_to_end_with_thresholds_and_predict(tmp_path, capsys):
@@ -149,6 +151,17 @@ def test_multilabel_end_to_end_with_thresholds_and_predict(tmp_path, capsys):
     config = json.loads((out / 'config.json').read_text())
     assert config['multilabel'] and config['thresholds'] == list(tuned['thresholds'].values())
     assert config['label_names'] == [str(d) for d in range(10)]
+    assert config['problem_type'] == 'multi_label_classification'  # transformers' pipeline: sigmoid scores
+    # the card's headline is what the published model decides with: micro-F1 at its tuned thresholds
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(out / 'README.md')
+    first, *rest = card.data.eval_results or [None]
+    assert card.data.datasets is None and first is None  # a local CSV: no Hub dataset id, so no model-index
+    results = card.text[card.text.index('## Results'):]
+    assert results.index(f"| Micro F1 at the published thresholds (%) | {100 * tuned['f1_micro_after']:.2f} |") < \
+        results.index('| Micro F1 (%) |')
+    assert f"| 9 | {tuned['thresholds']['9']:.3f} |" in card.text  # thresholds with their class names
+    assert str(tmp_path) not in card.text and 'license:' not in card.text.split('---')[1]
 
     images = [str(csv_path.parent / 'images' / f'{i:04d}.png') for i in range(4)]
     out_csv = tmp_path / 'pred.csv'

@@ -3,6 +3,7 @@ import json
 import re
 
 import huggingface_hub.hf_api
+import numpy as np
 import pytest
 import timm
 import torch
@@ -42,8 +43,10 @@ def test_model_card(folder):
     card = ModelCard.load(out / 'README.md')
     assert card.data.library_name == 'timm'
     assert {'timm', 'fishzoo', 'fishnet_s64', 'digits', 'image-classification'} <= set(card.data.tags)
-    assert card.data.license == 'apache-2.0'
+    assert card.data.license is None and '- License: none chosen' in card.text  # none was given
     assert card.data.datasets == ['digits']
+    assert '## Classes' in card.text and '`zero`, `one`, `two`' in card.text
+    assert '## Intended use and limitations' in card.text
     result = card.data.eval_results[0]
     assert (result.metric_type, result.metric_name, result.metric_value, result.dataset_name) == \
         ('accuracy', 'Top-1 accuracy', 97.5, 'Digits')
@@ -193,8 +196,11 @@ def test_card_snippets_run(tmp_path, monkeypatch, multilabel):
     extra = dict(multilabel=True, thresholds=[0.3, 0.5, 0.7]) if multilabel else None
     out = save_pretrained(model, tmp_path / 'card', extra_config=extra)
     monkeypatch.chdir(tmp_path)
-    Image.new('RGB', (80, 70), (10, 200, 30)).save(tmp_path / 'image.jpg')
-    text = (out / 'README.md').read_text().replace('path/to/this/folder', str(out))
+    # a gray photo saved as RGB (as scans often are): the grayscale model reads the same pixels through both
+    # paths (timm's convert('L'), transformers' RGB -> luma); a colour photo differs by 8-bit rounding (~1e-3)
+    gray = np.random.default_rng(0).integers(0, 256, (70, 80), dtype=np.uint8)
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / 'image.png')
+    text = (out / 'README.md').read_text().replace('path/to/this/folder', str(out)).replace('image.jpg', 'image.png')
     blocks = [b.split('\n', 1)[1] for b in text.split('```')[1::2] if b.startswith('python')]
     scope = dict(x=torch.randn(2, 1, 64, 64))
     for block in blocks:
@@ -202,3 +208,39 @@ def test_card_snippets_run(tmp_path, monkeypatch, multilabel):
     assert scope['probs'].shape == (1, 3)
     assert ('labels' in scope) == multilabel
     assert scope['embedding'].shape == (2, model.num_features) and len(scope['feature_maps']) == 4
+    # the transformers block: the pipeline's scores for the same image, sigmoid ones for a multi-label model
+    assert [s['score'] for s in scope['scores']] == pytest.approx(sorted(scope['probs'][0].tolist(), reverse=True),
+                                                                  abs=1e-5)
+
+
+def test_card_headline_is_what_the_published_model_decides_with(tmp_path):
+    """Multi-label: micro-F1 at the tuned thresholds first (marked as tuned), the 0.5 figure next to it, the
+    thresholds with their class names; top-5 only with more than 5 classes; the license only as given."""
+    model = timm.create_model('fishnet_s64', num_classes=4)
+    names = ['cat', 'dog', 'fish', 'bird']
+    save_pretrained(model, tmp_path / 'ml', label_names=names, license='mit',
+                    extra_config=dict(multilabel=True, thresholds=[0.3, 0.45, 0.5, 0.62]),
+                    dataset='you/pets', metrics={'f1_micro_tuned': 0.735, 'f1_micro': 0.486, 'top5': 1.0},
+                    train_images=800, val_images=200, validation='20% of the data held out, stratified by class')
+    card = ModelCard.load(tmp_path / 'ml' / 'README.md')
+    assert card.data.license == 'mit' and card.data.datasets == ['you/pets']
+    assert [(r.metric_name, r.metric_value) for r in card.data.eval_results] == \
+        [('Micro F1 at the published thresholds', 73.5), ('Micro F1', 48.6)]  # no top-5 with 4 classes
+    results = card.text[card.text.index('## Results'):]
+    assert results.index('Micro F1 at the published thresholds') < results.index('| Micro F1 (%) | 48.60 |')
+    assert 'chosen on the same validation split' in results and 'Top-5' not in card.text
+    assert '| cat | 0.300 |' in card.text and '| bird | 0.620 |' in card.text
+    assert 'Trained on 800 images (a small data set); measured on 200 validation images (20% of the data' \
+        in card.text
+    assert 'the pipeline does not apply' in card.text  # how thresholds reach a transformers user
+
+    many = timm.create_model('fishnet_s64', num_classes=10)
+    save_pretrained(many, tmp_path / 'ten', metrics={'top1': 90.0, 'top5': 99.0}, dataset='you/ten')
+    card = ModelCard.load(tmp_path / 'ten' / 'README.md')
+    assert [r.metric_name for r in card.data.eval_results] == ['Top-1 accuracy', 'Top-5 accuracy']
+
+
+def test_save_pretrained_names_an_unknown_card_fact(tmp_path):
+    from fishzoo.errors import ConfigError
+    with pytest.raises(ConfigError, match="save_pretrained: .*'lisence'"):
+        save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'x', lisence='mit')

@@ -23,3 +23,15 @@ def test_load_local():
     assert model.num_classes == 10
     assert model.pretrained_cfg['architecture'] == 'fishnet_s64'
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_load_a_folder(tmp_path):
+    import timm
+
+    from fishzoo.hub import save_pretrained
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    save_pretrained(model, tmp_path / 'folder', label_names=['a', 'b', 'c'])
+    loaded = torch.hub.load(str(REPO), 'load_folder', str(tmp_path / 'folder'), source='local')
+    x = torch.randn(1, 3, 32, 32)
+    assert not loaded.training and torch.equal(loaded(x), model(x))
+    assert loaded.pretrained_cfg['label_names'] == ['a', 'b', 'c']

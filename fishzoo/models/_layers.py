@@ -8,15 +8,22 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 @register_notrace_function
-def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
-    """Refuse inputs the network cannot process with a message that says what was expected.
+def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> torch.Tensor:
+    """The input the network takes, or a ValueError that says what was expected.
 
-    A few integer comparisons: no cost on the forward path. Strings are concatenated (no f-strings) so
-    that TorchScript compiles it.
+    An RGB batch given to a grayscale model (``in_chans=1``) is converted with ITU-R 601-2 luma weights, as
+    PIL's ``convert('L')`` does (the conversion is linear, so it commutes with a normalisation whose mean and
+    std are the same for every channel): RGB pipelines such as transformers' image-classification pipeline then
+    run grayscale models, and a gray image given as RGB gives exactly its grayscale result. Every other
+    mismatch is refused. A few integer comparisons: no cost on the forward path. Strings are concatenated
+    (no f-strings) so that TorchScript compiles it.
     """
     if x.dim() != 4:
         raise ValueError(
             'expected a 4-D image batch (N, C, H, W), got a tensor of shape ' + str(list(x.shape)))
+    if in_chans == 1 and x.shape[1] == 3:
+        # ITU-R 601-2 luma, the weights of PIL's convert('L'): what a grayscale model was trained on
+        x = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
     if x.shape[1] != in_chans:
         raise ValueError(
             'expected ' + str(in_chans) + ' input channels, got ' + str(x.shape[1])
@@ -25,6 +32,7 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
         raise ValueError(
             'expected an input of at least ' + str(min_size) + 'x' + str(min_size) + ' px, got '
             + str(x.shape[2]) + 'x' + str(x.shape[3]))
+    return x
 
 
 # a leaf for torch.fx.symbolic_trace too (register_notrace_function covers timm's own tracer); fx patches

@@ -544,7 +544,7 @@ class FishNet(nn.Module):
             intermediates_only: return only the levels.
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        check_input(x, self.in_chans, self.min_input_size)
+        x = check_input(x, self.in_chans, self.min_input_size)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates: List[torch.Tensor] = []
         x = self.stem[:3](x)
@@ -582,7 +582,7 @@ class FishNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_chans, self.min_input_size)
+        x = check_input(x, self.in_chans, self.min_input_size)
         x = self.stem(x)
         x, _ = self._run_stages(x, len(self.stages) - 1, [])
         return self.score(x)

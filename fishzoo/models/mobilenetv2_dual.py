@@ -212,7 +212,7 @@ class MobileNetV2Dual(nn.Module):
             intermediates_only: return only the levels.
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        check_input(x, self.in_chans, self.min_input_size)
+        x = check_input(x, self.in_chans, self.min_input_size)
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         take_stages = [self._level_stage[i] for i in take_indices]
         last_stage = self._level_stage[max_index] if stop_early else len(self.blocks) - 1
@@ -250,7 +250,7 @@ class MobileNetV2Dual(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_chans, self.min_input_size)
+        x = check_input(x, self.in_chans, self.min_input_size)
         x = self.conv_stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x, flatten=True)

@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints kept, newest first (alias --checkpoint-hist as in timm)")
     g.add_argument('--save-last', action='store_true',
                    help="publish the last epoch's weights instead of the best epoch's (by the validation metric)")
-    g.add_argument('--dataset-name', help='the dataset named in the model card (default: the data folder or file name)')
+    g.add_argument('--dataset-name', metavar='HUB_DATASET_ID',
+                   help="the Hub dataset id the model card's `datasets:` names (default: --dataset, if it is one; "
+                        'a local folder or CSV is never named there)')
+    g.add_argument('--license', metavar='LICENSE_ID',
+                   help='the license of the published weights, as a Hub license id (apache-2.0, mit, cc-by-4.0, '
+                        '...); without it the card says none was chosen')
     g.add_argument('--resume', help="'auto' (newest complete checkpoint in --output-dir) or a checkpoint folder")
     g.add_argument('--overwrite', action='store_true', help='replace the run in --output-dir')
     g.add_argument('--push-to-hub', metavar='REPO_ID', help='upload the finished folder')

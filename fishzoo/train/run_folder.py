@@ -126,7 +126,7 @@ def prepare_output_dir(args: argparse.Namespace, state: PartialState) -> Path:
     return output_dir
 
 
-def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = False) -> None:
+def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = False, top5: bool = True) -> None:
     epochs = [r['epoch'] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
 
@@ -136,7 +136,7 @@ def plot_curves(history: List[Dict[str, float]], path: Path, multilabel: bool = 
     ax_loss.plot(epochs, series('val_loss'), 'o-', label='val')
     ax_loss.set(xlabel='epoch', ylabel='loss', title='loss')
     keys = [('val_f1_micro', 'val @0.5'), ('val_f1_micro_best', 'val @best threshold')] if multilabel else \
-        [('train_top1', 'train top-1'), ('val_top1', 'val top-1'), ('val_top5', 'val top-5')]
+        [('train_top1', 'train top-1'), ('val_top1', 'val top-1')] + ([('val_top5', 'val top-5')] if top5 else [])
     for key, label in keys:
         if any(r.get(key) is not None for r in history):
             ax_acc.plot(epochs, series(key), 'o-', label=label)
@@ -179,17 +179,19 @@ class RunFolder:
 
     def publish(self, model: nn.Module, history: List[Dict[str, Any]], *, class_names: Sequence[str],
                 data_config: Mapping[str, Any], metrics: Mapping[str, float], multilabel: bool,
-                extra_config: Optional[dict], dataset: str, description: str, epoch: int,
-                base_model: Optional[str] = None, push_to: Optional[str] = None, commit_message: str = '') -> None:
-        """The hub folder (weights, config, card), the curves and, with ``push_to``, the upload."""
+                extra_config: Optional[dict], dataset: Optional[str], description: str, epoch: int,
+                base_model: Optional[str] = None, push_to: Optional[str] = None, commit_message: str = '',
+                **card_facts) -> None:
+        """The hub folder (weights, config, card: ``card_facts`` are more :class:`fishzoo.card.CardFacts`),
+        the curves and, with ``push_to``, the upload."""
         save_pretrained(
             model, self.path, label_names=class_names, extra_config=extra_config,
             data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
             repo_id=push_to, dataset=dataset, metrics=metrics,
             metrics_source=f'measured by fishzoo-train on the validation split after epoch {epoch} '
                            f'(the published weights) of {history[-1]["epoch"]}',
-            tags=('fishzoo-train',), description=description, base_model=base_model)
-        plot_curves(history, self.path / 'curves.png', multilabel)
+            tags=('fishzoo-train',), description=description, base_model=base_model, **card_facts)
+        plot_curves(history, self.path / 'curves.png', multilabel, top5=len(class_names) > 5)
         _logger.info('wrote %s', self.path)
         if push_to:
             push_to_hub(self.path, push_to, commit_message=commit_message)

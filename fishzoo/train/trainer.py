@@ -36,6 +36,34 @@ _logger = logging.getLogger('fishzoo.train')
 BEST_FILE = 'best_model.safetensors'  # in checkpoints/: the best epoch's weights, kept through a resume
 
 
+def model_display_name(model_spec: str) -> str:
+    """``--model`` as a card may show it: a local folder by its name, never its path on this machine."""
+    source = resolve_source(model_spec)
+    return source.folder.resolve().name if source.kind == 'folder' else model_spec
+
+
+def dataset_hub_id(config) -> Optional[str]:
+    """The Hub dataset id the card's ``datasets:`` names: ``--dataset-name``, else ``--dataset`` if it is a Hub id."""
+    if config.dataset_name:
+        return config.dataset_name
+    if config.dataset and config.dataset != 'imagefolder':
+        return config.dataset
+    return None
+
+
+def validation_source(config) -> str:
+    """How the validation images were chosen, for the card's limitations."""
+    if config.val_csv:
+        return f'listed in {Path(config.val_csv).name}'
+    if isinstance(config.val_split, str):
+        return f'the {config.val_split} split of {config.dataset}'
+    if config.dataset:
+        return f'the validation split of {config.dataset}'
+    if config.val_split is not None or not config.data_dir:
+        return f'{round(100 * (config.val_split or 0.2))}% of the data held out, stratified by class'
+    return 'the val/ folder of the data'
+
+
 def base_model_id(model_spec: str, model: nn.Module) -> Optional[str]:
     """The Hub repo a fine-tune started from, for the card's ``base_model`` (None when it is not on the Hub)."""
     source = resolve_source(model_spec)
@@ -70,6 +98,7 @@ class Trainer:
                                               self.optimizer.optimizer)
         self.signals = StopSignals()
         self.thresholds: Optional[List[float]] = None
+        self.tuned_f1: Optional[float] = None
         self.partial: Optional[Dict[str, Any]] = None  # a mid-epoch checkpoint's progress, when resuming one
         self.epoch = 0
         self.num_updates = 0
@@ -180,6 +209,7 @@ class Trainer:
         self.thresholds = tune_thresholds(probs, targets, self.config.threshold_tuning)
         after = multilabel_metrics(probs, targets, self.thresholds)['f1_micro']
         self.history[-1].update(val_f1_micro_tuned=after)
+        self.tuned_f1 = after  # the published model's, with the thresholds it is published with
         if self.accelerator.is_main_process:
             _logger.info('threshold tuning (%s): val micro-F1 %.4f at 0.5 -> %.4f with tuned thresholds',
                          self.config.threshold_tuning, before, after)
@@ -299,15 +329,20 @@ class Trainer:
             extra_config = dict(multilabel=True, threshold_tuning=config.threshold_tuning,
                                 thresholds=self.thresholds or [0.5] * parts.num_classes)
         data = parts.data
-        dataset = config.dataset_name or data.name
-        if not config.dataset_name:
-            _logger.info('the model card names the dataset %r (--dataset-name sets it)', dataset)
+        dataset = dataset_hub_id(config)
+        if dataset is None:
+            _logger.info("the model card names no dataset in its `datasets:` (a Hub dataset id: --dataset-name)")
+        metrics = {k: last[f'{prefix}_{k}'] for k in names if f'{prefix}_{k}' in last}
+        if self.tuned_f1 is not None:  # the headline: what the published model decides with
+            metrics = {'f1_micro_tuned': self.tuned_f1, **metrics}
+        source = dataset or f'local data ({data.name})'
         self.folder.publish(
             self.final_model().float().eval().to(memory_format=torch.contiguous_format), self.history,
             class_names=data.class_names, data_config=parts.data_config, multilabel=parts.multilabel,
-            metrics={k: last[f'{prefix}_{k}'] for k in names if f'{prefix}_{k}' in last},
-            extra_config=extra_config, dataset=dataset, epoch=published_epoch,
+            metrics=metrics, extra_config=extra_config, dataset=dataset, epoch=published_epoch,
             base_model=base_model_id(config.model, self.final_model()) if config.pretrained else None,
-            description=f'`{config.model}` trained with fishzoo-train on {dataset} '
+            description=f'`{model_display_name(config.model)}` trained with fishzoo-train on {source} '
                         f'({len(data.train)} training images, {parts.num_classes} classes).',
-            push_to=config.push_to_hub, commit_message=f'fishzoo-train: {config.model}')
+            license=config.license, train_images=len(data.train), val_images=len(data.val),
+            validation=validation_source(config),
+            push_to=config.push_to_hub, commit_message=f'fishzoo-train: {model_display_name(config.model)}')

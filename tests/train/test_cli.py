@@ -261,3 +261,14 @@ def test_faulthandler_is_on_in_the_entry_point():
             "fishzoo.train.main(['--epochs', '0']); print(faulthandler.is_enabled())")
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == 'True', proc.stderr
+
+
+def test_card_of_a_class_folder_run(trained_run, image_dataset):
+    """Published as it is: no local path, no local folder as a dataset, no top-5 for 3 classes, no license
+    nobody chose, the classes and the limitations; --license and --dataset-name say what the user gives."""
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(trained_run / 'README.md')
+    assert str(image_dataset) not in card.text and str(trained_run) not in card.text
+    assert card.data.datasets is None and card.data.license is None and 'none chosen' in card.text
+    assert 'Top-5' not in card.text and '`cat`, `dog`, `fish`' in card.text
+    assert 'Trained on 24 images (a small data set); measured on 12 validation images (the val/ folder' in card.text
