@@ -8,6 +8,7 @@ A user's mistake raises :class:`DataError` with one sentence naming the file, fo
 """
 import csv
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.data.readers.reader_image_folder import find_images_and_targets
 
 from fishzoo.errors import DataError, describe
-from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_mode, load_image  # noqa: F401  (public here too)
+from fishzoo.images import IMAGE_EXTENSIONS, LimitResize, drop_unreadable, image_mode, load_image  # noqa: F401  (public here too)
 
 _logger = logging.getLogger(__name__)
 
@@ -73,9 +74,19 @@ class TrainValData:
 
 def eval_transform(pretrained_cfg: dict) -> Callable:
     """The eval transform a model's ``pretrained_cfg`` describes (resize, center crop, normalize): how
-    ``fishzoo predict``, the exports' calibration and their accuracy checks read an image."""
+    ``fishzoo predict``, the exports' calibration and their accuracy checks read an image. Memory is bounded
+    by what the resize computes (:class:`~fishzoo.images.LimitResize`)."""
     config = resolve_data_config(pretrained_cfg=pretrained_cfg)
-    return create_transform(**{k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    return bounded_eval_transform(create_transform(**{
+        k: config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')}), config)
+
+
+def bounded_eval_transform(transform: Callable, data_config: dict) -> Callable:
+    """``transform`` (timm's resize-then-crop eval transform for ``data_config``) after a
+    :class:`~fishzoo.images.LimitResize` for the short side it resizes to."""
+    from torchvision import transforms as T
+    short_side = math.floor(max(data_config['input_size'][1:]) / (data_config.get('crop_pct') or 1.0))
+    return T.Compose([LimitResize(short_side), transform])
 
 
 def stratified_split(targets: Sequence, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import timm
 import torch
@@ -59,10 +59,83 @@ def read_hub_config(folder: Union[str, Path]) -> dict:
     for key in ('pretrained_cfg', 'model_args'):
         if key in config and not isinstance(config[key], dict):
             raise HubFolderError(f'{path}: "{key}" must be a JSON object')
-    problem = model_args_problem(arch.split('.')[0], config.get('model_args', {}))
+    problem = model_args_problem(arch.split('.')[0], config.get('model_args', {})) or preprocessing_problem(config)
     if problem:
         raise HubFolderError(f'{path}: {problem}')
     return config
+
+
+INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'lanczos', 'box', 'hamming', 'random')
+CROP_MODES = ('center', 'squash', 'border')
+MAX_INPUT_SIDE = 4096  # px: a side above this is no model's input size, and would make every image huge
+MAX_RESIZE_SIDE = 8192  # px: the short side an image is resized to before the center crop (size / crop_pct)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def preprocessing_problem(config: dict) -> Optional[str]:
+    """What is wrong with a config's preprocessing and labels, or None: wrong types would fail deep in the
+    transforms, and the input size and crop fraction decide how much memory reading one image takes."""
+    cfg = config.get('pretrained_cfg') or {}
+    size = cfg.get('input_size')
+    channels = None
+    if size is not None:
+        if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in size)
+                and 1 <= size[0] <= 4 and all(8 <= v <= MAX_INPUT_SIDE for v in size[1:])):
+            return (f'"pretrained_cfg.input_size" must be [channels 1-4, height, width] with sides from 8 to '
+                    f'{MAX_INPUT_SIDE} px, got {size!r}')
+        channels = size[0]
+    for key in ('mean', 'std'):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not (isinstance(value, list) and value and all(_number(v) for v in value)
+                and (channels is None or len(value) == channels) and (key == 'mean' or min(value) > 0)):
+            return (f'"pretrained_cfg.{key}" must be {channels or "one or more"} '
+                    f'{"positive " if key == "std" else ""}numbers (one per channel), got {value!r}')
+    interpolation = cfg.get('interpolation')
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        return f'"pretrained_cfg.interpolation" must be one of {", ".join(INTERPOLATIONS)}, got {interpolation!r}'
+    crop_pct = cfg.get('crop_pct')
+    if crop_pct is not None and not (_number(crop_pct) and 0.1 <= crop_pct <= 2.0):
+        return f'"pretrained_cfg.crop_pct" must be a number from 0.1 to 2, got {crop_pct!r}'
+    if crop_pct is not None and channels is not None and max(size[1:]) / crop_pct > MAX_RESIZE_SIDE:
+        return (f'"pretrained_cfg" resizes every image to {max(size[1:]) / crop_pct:.0f} px before cropping '
+                f'(input_size {size}, crop_pct {crop_pct}); at most {MAX_RESIZE_SIDE} px')
+    crop_mode = cfg.get('crop_mode')
+    if crop_mode is not None and crop_mode not in CROP_MODES:
+        return f'"pretrained_cfg.crop_mode" must be one of {", ".join(CROP_MODES)}, got {crop_mode!r}'
+    labels = config.get('label_names', cfg.get('label_names'))
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(n, (str, int)) and
+                                                                     not isinstance(n, bool) for n in labels)):
+        return f'"label_names" must be a list of names, got {type(labels).__name__}'
+    thresholds = config.get('thresholds')
+    if thresholds is not None and not (isinstance(thresholds, list) and all(_number(t) and 0 <= t <= 1
+                                                                            for t in thresholds)):
+        return '"thresholds" must be a list of numbers between 0 and 1'
+    return None
+
+
+def class_count_problem(config: dict) -> Optional[str]:
+    """The class counts a config states (top level, ``model_args``, ``pretrained_cfg``, the label names, the
+    thresholds) disagree, or None: one of them would be silently ignored (timm drops a pretrained head whose
+    class count differs from the one asked for, leaving a randomly initialised classifier)."""
+    cfg = config.get('pretrained_cfg') or {}
+    labels = config.get('label_names', cfg.get('label_names'))
+    thresholds = config.get('thresholds')
+    counts = {'num_classes': config.get('num_classes'),
+              'model_args.num_classes': (config.get('model_args') or {}).get('num_classes'),
+              'pretrained_cfg.num_classes': cfg.get('num_classes'),
+              'label_names': len(labels) if labels is not None else None,
+              'thresholds': len(thresholds) if thresholds is not None else None}
+    stated = {k: v for k, v in counts.items() if v is not None}
+    if len(set(stated.values())) > 1:
+        return ('its class counts disagree (' + ', '.join(f'{k} {v}' for k, v in stated.items())
+                + '); a model loaded from it would get a classifier the weights do not hold')
+    return None
 
 
 def safetensors_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
@@ -167,5 +240,8 @@ def check_hub_folder(folder: Union[str, Path]) -> dict:
     if expected and weights.name == 'model.safetensors' and sha256_file(weights) != expected:
         raise HubFolderError(f'{weights}: corrupted (its SHA-256 differs from weights_sha256 in config.json)')
     check_weights_fit(config, weights, folder / 'config.json')
+    problem = class_count_problem(config)
+    if problem:
+        raise HubFolderError(f'{folder / "config.json"}: {problem}')
     _checked[key] = config
     return config

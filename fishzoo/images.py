@@ -119,3 +119,28 @@ def drop_unreadable(samples: List[Tuple[str, object]], strict: bool, workers: in
         raise DataError(f'{path}: {reason}; --strict-images stops at the first one')
     kept = [s for s, e in zip(samples, errors) if e is None]
     return kept, bad
+
+
+class LimitResize:
+    """A transform placed before timm's eval transform: an image whose short side, resized to ``short_side``,
+    would make the resized image larger than :data:`MAX_IMAGE_PIXELS` first has its long side center-cropped
+    to what keeps it under that.
+
+    The bomb check counts the pixels an image has; this bounds the pixels its resize computes (a 1 x 20,000,000
+    px strip of 20 KB becomes 64 x 1,280,000,000 px at 64 px). The center crop that follows the resize uses only
+    the middle of the long side, so the result is the same picture; images of ordinary shapes pass untouched.
+    """
+
+    def __init__(self, short_side: int):
+        self.short_side = max(1, int(short_side))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        short, long = min(width, height), max(width, height)
+        if short == 0 or self.short_side ** 2 * long / short <= MAX_IMAGE_PIXELS:
+            return img
+        keep = max(short, int(MAX_IMAGE_PIXELS * short / self.short_side ** 2))
+        start = (long - keep) // 2
+        box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+        return img.crop(box)
+

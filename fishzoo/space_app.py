@@ -17,8 +17,21 @@ import torch
 
 try:  # registers fishzoo's architectures; not needed for timm's own
     import fishzoo  # noqa: F401
-except ImportError:
-    pass
+    from fishzoo.images import LimitResize
+except ImportError:  # a timm architecture on a Space without fishzoo: the same bound, inline
+    class LimitResize:
+        """Center-crop an image's long side so that its resize stays under PIL's 89.5 Mpx bomb limit."""
+
+        def __init__(self, short_side, limit=89_478_485):
+            self.short_side, self.limit = max(1, int(short_side)), limit
+
+        def __call__(self, img):
+            w, h = img.size
+            if min(w, h) == 0 or self.short_side ** 2 * max(w, h) / min(w, h) <= self.limit:
+                return img
+            keep = max(min(w, h), int(self.limit * min(w, h) / self.short_side ** 2))
+            start = (max(w, h) - keep) // 2
+            return img.crop((start, 0, start + keep, h) if w > h else (0, start, w, start + keep))
 
 
 class FolderClassifier:
@@ -29,7 +42,9 @@ class FolderClassifier:
         self.model = timm.create_model(f'local-dir:{self.folder}', pretrained=True).eval()
         config = json.loads((self.folder / 'config.json').read_text())
         data_config = timm.data.resolve_model_data_config(self.model)
-        self.transform = timm.data.create_transform(**data_config)
+        short_side = max(data_config['input_size'][1:]) / (data_config.get('crop_pct') or 1.0)
+        transform = timm.data.create_transform(**data_config)
+        self.transform = lambda image: transform(LimitResize(short_side)(image))  # memory bounded by the resize
         self.mode = {1: 'L', 4: 'RGBA'}.get(data_config['input_size'][0], 'RGB')
         names = config.get('label_names') or [str(i) for i in range(self.model.num_classes)]
         self.names = [str(n) for n in names]

@@ -533,3 +533,110 @@ def test_fuzz_csv_reader(tmp_path, rows, header, raw):
         assert str(path) in str(e)
     else:
         assert all(Path(image).is_file() for image, _ in parsed)
+
+
+# --- round three: no silent wrong model, memory bounded by what is computed, odd files ------------
+
+def _pretrained_cfg(folder, **changes):
+    config = json.loads((folder / 'config.json').read_text())
+    config['pretrained_cfg'].update(changes)
+    (folder / 'config.json').write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize('changes, message', [
+    # a folder as fishzoo wrote it before (model_args.num_classes 3, as the weights): the red team's case
+    (dict(model_args={'num_classes': 3}, num_classes=1_000_000),
+     'class counts disagree (num_classes 1000000, model_args.num_classes 3, pretrained_cfg.num_classes 3, '
+     'label_names 3)'),
+    (dict(model_args={'num_classes': 3}, num_classes=11), 'class counts disagree (num_classes 11,'),
+    (dict(label_names=['a', 'b']), 'class counts disagree (num_classes 3, pretrained_cfg.num_classes 3, '
+                                   'label_names 2)'),
+    # a folder as fishzoo writes it now: the top-level count builds the model, so the weights disagree
+    (dict(num_classes=11), 'fc.weight is [3, 264] in the weights but [11, 264] by the config'),
+])
+def test_class_counts_must_agree(hub_folder, tmp_path, capsys, changes, message):
+    """A top-level num_classes other than the weights' loaded without a word with a random classifier."""
+    _, folder = hub_folder
+    _edit_config(folder, **changes)
+    with pytest.raises(fishzoo.FishzooError, match=re.escape(message)):
+        fishzoo.load_model(str(folder))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (64, 64)).save(image)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    assert str(folder / 'config.json') in _one_line(capsys, message)
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(crop_pct=1e-4), '"pretrained_cfg.crop_pct" must be a number from 0.1 to 2, got 0.0001'),
+    (dict(input_size=[1, 100000, 100000]), '"pretrained_cfg.input_size" must be [channels 1-4, height, width]'),
+    (dict(input_size=[3, 64]), '"pretrained_cfg.input_size" must be'),
+    (dict(mean='0.5'), '"pretrained_cfg.mean" must be 3 numbers'),
+    (dict(mean=[0.5, 0.5]), '"pretrained_cfg.mean" must be 3 numbers'),
+    (dict(std=[0.2, 0.0, 0.2]), '"pretrained_cfg.std" must be 3 positive numbers'),
+    (dict(interpolation=3), '"pretrained_cfg.interpolation" must be one of'),
+    (dict(crop_mode='sideways'), '"pretrained_cfg.crop_mode" must be one of'),
+])
+def test_preprocessing_values_are_checked(hub_folder, tmp_path, capsys, changes, message):
+    """Wrong types and lengths failed deep in the transforms (TypeError, IndexError); sizes and crop fractions
+    that make one image gigabytes are refused before any image is read."""
+    _, folder = hub_folder
+    _pretrained_cfg(folder, **changes)
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (64, 64)).save(image)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    _one_line(capsys, message)
+    with pytest.raises(HubFolderError, match=re.escape(message)):
+        read_hub_config(folder)
+
+
+def test_label_names_of_the_wrong_type(hub_folder, capsys, tmp_path):
+    _, folder = hub_folder
+    _edit_config(folder, label_names={'a': 0})
+    with pytest.raises(fishzoo.FishzooError, match='"label_names" must be a list of names, got dict'):
+        fishzoo.load_model(str(folder))
+
+
+def _strip_image(path):
+    """1 x 20,000,000 px, 19.5 KB: under the 89.5 Mpx bomb limit, but 1.28 Gpx once resized to 64 px high."""
+    from PIL import Image
+    Image.new('L', (20_000_000, 1), 128).save(path)
+    return path
+
+
+def test_memory_is_bounded_by_what_the_resize_computes(tmp_path):
+    """predict, export calibration and the demo page read a strip image with bounded memory (they tried to
+    allocate ~20 GB: MemoryError)."""
+    from PIL import Image
+
+    from fishzoo.images import MAX_IMAGE_PIXELS, LimitResize
+    wide = Image.new('RGB', (40_000, 10))
+    cropped = LimitResize(256)(wide)
+    assert cropped.size[1] == 10 and 256 ** 2 * cropped.size[0] / 10 <= MAX_IMAGE_PIXELS < 256 ** 2 * 4000
+    photo = Image.new('RGB', (4000, 3000))
+    assert LimitResize(256)(photo) is photo  # ordinary shapes untouched
+
+    strip = _strip_image(tmp_path / 'strip.png')
+    folder = save_pretrained(timm.create_model('fishnet_s64', num_classes=3, in_chans=1), tmp_path / 'gray',
+                             label_names=['a', 'b', 'c'])
+    code = f'''
+import resource, sys
+from fishzoo.cli import main
+from fishzoo.deploy.calibration import calibration_images
+from fishzoo.space_app import FolderClassifier
+from PIL import Image
+assert main(['predict', {str(folder)!r}, {str(strip)!r}]) == 0
+import fishzoo
+model = fishzoo.load_model({str(folder)!r})
+images = calibration_images({str(tmp_path)!r}, model.pretrained_cfg)
+assert images.dataset[0][0].shape == (1, 64, 64)
+Image.MAX_IMAGE_PIXELS = None  # the demo receives images Gradio decoded already
+assert FolderClassifier({str(folder)!r})(Image.open({str(strip)!r}))
+print('peak MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+'''
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) < 3000, proc.stdout  # MB, interpreter and torch included

@@ -149,7 +149,7 @@ def build_transforms(args, data_config: Dict[str, Any]):
     val_tf = create_transform(
         data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
         mean=data_config['mean'], std=data_config['std'], crop_pct=data_config['crop_pct'])
-    return train_tf, val_tf
+    return train_tf, data.bounded_eval_transform(val_tf, data_config)
 
 
 def create_loss(args, multilabel: bool) -> nn.Module:
