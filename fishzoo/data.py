@@ -18,10 +18,17 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
-from timm.data.readers.reader_image_folder import find_images_and_targets
+from timm.utils.misc import natural_key
 
 from fishzoo.errors import DataError, describe
-from fishzoo.images import IMAGE_EXTENSIONS, LimitResize, drop_unreadable, image_mode, load_image  # noqa: F401  (public here too)
+from fishzoo.images import (  # noqa: F401  (public here too)
+    IMAGE_EXTENSIONS,
+    LimitResize,
+    drop_unreadable,
+    image_files,
+    image_mode,
+    load_image,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -185,9 +192,15 @@ def write_digits_multilabel(root: Union[str, Path], images: int = 600, empty_slo
 
 
 def folder_samples(folder: Path, flag: str, class_to_idx=None):
+    """``(image, class index)`` of a class-folder tree (an image's class is the name of the folder holding it,
+    as timm's ImageFolder reads it), walked safely (:func:`~fishzoo.images.image_files`)."""
     if not folder.is_dir():
         raise DataError(f'{flag} {folder}: no such directory')
-    samples, class_to_idx = find_images_and_targets(str(folder), types=IMAGE_EXTENSIONS, class_to_idx=class_to_idx)
+    files = [f for f in image_files(folder) if f.parent != folder]  # an image outside a class folder has no class
+    if class_to_idx is None:
+        class_to_idx = {c: i for i, c in enumerate(sorted({f.parent.name for f in files}, key=natural_key))}
+    samples = [(str(f), class_to_idx[f.parent.name]) for f in sorted(files, key=lambda f: natural_key(str(f)))
+               if f.parent.name in class_to_idx]
     if not samples:
         raise DataError(f'{flag} {folder}: no images found in class sub-folders '
                         f'(expected {folder}/CLASS_NAME/IMAGE with extensions {", ".join(IMAGE_EXTENSIONS)})')
@@ -195,8 +208,7 @@ def folder_samples(folder: Path, flag: str, class_to_idx=None):
 
 
 def _class_folders(folder: Path) -> List[str]:
-    return sorted({Path(root).name for root, _, files in os.walk(folder)
-                   if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)})
+    return sorted({f.parent.name for f in image_files(folder) if f.parent != folder})
 
 
 def _val_folder(data_dir: Path) -> Optional[Path]:

@@ -6,6 +6,8 @@ announces more than :data:`MAX_IMAGE_PIXELS` pixels (a few KB on disk can decomp
 refused before it is decoded; every refusal is a :class:`~fishzoo.errors.DataError` naming the file.
 """
 import io
+import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +19,9 @@ from timm.data.readers.img_extensions import get_img_extensions
 
 from fishzoo.errors import DataError, describe
 
-IMAGE_EXTENSIONS = tuple(sorted(get_img_extensions()))
+# timm's (.jpeg, .jpg, .png) and the other formats users bring that PIL reads: a class folder or a predict
+# folder of WebP or BMP files must not be silently left out
+IMAGE_EXTENSIONS = tuple(sorted(set(get_img_extensions()) | {'.bmp', '.gif', '.tif', '.tiff', '.webp'}))
 # PIL warns above this many pixels and refuses above twice as many; fishzoo refuses above it (89.5 Mpx,
 # e.g. 9459x9459): no image a classifier is trained on or asked about comes close
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -143,4 +147,36 @@ class LimitResize:
         start = (long - keep) // 2
         box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
         return img.crop(box)
+
+
+def image_files(root: Union[str, Path]) -> List[Path]:
+    """The image files under ``root``, sorted: regular files with an image extension only (a FIFO named
+    ``x.png`` would block the reader forever), reached without leaving ``root`` and visiting no folder twice
+    (symbolic links may point into the tree, e.g. a class folder shared by two splits; a link to ``..`` or out
+    of the tree is not followed, so two ``l -> ..`` links cannot make the walk exponential)."""
+    root = Path(root)
+    top = os.path.realpath(root)
+    inside = top.rstrip(os.sep) + os.sep
+    seen, found, stack = set(), [], [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen or not (real == top or real.startswith(inside)):
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    target = os.path.realpath(entry.path)
+                    if target.startswith(inside) and stat.S_ISREG(os.stat(target).st_mode):
+                        found.append(Path(entry.path))
+            except OSError:  # a dangling link, a file removed meanwhile
+                continue
+    return sorted(found)
 

@@ -17,7 +17,7 @@ from fishzoo.data import eval_transform
 from fishzoo.deploy.runtime import BACKENDS, detect_backend, load_runner
 from fishzoo.errors import DataError, PredictError, first_line
 from fishzoo.hub_folder import read_hub_config
-from fishzoo.images import IMAGE_EXTENSIONS, image_mode, load_image
+from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
 from fishzoo.loading import load_model, resolve_source
 
 
@@ -42,7 +42,7 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
     for item in map(str, items):
         path = Path(item)
         if path.is_dir():
-            files = sorted(str(f) for f in path.rglob('*') if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = [str(f) for f in image_files(path)]
             if not files:
                 raise PredictError(f'{item}: a folder without image files ({", ".join(IMAGE_EXTENSIONS)})')
             found += files

@@ -640,3 +640,75 @@ print('peak MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) < 3000, proc.stdout  # MB, interpreter and torch included
+
+
+def _class_tree(root, formats=('png',), per_class=2, classes=('cat', 'dog')):
+    from PIL import Image
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            fmt = formats[i % len(formats)]
+            Image.new('RGB', (40, 40), (60 * c, 30 * i, 90)).save(root / name / f'{i}.{fmt}')
+    return root
+
+
+_WALK = '''
+import sys, json
+from pathlib import Path
+from fishzoo.data import folder_samples
+samples, classes = folder_samples(Path(sys.argv[1]), '--data-dir')
+print(json.dumps([len(samples), sorted(classes)]))
+'''
+
+
+def _walk_in_a_subprocess(root):
+    """The walk in a fresh process with a time limit: on the old code these trees hang or explode."""
+    proc = subprocess.run([sys.executable, '-c', _WALK, str(root)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    return json.loads(proc.stdout)
+
+
+def test_class_folder_walks_skip_special_files_and_stay_in_the_root(tmp_path):
+    root = _class_tree(tmp_path / 'data', per_class=4)
+    os.mkfifo(root / 'cat' / 'evil.png')  # opening it would block forever
+    os.symlink('..', root / 'cat' / 'l1')  # two links to .. made the walk exponential
+    os.symlink('..', root / 'cat' / 'l2')
+    os.symlink('.', root / 'dog' / 'self')  # loaded the folder again as a phantom class 'self'
+    outside = _class_tree(tmp_path / 'elsewhere', classes=('secret',))
+    os.symlink(outside / 'secret', root / 'secret')  # a class from outside the data root
+    os.symlink(outside / 'secret' / '0.png', root / 'dog' / 'stolen.png')
+    assert _walk_in_a_subprocess(root) == [8, ['cat', 'dog']]
+
+
+@pytest.mark.slow
+def test_training_on_a_folder_with_a_fifo_finishes(tmp_path):
+    root = _class_tree(tmp_path / 'data', per_class=6)
+    os.mkfifo(root / 'dog' / 'evil.png')
+    proc = subprocess.run(['fishzoo-train', '--data-dir', str(root), '--output-dir', str(tmp_path / 'run'),
+                           '--epochs', '1', *TRAIN_ARGS], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_image_format_pil_reads_is_found(tmp_path, capsys):
+    """WebP and BMP files were silently left out of class folders and predict folders."""
+    root = _class_tree(tmp_path / 'mixed', formats=('jpg', 'png', 'webp', 'bmp'), per_class=8)
+    assert _walk_in_a_subprocess(root) == [16, ['cat', 'dog']]
+    folder = save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'm', label_names=['a', 'b'])
+    assert cli_main(['predict', str(folder), str(root), '--json']) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 16
+
+
+def test_openvino_failures_say_why(tmp_path, capsys):
+    """OpenVINO's messages start with the C++ file that threw; the sentence was cut to that line."""
+    folder = tmp_path / 'ov'
+    folder.mkdir()
+    shutil.copyfile(save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'm') / 'config.json',
+                    folder / 'config.json')
+    (folder / 'openvino_model.xml').write_text('<net>not a model')
+    (folder / 'openvino_model.bin').write_bytes(b'')
+    image = tmp_path / 'x.png'
+    from PIL import Image
+    Image.new('RGB', (40, 40)).save(image)
+    assert cli_main(['predict', str(folder), str(image), '--backend', 'openvino']) == 2
+    line = _one_line(capsys, 'OpenVINO could not load it (Unable to read the model')
+    assert 'Exception from src' not in line

@@ -18,7 +18,7 @@ import torch
 
 from fishzoo.data import ImageSamples, digits_data, eval_transform, folder_samples, multi_hot, read_label_csv
 from fishzoo.errors import DataError, QuantizeError
-from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_mode
+from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_files, image_mode
 
 _logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class LabelledImages:
 
 
 def _images_under(source: Path) -> List[str]:
-    return sorted(str(f) for f in source.rglob('*') if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    return [str(f) for f in image_files(source)]
 
 
 def _subsample(items: Sequence, limit: Optional[int]) -> List:

@@ -30,7 +30,16 @@ from fishzoo.errors import ExportError, describe
 
 from .calibration import LabelledImages, calibration_images, validation_images
 from .int8_exported import onnx_int8, openvino_int8
-from .runtime import BACKEND_FILES, INPUT_NAME, OUTPUT_NAME, onnx_runner, onnx_session, openvino_runner, require
+from .runtime import (
+    BACKEND_FILES,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    onnx_runner,
+    onnx_session,
+    openvino_reason,
+    openvino_runner,
+    require,
+)
 
 DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the issue allows
 FORMATS = ('onnx', 'openvino')
@@ -150,7 +159,7 @@ def export_openvino(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224
             return ov.convert_model(folded, example_input=torch.randn(2, *input_size),
                                     input=[ov.PartialShape([-1, input_size[0], -1, -1])])
     except Exception as e:
-        raise ExportError(f'OpenVINO export failed ({describe(e)})') from None
+        raise ExportError(f'OpenVINO export failed ({openvino_reason(e)})') from None
 
 
 def verify_openvino(ov_model, model: nn.Module, shapes: Sequence[Tuple[int, int, int, int]],

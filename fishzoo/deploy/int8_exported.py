@@ -22,7 +22,7 @@ from fishzoo.errors import QuantizeError, describe
 from fishzoo.metrics import agreement, score
 
 from .calibration import LabelledImages
-from .runtime import INPUT_NAME, Runner, onnx_runner, openvino_runner, require
+from .runtime import INPUT_NAME, Runner, onnx_runner, openvino_reason, openvino_runner, require
 
 _logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[La
     try:
         quantized = nncf.quantize(ov_model, calib, subset_size=len(batches))
     except Exception as e:
-        raise QuantizeError(f'OpenVINO int8 quantization failed ({describe(e, 200)})') from None
+        raise QuantizeError(f'OpenVINO int8 quantization failed ({openvino_reason(e)})') from None
     if validation is None:
         return quantized, None
 
@@ -125,7 +125,7 @@ def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[La
         quantized = nncf.quantize_with_accuracy_control(
             ov_model, calib, val, validation_fn=validate, max_drop=max_drop, subset_size=len(batches))
     except Exception as e:
-        raise QuantizeError(f'OpenVINO int8 accuracy-aware quantization failed ({describe(e, 200)})') from None
+        raise QuantizeError(f'OpenVINO int8 accuracy-aware quantization failed ({openvino_reason(e)})') from None
     accuracy = checked(quantized)
     return quantized, accuracy
 

@@ -31,6 +31,14 @@ def require(module: str, extra: str, what: str, error: type = ModelLoadError) ->
         raise error(f"{what} needs {module}: pip install 'fishzoo[{extra}]'")
 
 
+def openvino_reason(error: BaseException, limit: int = 300) -> str:
+    """The reason in an OpenVINO error: its messages start with lines naming the C++ source that threw
+    (``Exception from src/inference/src/cpp/core.cpp:84:``), which say nothing to a user."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not (line.startswith('Exception from ') or line.startswith('Check '))]
+    return (' '.join(reasons) or describe(error))[:limit]
+
+
 def onnx_session(path: Union[str, Path], threads: Optional[int] = None, error: type = ModelLoadError):
     """An onnxruntime CPU session with every graph optimisation, on ``threads`` intra-op threads."""
     require('onnxruntime', 'onnx', 'the onnx backend', error)
@@ -75,23 +83,24 @@ def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precis
         latency = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'LATENCY'})
         throughput = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'THROUGHPUT'})
     except Exception as e:
-        raise ModelLoadError(f'{xml}: OpenVINO could not load it ({describe(e, 200)})') from None
+        raise ModelLoadError(f'{xml}: OpenVINO could not load it ({openvino_reason(e)})') from None
     output = latency.output(0)
     streams = int(throughput.get_property('NUM_STREAMS'))
-    queue = ov.AsyncInferQueue(throughput, streams) if streams > 1 else None
-    results = {}
-    if queue is not None:
-        queue.set_callback(lambda request, index: results.__setitem__(index, request.get_output_tensor(0).data.copy()))
+    # one request per stream, started and then waited on: no Python callback runs on OpenVINO's threads
+    # (AsyncInferQueue's callback needs the GIL while wait_all waits, which hung a test run once)
+    requests = [throughput.create_infer_request() for _ in range(streams)] if streams > 1 else []
 
     def run(images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
-        if queue is None or len(images) < streams:
+        if not requests or len(images) < streams:
             return latency(images)[output]
-        results.clear()
-        for index, chunk in enumerate(np.array_split(images, streams)):
-            queue.start_async({0: chunk}, index)
-        queue.wait_all()
-        return np.concatenate([results[i] for i in range(streams)])
+        for request, chunk in zip(requests, np.array_split(images, streams)):
+            request.start_async({0: chunk})
+        outputs = []
+        for request in requests:
+            request.wait()
+            outputs.append(request.get_output_tensor(0).data.copy())
+        return np.concatenate(outputs)
     return run
 
 
