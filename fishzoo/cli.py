@@ -125,9 +125,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from fishzoo.deploy.export import export_and_verify, export_folder
+    from fishzoo.deploy.export import check_output_dir, export_and_verify, export_folder
     from fishzoo.loading import load_model, resolve_source
     source = resolve_source(args.model)
+    output = Path(args.output or f'{source.display_name}-{args.format}{"-int8" if args.int8 else ""}')
+    if output.suffix != '.onnx':  # before the model is loaded: a refusal should not wait for it
+        check_output_dir(output, args.overwrite, source.folder)
     model = load_model(args.model, pretrained=args.pretrained or source.has_weights).eval()
     input_size = tuple(model.pretrained_cfg.get('input_size', (3, 224, 224)))
     if args.img_size:
@@ -150,10 +153,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.static:
         raise UserError('--static applies to a single .onnx file (-o FILE.onnx); folders are exported dynamic')
-    output = Path(args.output or f'{source.display_name}-{args.format}{"-int8" if args.int8 else ""}')
     record = export_folder(model, output, args.format, input_size, int8=args.int8, calib_data=args.calib_data,
                            val_data=args.val_data, max_drop=args.max_drop, opset=args.opset,
-                           source_folder=source.folder, verify=not args.no_verify)
+                           source_folder=source.folder, verify=not args.no_verify, overwrite=args.overwrite)
     print(f"wrote {output}/ ({record['file']}, {record['precision']}, dynamic batch and spatial size) "
           f"in {record['seconds']:.1f} s")
     for size, rel in record.get('max_rel_diff_fp32', {}).items():
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset, >= 17 (default {DEFAULT_OPSET})')
     p.add_argument('--static', action='store_true', help='with -o FILE.onnx: fix batch and spatial size')
     p.add_argument('--no-verify', action='store_true', help='skip the check against PyTorch')
+    p.add_argument('--overwrite', action='store_true',
+                   help='export into a folder that holds files (its README.md, config.json and model files '
+                        'are replaced)')
     p.set_defaults(func=_cmd_export)
     return parser
 

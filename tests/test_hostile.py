@@ -712,3 +712,18 @@ def test_openvino_failures_say_why(tmp_path, capsys):
     assert cli_main(['predict', str(folder), str(image), '--backend', 'openvino']) == 2
     line = _one_line(capsys, 'OpenVINO could not load it (Unable to read the model')
     assert 'Exception from src' not in line
+
+
+def test_export_into_a_folder_holding_files_is_refused(hub_folder, tmp_path, capsys):
+    """README.md and config.json of the folder were silently overwritten, model files unlinked."""
+    _, folder = hub_folder
+    other = save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'other')
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    assert cli_main(['export', str(folder), '--format', 'onnx', '-o', str(other)]) == 2
+    line = _one_line(capsys, f'-o {other}: holds README.md, app.py, config.json, model.safetensors')
+    assert '--overwrite' in line
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before  # untouched
+    assert cli_main(['export', str(folder), '--format', 'onnx', '-o', str(folder), '--overwrite']) == 2
+    _one_line(capsys, 'is the folder of the model being exported')
+    assert cli_main(['export', str(folder), '--format', 'onnx', '-o', str(other), '--overwrite']) == 0
+    assert (other / 'model.onnx').is_file()

@@ -204,6 +204,19 @@ class _Checks:
     thresholds: Union[float, Sequence[float]]
 
 
+def check_output_dir(output_dir: Path, overwrite: bool, source_folder: Optional[Path] = None) -> None:
+    """Refuse a folder that holds files unless ``overwrite`` (its README.md and config.json would be replaced
+    and its model files removed), and the folder of the model being exported, always."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f'-o {output_dir}: exists and is not a folder')
+    if source_folder is not None and output_dir.exists() and output_dir.resolve() == Path(source_folder).resolve():
+        raise ExportError(f'-o {output_dir}: is the folder of the model being exported; give another folder')
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        held = sorted(p.name for p in output_dir.iterdir())
+        raise ExportError(f'-o {output_dir}: holds {", ".join(held[:4])}{", ..." if len(held) > 4 else ""}; '
+                          'give an empty or new folder, or --overwrite to replace its contents')
+
+
 def _check_options(fmt: str, int8: bool, calib_data, val_data, max_drop: float, output_dir: Path) -> None:
     if fmt not in FORMATS:
         raise ExportError(f'--format must be one of {", ".join(FORMATS)}, got {fmt!r}')
@@ -214,8 +227,6 @@ def _check_options(fmt: str, int8: bool, calib_data, val_data, max_drop: float, 
                           'model will see (digits: the embedded demo data)')
     if val_data is not None and not int8:
         raise ExportError('--val-data checks an int8 export: add --int8 and --calib-data')
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ExportError(f'-o {output_dir}: exists and is not a folder')
 
 
 def _read_checks(model: nn.Module, config: dict, int8: bool, calib_data, val_data) -> _Checks:
@@ -289,13 +300,15 @@ def export_folder(
         opset: int = DEFAULT_OPSET,
         source_folder: Optional[Path] = None,
         verify: bool = True,
+        overwrite: bool = False,
 ) -> Dict:
     """Export ``model`` to ``output_dir`` as ``fmt`` (fp32, or int8 with ``calib_data``: a folder, CSV or
     'digits' as for the command line, or :class:`fishzoo.deploy.calibration.LabelledImages`; ``val_data``
     likewise); returns the ``export`` record written to its config.json (file, precision, checks, measured
-    accuracy)."""
+    accuracy). A folder that holds files is refused unless ``overwrite``."""
     output_dir = Path(output_dir)
     _check_options(fmt, int8, calib_data, val_data, max_drop, output_dir)
+    check_output_dir(output_dir, overwrite, source_folder)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = _folder_config(model, source_folder)
     checks = _read_checks(model, config, int8, calib_data, val_data)
