@@ -22,6 +22,7 @@ import torch
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from timm.models import save_for_hf
 
+from fishzoo.atomic import staged_folder
 from fishzoo.card import CardFacts, model_card, retarget_card
 from fishzoo.errors import ConfigError, HubFolderError, HubUploadError, describe  # noqa: F401  (users catch them from here)
 from fishzoo.hub_folder import WEIGHT_FILES, check_hub_folder, read_hub_config, sha256_file  # noqa: F401
@@ -94,8 +95,31 @@ def save_pretrained(
     ``label_names`` (one per class) and ``extra_config`` go into ``config.json``; ``data_config``
     overrides the preprocessing recorded in its pretrained_cfg. The other keyword arguments are what the
     card says, the fields of :class:`fishzoo.card.CardFacts` (``repo_id``, ``dataset``, ``metrics``,
-    ``metrics_source``, ``license``, ``tags``, ``description``, ``base_model``).
+    ``metrics_source``, ``license``, ``tags``, ``description``, ``base_model``). An existing folder's files are
+    replaced all at once (:func:`fishzoo.atomic.staged_folder`): a kill at any instant leaves the old folder or
+    the new one, and a failed write (a full disk) leaves it as it was.
     """
+    with staged_folder(save_dir, HUB_FILES, order=('model.safetensors', 'config.json')) as stage:
+        write_hub_folder(model, stage, label_names=label_names, label_descriptions=label_descriptions,
+                         data_config=data_config, extra_config=extra_config, **card_facts)
+    return Path(save_dir)
+
+
+# the files save_pretrained writes (replaced together); anything else in the folder is kept
+HUB_FILES = ('model.safetensors', 'config.json', 'README.md', 'app.py', 'requirements.txt')
+
+
+def write_hub_folder(
+        model: torch.nn.Module,
+        save_dir: Union[str, Path],
+        *,
+        label_names: Optional[Sequence[str]] = None,
+        label_descriptions: Optional[Dict[str, str]] = None,
+        data_config: Optional[dict] = None,
+        extra_config: Optional[dict] = None,
+        **card_facts,
+) -> Path:
+    """What :func:`save_pretrained` writes, written in place (into a folder of one's own, such as a stage)."""
     try:
         facts = CardFacts(**card_facts)
     except TypeError as e:

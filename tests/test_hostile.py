@@ -727,3 +727,100 @@ def test_export_into_a_folder_holding_files_is_refused(hub_folder, tmp_path, cap
     _one_line(capsys, 'is the folder of the model being exported')
     assert cli_main(['export', str(folder), '--format', 'onnx', '-o', str(other), '--overwrite']) == 0
     assert (other / 'model.onnx').is_file()
+
+
+def test_a_failed_run_says_one_thing_and_leaves_no_empty_folder(tmp_path, capsys):
+    """A missing --data-dir said "holding out 20%" first; the failed run left an empty output folder."""
+    out = tmp_path / 'never'
+    assert main(['--data-dir', str(tmp_path / 'nope'), '--output-dir', str(out), *TRAIN_ARGS]) == 2
+    _one_line(capsys, f'--data-dir {tmp_path / "nope"}: no such directory')
+    assert not out.exists()
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('x')
+    assert main(['--output-dir', str(blocker / 'run'), '--epochs', '1', *TRAIN_ARGS]) == 2
+    _one_line(capsys, f'--output-dir {blocker / "run"}: cannot create it (')
+
+
+def test_a_read_only_output_dir_gets_one_sentence(tmp_path, capsys, monkeypatch):
+    """The kernel says EROFS on a read-only mount (root ignores permission bits, so it is simulated here)."""
+    import errno
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / 'ro')) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+    (tmp_path / 'ro').mkdir()
+    monkeypatch.setattr(os, 'open', read_only)
+    assert main(['--output-dir', str(tmp_path / 'ro'), '--epochs', '1', *TRAIN_ARGS]) == 2
+    _one_line(capsys, f'--output-dir {tmp_path / "ro"}: cannot write there (Read-only file system)')
+
+
+def _folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_full_disk_while_publishing_leaves_the_folder_as_it_was(hub_folder, monkeypatch, tmp_path, capsys):
+    """safetensors' SafetensorError / OSError came out as a traceback, the folder half replaced."""
+    import errno
+
+    import fishzoo.hub
+    _, folder = hub_folder
+    before = _folder_bytes(folder)
+
+    def full_disk(model, save_dir, **kwargs):
+        (Path(save_dir) / 'model.safetensors').write_bytes(b'\0' * 1000)  # a part written, then no space
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(fishzoo.hub, 'save_for_hf', full_disk)
+    with pytest.raises(fishzoo.FishzooError, match=re.escape(
+            f'{folder}: could not write it (No space left on device); it is as it was before')):
+        save_pretrained(timm.create_model('fishnet_s64', num_classes=3), folder, label_names=['a', 'b', 'c'])
+    assert _folder_bytes(folder) == before and not list(tmp_path.glob('.publishing-*'))
+    fishzoo.load_model(str(folder))
+
+    # the same in a training run: one line, the checkpoints kept, and --resume auto publishes afterwards
+    out = tmp_path / 'run'
+    data_dir = _class_tree(tmp_path / 'data', per_class=6)
+    args = ['--data-dir', str(data_dir), '--output-dir', str(out), '--epochs', '1', *TRAIN_ARGS]
+    assert main(args) == 2
+    _one_line(capsys, f'{out}: could not write it (No space left on device); it is as it was before')
+    assert checkpoint_dirs(out) and not (out / 'model.safetensors').exists()
+    monkeypatch.undo()
+    assert main(args + ['--resume', 'auto']) == 0
+    fishzoo.load_model(str(out))
+
+
+_REPUBLISH = '''
+import sys, time, timm, torch
+import timm.models._hub
+from fishzoo.hub import save_pretrained
+folder, = sys.argv[1:]
+write_config = timm.models._hub.save_config_for_hf
+def slow_disk(*args, **kwargs):  # the weights are written; the config follows 0.3 s later
+    time.sleep(0.3)
+    return write_config(*args, **kwargs)
+timm.models._hub.save_config_for_hf = slow_disk
+models = [timm.create_model('fishnet_s64', num_classes=3) for _ in range(2)]
+print('ready', flush=True)
+while True:
+    for model in models:
+        save_pretrained(model, folder, label_names=['a', 'b', 'c'])
+'''
+
+
+@pytest.mark.slow
+def test_kill_9_while_republishing_leaves_a_loadable_folder(hub_folder, tmp_path):
+    """SIGKILL during a re-publish left new weights with the old config's checksum: refused as corrupted."""
+    import fishzoo.hub_folder
+    _, folder = hub_folder
+    rng = random.Random(0)
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, '-c', _REPUBLISH, str(folder)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == 'ready'
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.kill()
+        proc.wait()
+        fishzoo.hub_folder._checked.clear()
+        fishzoo.load_model(str(folder))  # the old folder or the new one, never neither
+        config = json.loads((folder / 'config.json').read_text())
+        assert config['weights_sha256'] == fishzoo.hub_folder.sha256_file(folder / 'model.safetensors')

@@ -11,13 +11,14 @@ import faulthandler
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-from fishzoo.errors import FishzooError
+from fishzoo.errors import FishzooError, TrainingStopped
 from fishzoo.images import refuse_bombs_quietly
 
 from .args import parse_args, write_train_config
@@ -72,8 +73,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     logging.getLogger('fishzoo').setLevel(logging.INFO)
     refuse_bombs_quietly()
+    created = None
     try:
         args = parse_args(argv)
+        created = None if Path(args.output_dir).exists() else Path(args.output_dir)
         state = PartialState(cpu=distributed_on_cpu())
         # the main process holds the folder for the whole run; a second run on it is refused
         with OutputDirLock(args.output_dir) if state.is_main_process else contextlib.nullcontext():
@@ -92,6 +95,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 write_train_config(run.config)
             Trainer(run.config, accelerator, parts).run()
     except FishzooError as e:
+        if created is not None and not isinstance(e, TrainingStopped):
+            with contextlib.suppress(OSError):  # a run that failed before writing anything leaves no folder
+                created.rmdir()
         print(f'fishzoo-train: {e}', file=sys.stderr)
         return e.exit_code
     return 0

@@ -11,6 +11,7 @@ enters through :meth:`RunConfig.replace`.
 import argparse
 import dataclasses
 import logging
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, Mapping
 
@@ -123,9 +124,11 @@ def hold_out_settings(settings) -> Dict[str, Any]:
     if settings.val_split is not None:
         return {}
     if settings.train_csv and not settings.val_csv:
+        if not Path(settings.train_csv).is_file():
+            return {}  # loading the data says what is wrong, before anything is said about holding out
         why = 'no --val-csv given'
     elif settings.data_dir and not settings.dataset and not settings.train_csv \
-            and not data.has_train_val_folders(settings.data_dir):
+            and Path(settings.data_dir).is_dir() and not data.has_train_val_folders(settings.data_dir):
         why = f'--data-dir {settings.data_dir} has no train/ and val/ sub-folders'
     else:
         return {}

@@ -26,14 +26,17 @@ import matplotlib
 import torch.nn as nn
 from accelerate import PartialState
 
+from fishzoo.atomic import staged_folder
 from fishzoo.errors import ConfigError
-from fishzoo.hub import push_to_hub, save_pretrained
+from fishzoo.hub import HUB_FILES, push_to_hub, write_hub_folder
 
 matplotlib.use('Agg')  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 _logger = logging.getLogger('fishzoo.train')
 
+# what a publish replaces together: the hub folder, the metrics and their curves
+PUBLISHED_FILES = HUB_FILES + ('metrics.json', 'curves.png')
 RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'app.py', 'requirements.txt', 'metrics.json',
              'curves.png', 'thresholds.json')
 
@@ -65,9 +68,16 @@ class OutputDirLock:
     def acquire(self) -> 'OutputDirLock':
         if fcntl is None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f'--output-dir {self.path.parent}: cannot create it ({e.strerror or e})') from None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ConfigError(f'--output-dir {self.path.parent}: cannot write there ({e.strerror or e})') \
+                    from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -117,11 +127,14 @@ def prepare_output_dir(args: argparse.Namespace, state: PartialState) -> Path:
                           'pass --resume auto to continue it or --overwrite to replace it')
     state.wait_for_everyone()  # every process has looked before anything is removed
     if state.is_main_process:
-        if previous and not args.resume:
-            for name in previous:
-                target = output_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if previous and not args.resume:
+                for name in previous:
+                    target = output_dir / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f'--output-dir {output_dir}: cannot write there ({e.strerror or e})') from None
     state.wait_for_everyone()
     return output_dir
 
@@ -183,15 +196,18 @@ class RunFolder:
                 base_model: Optional[str] = None, push_to: Optional[str] = None, commit_message: str = '',
                 **card_facts) -> None:
         """The hub folder (weights, config, card: ``card_facts`` are more :class:`fishzoo.card.CardFacts`),
-        the curves and, with ``push_to``, the upload."""
-        save_pretrained(
-            model, self.path, label_names=class_names, extra_config=extra_config,
-            data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
-            repo_id=push_to, dataset=dataset, metrics=metrics,
-            metrics_source=f'measured by fishzoo-train on the validation split after epoch {epoch} '
-                           f'(the published weights) of {history[-1]["epoch"]}',
-            tags=('fishzoo-train',), description=description, base_model=base_model, **card_facts)
-        plot_curves(history, self.path / 'curves.png', multilabel, top5=len(class_names) > 5)
+        ``metrics.json`` and the curves, replaced together (a kill at any instant leaves the previous set or this
+        one; a full disk leaves the previous one and says so), and, with ``push_to``, the upload."""
+        with staged_folder(self.path, PUBLISHED_FILES, order=('model.safetensors', 'config.json')) as stage:
+            write_hub_folder(
+                model, stage, label_names=class_names, extra_config=dict(extra_config or {}, published_epoch=epoch),
+                data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
+                repo_id=push_to, dataset=dataset, metrics=metrics,
+                metrics_source=f'measured by fishzoo-train on the validation split after epoch {epoch} '
+                               f'(the published weights) of {history[-1]["epoch"]}',
+                tags=('fishzoo-train',), description=description, base_model=base_model, **card_facts)
+            write_json_atomic(stage / 'metrics.json', history)
+            plot_curves(history, stage / 'curves.png', multilabel, top5=len(class_names) > 5)
         _logger.info('wrote %s', self.path)
         if push_to:
             push_to_hub(self.path, push_to, commit_message=commit_message)
