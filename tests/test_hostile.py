@@ -824,3 +824,26 @@ def test_kill_9_while_republishing_leaves_a_loadable_folder(hub_folder, tmp_path
         fishzoo.load_model(str(folder))  # the old folder or the new one, never neither
         config = json.loads((folder / 'config.json').read_text())
         assert config['weights_sha256'] == fishzoo.hub_folder.sha256_file(folder / 'model.safetensors')
+
+
+@pytest.mark.slow
+def test_process_group_sigterm_under_accelerate_launch_saves(image_dataset, tmp_path):
+    """kill -TERM to the process group of `accelerate launch`: the launcher forwards its own SIGTERM at once,
+    which the run took for a second signal and stopped without the checkpoint it had just promised."""
+    out = tmp_path / 'launched'
+    args = ['--data-dir', str(image_dataset), '--epochs', '30', *TRAIN_ARGS, '--img-size', '64', '--output-dir',
+            str(out)]
+    proc = subprocess.Popen([shutil.which('accelerate'), 'launch', '--cpu', '--num_processes', '1',
+                             '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+                             '-m', 'fishzoo.train', *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / 'metrics.json').exists():  # epoch 0 evaluated: training has begun
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert 'SIGTERM received: saving a checkpoint at the end of this batch (the launcher ends' in stderr
+    assert 'checkpoint saved' in stderr, stderr[-3000:]
+    assert (checkpoint_dirs(out)[-1] / STATE_FILE).exists()
