@@ -307,7 +307,16 @@ def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = 
     return [(str(image), labels) for _, image, labels in rows]
 
 
+MAX_MULTI_HOT_VALUES = 200_000_000  # images x classes of the multi-hot targets held in memory (800 MB)
+
+
 def multi_hot(rows, class_names: List[str], path) -> List[np.ndarray]:
+    """One 0/1 vector over ``class_names`` per ``(image, labels)`` row; refused when the table would not fit
+    (a labels column that is not space-separated label names gives as many classes as rows)."""
+    if len(rows) * len(class_names) > MAX_MULTI_HOT_VALUES:
+        raise DataError(f'{path}: {len(class_names):,} distinct labels in {len(rows):,} rows would take '
+                        f'{len(rows) * len(class_names) * 4 / 1e9:.1f} GB of targets; the labels column holds '
+                        'label names separated by spaces (is it another column, or free text?)')
     index = {c: i for i, c in enumerate(class_names)}
     targets = []
     for image, labels in rows:

@@ -29,15 +29,33 @@ def count_gmacs(model: torch.nn.Module, input_size) -> float:
 
 
 def model_info(name: str, num_classes: Optional[int] = None) -> Dict[str, Any]:
-    """Parameters, GMACs at the default input size, feature levels and pretrained tags of ``name``."""
-    if not timm.is_model(name):
-        raise ModelLoadError(f'unknown model {name!r}; `fishzoo list` shows the available models')
+    """Parameters, GMACs at the default input size, feature levels and pretrained tags of ``name``: a timm
+    name, or a hub folder (``local-dir:PATH``, ``hf-hub:REPO_ID``), whose config is read (checked, nothing
+    loaded) and whose labels are listed too."""
+    from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
+    from fishzoo.loading import did_you_mean, resolve_source
+    source = resolve_source(name)
     kwargs = {} if num_classes is None else dict(num_classes=num_classes)
+    config = None
+    if source.kind != 'timm':
+        config = check_hub_folder(source.folder if source.kind == 'folder' else hub_repo_folder(source.location))
+        arch = config['architecture'].split('.')[0]
+        kwargs = {**config.get('model_args', {}), 'num_classes': config.get('num_classes', 1000), **kwargs}
+    elif not timm.is_model(name):
+        raise ModelLoadError(f'unknown model {name!r}{did_you_mean(name)}; `fishzoo list` shows the available '
+                             'models, and a folder or hf-hub:REPO_ID is read too')
+    else:
+        arch = name
     with torch.device('meta'):
-        model = timm.create_model(name, **kwargs).eval()
-        cfg = model.pretrained_cfg
+        model = timm.create_model(arch, **kwargs).eval()
+        cfg = dict(model.pretrained_cfg, **((config or {}).get('pretrained_cfg') or {}))
         gmacs = count_gmacs(model, cfg['input_size'])
+    extra = {}
+    if config is not None:
+        extra = dict(folder=str(source.folder or source.location), architecture=arch,
+                     labels=config.get('label_names'), multilabel=bool(config.get('multilabel')))
     return dict(
+        **extra,
         name=name,
         num_classes=model.num_classes,
         params=sum(p.numel() for p in model.parameters()),
@@ -45,7 +63,7 @@ def model_info(name: str, num_classes: Optional[int] = None) -> Dict[str, Any]:
         input_size=tuple(cfg['input_size']),
         feature_info=[dict(module=f['module'], num_chs=f['num_chs'], reduction=f['reduction'])
                       for f in model.feature_info],
-        pretrained_tags=[t for t in timm.list_pretrained(f'{name}.*') if t.split('.', 1)[0] == name],
+        pretrained_tags=[t for t in timm.list_pretrained(f'{arch}.*') if t.split('.', 1)[0] == arch],
     )
 
 
@@ -58,6 +76,11 @@ def format_info(info: Dict[str, Any]) -> str:
             f"stride {f['reduction']}: {f['num_chs']} ch ({f['module']})" for f in info['feature_info']),
         '  pretrained:   ' + (', '.join(info['pretrained_tags']) or 'none'),
     ]
+    if 'folder' in info:
+        labels = info.get('labels') or []
+        lines[0] = f"{info['name']} ({info['architecture']}{', multi-label' if info['multilabel'] else ''})"
+        lines.append(f'  labels:       {", ".join(map(str, labels[:10]))}{", ..." if len(labels) > 10 else ""}'
+                     if labels else '  labels:       none named')
     return '\n'.join(lines)
 
 

@@ -5,6 +5,7 @@ Training (``--model``), ``fishzoo predict``, ``fishzoo export`` and ``fishzoo co
 intact) before timm builds anything, and every failure becomes one sentence that starts with what the
 user typed (or the flag that carried it).
 """
+import difflib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,13 @@ def resolve_source(spec: str) -> ModelSource:
     return ModelSource(spec, 'timm', spec)
 
 
+def did_you_mean(name: str) -> str:
+    """``'; did you mean fishnet99?'`` for a close registered name (the tag after a dot is kept), else ''."""
+    arch, dot, tag = name.partition('.')
+    close = difflib.get_close_matches(arch.lower(), timm.list_models(), n=3, cutoff=0.75)
+    return f'; did you mean {" or ".join(c + dot + tag for c in close)}?' if close else ''
+
+
 def _looks_like_a_path(spec: str) -> bool:
     return any(c in spec for c in '/\\') or spec.startswith(('.', '~'))
 
@@ -98,8 +106,9 @@ def load_model(spec: str, *, pretrained: Optional[bool] = None, label: Optional[
         raise ModelLoadError(f'{label}: refused to load a pickle that is not plain weights ({describe(e)})') from None
     except RuntimeError as e:
         if str(e).startswith('Unknown model'):
-            raise ModelLoadError(f'{label}: unknown model (`fishzoo list` and timm.list_models() show the names; '
-                                 'or give a folder, local-dir:PATH or hf-hub:REPO_ID)') from None
+            raise ModelLoadError(f'{label}: unknown model{did_you_mean(source.timm_name)} (`fishzoo list` and '
+                                 'timm.list_models() show the names; or give a folder, local-dir:PATH or '
+                                 'hf-hub:REPO_ID)') from None
         raise ModelLoadError(f'{label}: could not load the model ({describe(e)})') from None
     except FishzooError:
         raise

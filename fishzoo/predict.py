@@ -14,15 +14,17 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from fishzoo.data import eval_transform
-from fishzoo.deploy.runtime import BACKENDS, detect_backend, load_runner
+from fishzoo.deploy.runtime import BACKENDS, detect_backend, load_runner, onnx_file_config, onnx_runner
 from fishzoo.errors import DataError, PredictError, first_line
-from fishzoo.hub_folder import read_hub_config
+from fishzoo.hub_folder import class_count_problem, read_hub_config
 from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
 from fishzoo.loading import load_model, resolve_source
 
 
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
     """Per-class decision thresholds of a multi-label folder (config.json 'thresholds'), if any."""
+    if str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file():
+        return None  # a single exported file: its metadata has labels and preprocessing only
     folder = resolve_source(model_or_dir).folder
     path = folder / 'config.json' if folder is not None else None
     if path is None or not path.is_file():
@@ -58,12 +60,19 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
 
 
 def _exported(model_or_dir: str, backend: str):
-    """(logits function, config.json) of an exported folder for ``backend``."""
+    """(logits function, config.json) of an exported folder for ``backend``, or of a single ``.onnx`` file
+    (``fishzoo export -o FILE.onnx``), whose metadata holds the labels and preprocessing."""
+    if backend == 'onnx' and str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file():
+        run = onnx_runner(model_or_dir)
+        return (lambda batch: torch.from_numpy(run(batch.numpy()))), onnx_file_config(model_or_dir)
     folder = resolve_source(model_or_dir).folder
     if folder is None or not folder.is_dir():
         raise PredictError(f'{model_or_dir}: --backend {backend} runs an exported folder '
                            f'(`fishzoo export MODEL --format {backend} -o DIR`), not a model name')
     config = read_hub_config(folder)
+    problem = class_count_problem(config)
+    if problem:
+        raise PredictError(f'{folder / "config.json"}: {problem}')
     run = load_runner(folder, backend)
     return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
 
@@ -80,7 +89,8 @@ def predict(
     exported folder); None picks what the folder holds."""
     images = expand_images(images)
     if backend is None:
-        backend = detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
+        backend = 'onnx' if str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file() else \
+            detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
     if backend == 'torch':
@@ -110,6 +120,9 @@ def predict(
                 raise PredictError(f'{image}: unreadable image ({first_line(e)})') from None
         with torch.no_grad():
             logits = model(torch.stack(batch))
+        if logits.dim() != 2 or logits.shape[1] != len(names):
+            raise PredictError(f'{model_or_dir}: the model gives {list(logits.shape)[1:]} scores per image but '
+                               f'{len(names)} labels are named (label_names / num_classes in its config)')
         for image, row in zip(chunk, logits):
             if thresholds is not None:
                 probs = row.sigmoid()

@@ -72,7 +72,7 @@ def build_demo(folder, top_k: int = 5):
     classify = FolderClassifier(folder, top_k)
     return gr.Interface(
         fn=classify, inputs=gr.Image(type='pil', label='image'),
-        outputs=gr.Label(num_top_classes=classify.top_k, label='labels'),
+        outputs=gr.Label(num_top_classes=classify.top_k, label='labels'), api_name='predict',
         title=f'{classify.title}: {Path(folder).resolve().name}', flagging_mode='never',
         description='Drop an image to see what the model says.')
 

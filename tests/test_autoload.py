@@ -34,6 +34,7 @@ def _venv_with_system_packages(path):
     return path / 'bin' / 'python'
 
 
+@pytest.mark.slow
 def test_timm_finds_fishzoo_without_import(tmp_path):
     """pip install . and then pip install -e . (one venv, the second replacing the first): timm finds the
     models without an import each time, FISHZOO_AUTOLOAD=0 turns the hook off, and interpreter start-up

@@ -99,3 +99,10 @@ def test_demo_mistakes(tmp_path, capsys):
     (tmp_path / 'empty').mkdir()
     assert main(['demo', str(tmp_path / 'empty')]) == 2
     assert 'config.json: no such file' in capsys.readouterr().err
+
+
+def test_the_page_api_is_called_predict(trained_run):
+    """Gradio users call /predict; the page's endpoint was /FolderClassifier (the callable's class name)."""
+    from fishzoo.space_app import build_demo
+    demo = build_demo(trained_run)
+    assert [d['api_name'] for d in demo.config['dependencies'] if d.get('api_visibility') == 'public'] == ['predict']

@@ -132,6 +132,7 @@ def test_finetune_flags(trained_run, image_dataset, tmp_path, mode):
     assert str(trained_run) not in card and f'`{trained_run.name}` trained with fishzoo-train' in card
 
 
+@pytest.mark.slow
 def test_multilabel_end_to_end_with_thresholds_and_predict(tmp_path, capsys):
     csv_path = write_digits_multilabel(tmp_path / 'ml', images=160, seed=1)
     out = tmp_path / 'run'
@@ -172,6 +173,7 @@ def test_multilabel_end_to_end_with_thresholds_and_predict(tmp_path, capsys):
     assert all(float(r['probability']) >= thresholds[r['label']] for r in rows)  # thresholds applied
 
 
+@pytest.mark.slow
 def test_multilabel_flag_on_single_label_folders(image_dataset, tmp_path):
     out = tmp_path / 'onehot'
     assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '1', *TRAIN_ARGS,

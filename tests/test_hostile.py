@@ -396,6 +396,7 @@ def _start(args, out):
 
 
 @pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_signal_saves_and_exits(image_dataset, tmp_path, signum, code):
     args = ['--data-dir', str(image_dataset), '--epochs', '3', *TRAIN_ARGS]
     out = tmp_path / 'sig'
@@ -415,6 +416,7 @@ def test_signal_saves_and_exits(image_dataset, tmp_path, signum, code):
     assert [r['epoch'] for r in json.loads((out / 'metrics.json').read_text())][-1] == 3
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_output_dir_is_refused(image_dataset, tmp_path, capsys):
     """Two trainings on one folder would write into each other's checkpoints: the second is refused, naming
     the first's process; once the first is killed with -9 its lock is gone and a resume runs."""
@@ -437,6 +439,7 @@ def test_second_run_on_the_same_output_dir_is_refused(image_dataset, tmp_path, c
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_repeated_kill_9(image_dataset, tmp_path):
     """kill -9 at random moments (during saves too), resumed with --resume auto each time: the final weights
     equal an uninterrupted run's."""
@@ -623,7 +626,7 @@ def test_memory_is_bounded_by_what_the_resize_computes(tmp_path):
     folder = save_pretrained(timm.create_model('fishnet_s64', num_classes=3, in_chans=1), tmp_path / 'gray',
                              label_names=['a', 'b', 'c'])
     code = f'''
-import resource, sys
+import sys
 from fishzoo.cli import main
 from fishzoo.deploy.calibration import calibration_images
 from fishzoo.space_app import FolderClassifier
@@ -635,7 +638,9 @@ images = calibration_images({str(tmp_path)!r}, model.pretrained_cfg)
 assert images.dataset[0][0].shape == (1, 64, 64)
 Image.MAX_IMAGE_PIXELS = None  # the demo receives images Gradio decoded already
 assert FolderClassifier({str(folder)!r})(Image.open({str(strip)!r}))
-print('peak MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# this process's own high-water mark (ru_maxrss would carry pytest's over the fork and exec)
+peak = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')).split()[1]
+print('peak MB', int(peak) // 1024)
 '''
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -760,6 +765,7 @@ def _folder_bytes(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_publishing_leaves_the_folder_as_it_was(hub_folder, monkeypatch, tmp_path, capsys):
     """safetensors' SafetensorError / OSError came out as a traceback, the folder half replaced."""
     import errno
@@ -847,3 +853,101 @@ def test_process_group_sigterm_under_accelerate_launch_saves(image_dataset, tmp_
     assert 'SIGTERM received: saving a checkpoint at the end of this batch (the launcher ends' in stderr
     assert 'checkpoint saved' in stderr, stderr[-3000:]
     assert (checkpoint_dirs(out)[-1] / STATE_FILE).exists()
+
+
+def test_a_csv_with_a_label_per_row_is_refused_before_gigabytes_are_allocated(tmp_path):
+    """10^5 distinct labels made a 40 GB multi-hot table (numpy's _ArrayMemoryError)."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    rows = ['image,labels']
+    for i in range(20_000):
+        (images / f'{i}.png').touch()
+        rows.append(f'images/{i}.png,caption-{i}')
+    (tmp_path / 'labels.csv').write_text('\n'.join(rows) + '\n')
+    with pytest.raises(fishzoo.FishzooError, match=r'labels.csv: 20,000 distinct labels in 20,000 rows would take '
+                                                    r'1.6 GB of targets; the labels column holds label names'):
+        data.csv_data(tmp_path / 'labels.csv', val_fraction=0.2)
+
+
+def _exported_onnx_folder(tmp_path):
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    folder = save_pretrained(model, tmp_path / 'model', label_names=['a', 'b', 'c'])
+    assert cli_main(['export', str(folder), '--format', 'onnx', '-o', str(tmp_path / 'onnx')]) == 0
+    from PIL import Image
+    Image.new('RGB', (70, 60), (10, 120, 200)).save(tmp_path / 'x.png')
+    return tmp_path / 'onnx', tmp_path / 'x.png'
+
+
+def test_exported_models_that_disagree_or_fail_get_one_sentence(tmp_path, capsys, monkeypatch):
+    """An export whose outputs do not match its labels gave an IndexError; onnxruntime failing at run time
+    gave its traceback."""
+    folder, image = _exported_onnx_folder(tmp_path)
+    capsys.readouterr()
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps({**config, 'label_names': ['a', 'b', 'c', 'd'], 'num_classes': 4,
+                                                    'pretrained_cfg': {**config['pretrained_cfg'], 'num_classes': 4}}))
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    _one_line(capsys, f'{folder}: the model gives [3] scores per image but 4 labels are named')
+    (folder / 'config.json').write_text(json.dumps(config))
+
+    import onnxruntime
+
+    def fails(self, *args, **kwargs):
+        raise onnxruntime.capi.onnxruntime_pybind11_state.RuntimeException('simulated kernel failure')
+    monkeypatch.setattr(onnxruntime.InferenceSession, 'run', fails)
+    assert cli_main(['predict', str(folder), str(image)]) == 2
+    _one_line(capsys, f'{folder / "model.onnx"}: onnxruntime failed on a batch of shape [1, 3, 64, 64] '
+                      '(RuntimeException: simulated kernel failure)')
+
+
+def test_predict_with_the_single_onnx_file_export_wrote(tmp_path, capsys):
+    """`fishzoo export -o FILE.onnx` then `fishzoo predict FILE.onnx IMG` said "no such folder"."""
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    folder = save_pretrained(model, tmp_path / 'model', label_names=['cat', 'dog', 'fish'])
+    assert cli_main(['export', str(folder), '-o', str(tmp_path / 'm.onnx')]) == 0
+    from PIL import Image
+    Image.new('RGB', (70, 60), (10, 120, 200)).save(tmp_path / 'x.png')
+    capsys.readouterr()
+    assert cli_main(['predict', str(folder), str(tmp_path / 'x.png'), '--json']) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert cli_main(['predict', str(tmp_path / 'm.onnx'), str(tmp_path / 'x.png'), '--json']) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got[0]['labels'] == expected[0]['labels']
+    assert got[0]['scores'] == pytest.approx(expected[0]['scores'], abs=1e-4)
+
+
+def test_info_reads_folders_and_suggests_names(hub_folder, capsys):
+    """`fishzoo info FOLDER` said "unknown model" while predict, export and demo take folders; a misspelt
+    name got no suggestion."""
+    _, folder = hub_folder
+    assert cli_main(['info', str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f'{folder} (fishnet_s64)') and 'labels:       a, b, c' in out and '(3 classes)' in out
+    assert cli_main(['info', 'fishnet_99']) == 2
+    _one_line(capsys, "unknown model 'fishnet_99'; did you mean fishnet99")
+    assert main(['--model', 'fishnet_99', '--output-dir', str(folder.parent / 'x'), '--epochs', '1']) == 2
+    _one_line(capsys, '--model fishnet_99: unknown model; did you mean fishnet99')
+
+
+def test_help_says_the_recipe_sets_its_flags(capsys):
+    """--help listed SGD, 0.05 as the defaults where the recipe trains with AdamW at 3e-3."""
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert "--opt OPT timm optimizer name ('sgd', 'adamw', 'lamb', ...) (default: the recipe's choice for your " \
+           'data, named in the log; sgd where no recipe sets it)' in text
+
+
+def test_calibration_csv_paths_are_read_as_written(tmp_path):
+    """Documented (docs/safety.md): a CSV's image paths are relative to --image-root or the CSV's folder;
+    absolute paths and '..' are read as written, since the CSV is the user's own file."""
+    from PIL import Image
+
+    from fishzoo.deploy.calibration import calibration_images
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+    Image.new('RGB', (40, 40)).save(outside / 'a.png')
+    (tmp_path / 'csvdir').mkdir()
+    (tmp_path / 'csvdir' / 'c.csv').write_text(f'image,labels\n{outside / "a.png"},x\n../elsewhere/a.png,x\n')
+    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
+    assert len(calibration_images(tmp_path / 'csvdir' / 'c.csv', cfg)) == 2

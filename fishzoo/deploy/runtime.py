@@ -7,13 +7,14 @@ models through a :data:`Runner`: a function from a float32 image batch (N, C, H,
 Everything else in :mod:`fishzoo.deploy` imports from here; this module imports none of them.
 """
 import importlib.util
+import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from fishzoo.errors import ModelLoadError, describe
+from fishzoo.errors import FishzooError, ModelLoadError, describe
 from fishzoo.hub_folder import read_hub_config
 
 INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'  # the exported graphs' input and output (transformers' names)
@@ -23,6 +24,10 @@ BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE}
 BACKENDS = ('torch', 'onnx', 'openvino')
 
 Runner = Callable[[np.ndarray], np.ndarray]
+
+
+class RuntimeFailure(FishzooError, RuntimeError):
+    """onnxruntime or OpenVINO failed while running an exported model; the message names the file."""
 
 
 def require(module: str, extra: str, what: str, error: type = ModelLoadError) -> None:
@@ -92,15 +97,19 @@ def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precis
 
     def run(images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
-        if not requests or len(images) < streams:
-            return latency(images)[output]
-        for request, chunk in zip(requests, np.array_split(images, streams)):
-            request.start_async({0: chunk})
-        outputs = []
-        for request in requests:
-            request.wait()
-            outputs.append(request.get_output_tensor(0).data.copy())
-        return np.concatenate(outputs)
+        try:
+            if not requests or len(images) < streams:
+                return latency(images)[output]
+            for request, chunk in zip(requests, np.array_split(images, streams)):
+                request.start_async({0: chunk})
+            outputs = []
+            for request in requests:
+                request.wait()
+                outputs.append(request.get_output_tensor(0).data.copy())
+            return np.concatenate(outputs)
+        except Exception as e:
+            raise RuntimeFailure(f'{xml}: OpenVINO failed on a batch of shape {list(images.shape)} '
+                                 f'({openvino_reason(e)})') from None
     return run
 
 
@@ -112,8 +121,35 @@ def onnx_runner(path: Union[str, Path], threads: Optional[int] = None) -> Runner
         raise ModelLoadError(f'{path}: onnxruntime could not load it ({describe(e, 200)})') from None
 
     def run(images: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        try:
+            return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        except Exception as e:  # onnxruntime's own failures (a kernel, memory, a shape it cannot take)
+            raise RuntimeFailure(f'{path}: onnxruntime failed on a batch of shape {list(images.shape)} '
+                                 f'({describe(e, 200)})') from None
     return run
+
+
+def onnx_file_config(path: Union[str, Path]) -> dict:
+    """A hub-folder-like config from the metadata ``fishzoo export -o FILE.onnx`` writes into the file
+    (architecture, label names, preprocessing, class count), for predicting with the file alone."""
+    require('onnx', 'onnx', 'an .onnx file')
+    import onnx
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelLoadError(f'{path}: not a readable ONNX file ({describe(e, 200)})') from None
+    meta = {}
+    for entry in proto.metadata_props:
+        try:
+            meta[entry.key] = json.loads(entry.value)
+        except ValueError:
+            continue
+    if 'input_size' not in meta or 'mean' not in meta:
+        raise ModelLoadError(f'{path}: no preprocessing in its metadata (not written by fishzoo export); export '
+                             'it again with fishzoo export, or give the folder of the model it came from')
+    cfg = {k: meta[k] for k in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct') if k in meta}
+    return dict(architecture=meta.get('architecture'), num_classes=meta.get('num_classes'),
+                label_names=meta.get('label_names'), pretrained_cfg=cfg)
 
 
 def torch_runner(model: torch.nn.Module) -> Runner:

@@ -22,6 +22,7 @@ def quick_result():
     return pb.run_benchmark(cfg)
 
 
+@pytest.mark.slow
 def test_quick_run_has_every_case(quick_result):
     keys = {c['key'] for c in quick_result['cases']}
     for impl, path in [('fishzoo', 'eager NCHW'), ('fishzoo', 'eager channels_last'),

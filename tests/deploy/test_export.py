@@ -55,6 +55,7 @@ def test_onnx_session_threads(exported):
     assert session.get_inputs()[0].name == INPUT_NAME
 
 
+@pytest.mark.slow
 def test_cli_export(tmp_path, capsys):
     out = tmp_path / 'mnv2.onnx'
     assert main(['export', 'mobilenetv2_dual_050', '--format', 'onnx', '-o', str(out), '--img-size', '64']) == 0

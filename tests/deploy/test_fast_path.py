@@ -31,6 +31,7 @@ def _batchnorms(model):
 
 
 @pytest.mark.parametrize('name', ['fishnet_s64', 'fishnet99', 'fishnext150'])
+@pytest.mark.slow
 def test_timm_reparameterize_folds_batchnorm(name):
     model = _with_statistics(name)
     x = torch.randn(2, 3, 96, 80)
@@ -73,6 +74,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         assert _rel(out, model(x)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_compile_applies_freezing():
     """Inductor packs the frozen conv weights for oneDNN: what ``options={'freezing': True}`` silently skips."""
     from torch._dynamo.utils import counters

@@ -55,6 +55,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize('fmt, model_file', [('onnx', 'model.onnx'), ('openvino', 'openvino_model.xml')])
+@pytest.mark.slow
 def test_int8_export_checked_on_held_out_images(trained, fmt, model_file, capsys):
     out = trained['root'] / f'{fmt}-int8'
     calib = trained['images'] if fmt == 'onnx' else trained['csv']  # a folder, or a CSV's image column
@@ -99,6 +100,7 @@ def test_fp32_openvino_export_is_exact(trained, capsys):
         assert np.allclose([p for _, p in e['labels']], [p for _, p in r['labels']], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_path):
     from fishzoo.data import eval_transform
     from fishzoo.images import load_image

@@ -207,6 +207,7 @@ def test_fx_trace(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
+@pytest.mark.slow
 def test_torch_compile_fullgraph(name):
     """The whole forward is one dynamo graph (aot_eager keeps the test free of C++ codegen time)."""
     model = timm.create_model(name, num_classes=3).eval()

@@ -33,6 +33,7 @@ def _weights(folder):
     return load_file(folder / 'model.safetensors')
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(image_dataset, tmp_path):
     common = ['--data-dir', str(image_dataset), '--epochs', '3', *TRAIN_ARGS]
     straight = tmp_path / 'straight'

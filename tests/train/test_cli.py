@@ -54,6 +54,7 @@ def test_grayscale_training(image_dataset, tmp_path):
      '--clip-grad', '1.0'],
     ['--dataset', 'imagefolder', '--reprob', '0.5', '--rotate', '20', '--grad-checkpointing', '--channels-last'],
 ])
+@pytest.mark.slow
 def test_training_options(image_dataset, tmp_path, extra):
     out = tmp_path / 'run'
     assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '2', *TRAIN_ARGS,
@@ -95,6 +96,7 @@ def test_pretrained_head_for_other_labels_is_replaced(trained_run, image_dataset
     assert 'replaced the classifier' not in caplog.text  # same classes: the trained head is kept
 
 
+@pytest.mark.slow
 def test_two_processes_gather_every_val_image_once(tmp_path):
     from tests.helpers.images import make_train_val
     data = make_train_val(tmp_path / 'odd', train=8, val=3)  # 9 val images: uneven across 2 processes
@@ -168,6 +170,7 @@ def test_tensorboard_tracker(image_dataset, tmp_path):
     assert list(out.rglob('events.out.tfevents.*'))
 
 
+@pytest.mark.slow
 def test_entry_points():
     for cmd in ([sys.executable, '-m', 'fishzoo.train', '--help'], ['fishzoo-train', '--help'],
                 [sys.executable, str(REPO / 'scripts' / 'train.py'), '--help']):
