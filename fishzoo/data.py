@@ -77,6 +77,46 @@ class TrainValData:
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (image, reason) left out as unreadable
 
 
+SPLIT_FILES = {'train': 'train_images.csv', 'val': 'val_images.csv'}  # a run's split, in its output folder
+
+
+def write_split(loaded: TrainValData, folder: Union[str, Path]) -> List[Path]:
+    """The run's training and validation images as ``train_images.csv`` / ``val_images.csv`` (``image,labels``,
+    absolute paths) in ``folder``, so that ``fishzoo export --calib-data FOLDER --val-data FOLDER`` calibrates on
+    the training images and measures on images the model never trained on. Data held in memory (the embedded
+    digits, a Hugging Face dataset) has no files to list: nothing is written."""
+    written = []
+    for split, name in SPLIT_FILES.items():
+        samples = getattr(loaded, split)
+        if not all(isinstance(s, (str, Path)) for s in samples.sources):
+            return []
+        rows = []
+        for source, target in zip(samples.sources, samples.targets):
+            label = ' '.join(loaded.class_names[i] for i in np.flatnonzero(np.asarray(target))) \
+                if loaded.multilabel else loaded.class_names[int(target)]  # a class folder's name may hold spaces
+            rows.append([str(Path(source).resolve()), label])
+        path = Path(folder) / name
+        with open(path, 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['image', 'labels' if loaded.multilabel else 'label'])
+            writer.writerows(rows)
+        written.append(path)
+    return written
+
+
+def read_split(folder: Union[str, Path], split: str) -> Optional[List[Tuple[str, List[str]]]]:
+    """``(image, labels)`` of a run's ``train`` or ``val`` split (:func:`write_split`), or None when
+    ``folder`` holds none."""
+    path = Path(folder) / SPLIT_FILES[split]
+    if not path.is_file():
+        return None
+    with open(path, newline='') as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        single = header[1:2] == ['label']
+        return [(image, [label] if single else label.split()) for image, label in reader]
+
+
 # --- splitting -----------------------------------------------------------------------------------
 
 def eval_transform(pretrained_cfg: dict) -> Callable:

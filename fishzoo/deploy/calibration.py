@@ -1,10 +1,15 @@
 """Images for int8 calibration and for checking an int8 model's accuracy, read with the model's own eval
 transform (:func:`fishzoo.data.eval_transform`, as ``fishzoo predict`` reads them).
 
-- Calibration needs images only: a folder (every image under it), a CSV with an ``image`` column, or
-  ``digits`` (the embedded demo data, for the models the README's first command trains).
-- Validation needs labels: a class-folder tree (sub-folder names are the model's label names) or the
-  training CSV format (``image,labels``), or ``digits`` (the demo's held-out split).
+- Calibration needs images only: a folder (every image under it), a CSV with an ``image`` column, a
+  training run's output folder (its training images, ``train_images.csv``), or ``digits`` (the embedded demo
+  data, for the models the README's first command trains).
+- Validation needs labels: a class-folder tree (sub-folder names are the model's label names), the
+  training CSV format (``image,labels``), a training run's output folder (its held-out images,
+  ``val_images.csv``: images the model never trained on), or ``digits`` (the demo's held-out split).
+
+A CSV's image paths are relative to the CSV's folder; absolute paths and ``..`` are read as written (the CSV
+is the user's own file, like the folders given on the command line).
 
 Unreadable images are skipped and counted; a source with none left is refused in one sentence.
 """
@@ -16,7 +21,15 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from fishzoo.data import ImageSamples, digits_data, eval_transform, folder_samples, multi_hot, read_label_csv
+from fishzoo.data import (
+    ImageSamples,
+    digits_data,
+    eval_transform,
+    folder_samples,
+    multi_hot,
+    read_label_csv,
+    read_split,
+)
 from fishzoo.errors import DataError, QuantizeError
 from fishzoo.images import IMAGE_EXTENSIONS, drop_unreadable, image_files, image_mode
 
@@ -88,7 +101,10 @@ def calibration_images(source: Union[str, Path], pretrained_cfg: dict, flag: str
         samples.transform = eval_transform(pretrained_cfg)
         return LabelledImages(samples, multilabel=False)
     path = Path(source)
-    if path.is_dir():
+    split = read_split(path, 'train') if path.is_dir() else None
+    if split is not None:  # a training run's folder: its training images
+        files = [image for image, _ in split]
+    elif path.is_dir():
         files = _images_under(path)
         if not files:
             raise QuantizeError(f'{flag} {path}: no image files under it ({", ".join(IMAGE_EXTENSIONS)})')
@@ -116,9 +132,10 @@ def validation_images(source: Union[str, Path], pretrained_cfg: dict, label_name
         samples.transform = eval_transform(pretrained_cfg)
         return LabelledImages(samples, multilabel=False)
     path = Path(source)
-    if path.is_file() and path.suffix.lower() == '.csv':
+    split = read_split(path, 'val') if path.is_dir() else None  # a training run's folder: its held-out images
+    if split is not None or (path.is_file() and path.suffix.lower() == '.csv'):
         try:
-            rows = read_label_csv(path)
+            rows = split if split is not None else read_label_csv(path)
             names = names or sorted({label for _, labels in rows for label in labels})
             targets = multi_hot(rows, names, path)
         except DataError as e:

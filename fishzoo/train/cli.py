@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+from fishzoo.data import write_split
 from fishzoo.errors import FishzooError, TrainingStopped
 from fishzoo.images import refuse_bombs_quietly
 
@@ -93,6 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parts = build_parts(run, accelerator.num_processes)
             if accelerator.is_main_process:  # the run's every setting, as a recipe --config reads back
                 write_train_config(run.config)
+                write_split(run.data, run.config.output_dir)  # export --val-data OUTPUT_DIR: the held-out images
             Trainer(run.config, accelerator, parts).run()
     except FishzooError as e:
         if created is not None and not isinstance(e, TrainingStopped):

@@ -37,8 +37,7 @@ _logger = logging.getLogger('fishzoo.train')
 
 # what a publish replaces together: the hub folder, the metrics and their curves
 PUBLISHED_FILES = HUB_FILES + ('metrics.json', 'curves.png')
-RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'app.py', 'requirements.txt', 'metrics.json',
-             'curves.png', 'thresholds.json')
+RUN_FILES = PUBLISHED_FILES + ('thresholds.json', 'train_images.csv', 'val_images.csv')
 
 
 def write_json_atomic(path: Path, obj) -> None:

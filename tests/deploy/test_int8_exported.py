@@ -1,6 +1,7 @@
 """int8 exports (OpenVINO + NNCF, onnxruntime QDQ), the accuracy check and search, and running exported
 folders with ``fishzoo predict --backend``: on a tiny FishNet and images the tests write."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,21 @@ def test_predict_backend_mistakes(trained, tmp_path, capsys):
     assert 'no model.onnx for --backend onnx' in capsys.readouterr().err
     assert main(['predict', 'fishnet_s64', image, '--backend', 'openvino']) == 2
     assert 'runs an exported folder' in capsys.readouterr().err
+
+
+def test_a_run_folder_calibrates_and_validates_on_its_own_split(trained_run, image_dataset, tmp_path, capsys):
+    """--val-data could not use the run's held-out images (only digits could): a run writes its split, and
+    --calib-data / --val-data RUN_FOLDER read its training and validation images."""
+    import csv as csv_module
+
+    from fishzoo.images import image_files
+    rows = list(csv_module.DictReader((trained_run / 'val_images.csv').open()))
+    assert sorted(Path(r['image']).relative_to(image_dataset / 'val').as_posix() for r in rows) == \
+        sorted(p.relative_to(image_dataset / 'val').as_posix() for p in image_files(image_dataset / 'val'))
+    assert {r['label'] for r in rows} == {'cat', 'dog', 'fish'}
+    out = tmp_path / 'ov'
+    assert main(['export', str(trained_run), '--format', 'openvino', '--int8', '--calib-data', str(trained_run),
+                 '--val-data', str(trained_run), '-o', str(out)]) == 0
+    record = json.loads((out / 'config.json').read_text())['export']
+    assert record['calibration']['images'] == 24 and record['accuracy']['images'] == 12
+    assert record['accuracy']['source'] == str(trained_run)
