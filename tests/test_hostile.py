@@ -28,6 +28,33 @@ Training      NaN / inf loss ...... train/test_trainer.py::test_nan_loss_keeps_l
 Hub           no token, bad token, network down ... test_hub.py::test_push_without_token,
               test_push_failure_keeps_folder_and_hides_token, and test_push_with_the_hub_offline below
 Fuzzing       config.json reader, CSV reader (hypothesis) ..................... test_fuzz_*
+
+Round three (the red-team and new-user rows of issue #24):
+1 class counts that disagree (top-level num_classes vs model_args / weights) .. test_class_counts_must_agree
+2 a 1 x 20,000,000 px strip; crop_pct 1e-4, input_size 100000 in a config ...
+                          test_memory_is_bounded_by_what_the_resize_computes, test_preprocessing_values_are_checked
+3 a FIFO named evil.png in a class folder ..... test_class_folder_walks_skip_special_files_and_stay_in_the_root,
+                                                test_training_on_a_folder_with_a_fifo_finishes
+4 l1 -> .., l2 -> .., self -> ., links out of the root ......... (the same walk test)
+5 export -o into a folder holding files ............. test_export_into_a_folder_holding_files_is_refused
+6 kill -9 while re-publishing ............................. test_kill_9_while_republishing_leaves_a_loadable_folder
+7 full disk while publishing; read-only --output-dir; label_names / mean / interpolation of the wrong type;
+  an export whose outputs differ from its labels; onnxruntime failing at run time; 10^5 CSV labels ...
+  test_a_full_disk_while_publishing_leaves_the_folder_as_it_was, test_a_read_only_output_dir_gets_one_sentence,
+  test_preprocessing_values_are_checked, test_label_names_of_the_wrong_type,
+  test_exported_models_that_disagree_or_fail_get_one_sentence,
+  test_a_csv_with_a_label_per_row_is_refused_before_gigabytes_are_allocated
+8 OpenVINO errors cut to "Exception from src/..." ........................ test_openvino_failures_say_why
+9 calibration CSV with absolute or ../ paths (documented) ...... test_calibration_csv_paths_are_read_as_written
+New user: WebP/BMP left out ............................................ test_every_image_format_pil_reads_is_found
+          process-group SIGTERM under accelerate launch ... test_process_group_sigterm_under_accelerate_launch_saves
+          predict FILE.onnx; info FOLDER; did you mean ... test_predict_with_the_single_onnx_file_export_wrote,
+                                                          test_info_reads_folders_and_suggests_names
+          empty folder after a failed run; hold-out said before the missing --data-dir
+                                                   test_a_failed_run_says_one_thing_and_leaves_no_empty_folder
+          --help defaults ......................................... test_help_says_the_recipe_sets_its_flags
+          demo endpoint ........................... test_demo.py::test_the_page_api_is_called_predict
+          export --val-data RUN_FOLDER ... deploy/test_int8_exported.py::test_a_run_folder_calibrates_and_validates_on_its_own_split
 """
 import json
 import os
