@@ -54,7 +54,8 @@ New user: WebP/BMP left out ............................................ test_ev
                                                    test_a_failed_run_says_one_thing_and_leaves_no_empty_folder
           --help defaults ......................................... test_help_says_the_recipe_sets_its_flags
           demo endpoint ........................... test_demo.py::test_the_page_api_is_called_predict
-          export --val-data RUN_FOLDER ... deploy/test_int8_exported.py::test_a_run_folder_calibrates_and_validates_on_its_own_split
+          export --val-data RUN_FOLDER ...................... deploy/test_int8_exported.py::
+                                                          test_a_run_folder_calibrates_and_validates_on_its_own_split
 """
 import json
 import os
