@@ -80,28 +80,19 @@ def upgrade_folder(folder: Union[str, Path]) -> List[str]:
     return changes
 
 
-def save_pretrained(
-        model: torch.nn.Module,
-        save_dir: Union[str, Path],
-        *,
-        label_names: Optional[Sequence[str]] = None,
-        label_descriptions: Optional[Dict[str, str]] = None,
-        data_config: Optional[dict] = None,
-        extra_config: Optional[dict] = None,
-        **card_facts,
-) -> Path:
+def save_pretrained(model: torch.nn.Module, save_dir: Union[str, Path], **kwargs) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_dir``.
 
-    ``label_names`` (one per class) and ``extra_config`` go into ``config.json``; ``data_config``
-    overrides the preprocessing recorded in its pretrained_cfg. The other keyword arguments are what the
-    card says, the fields of :class:`fishzoo.card.CardFacts` (``repo_id``, ``dataset``, ``metrics``,
-    ``metrics_source``, ``license``, ``tags``, ``description``, ``base_model``). An existing folder's files are
+    The keyword arguments are :func:`write_hub_folder`'s: ``label_names`` (one per class) and
+    ``extra_config`` go into ``config.json``; ``data_config`` overrides the preprocessing recorded in its
+    pretrained_cfg; the rest are what the card says, the fields of :class:`fishzoo.card.CardFacts`
+    (``repo_id``, ``dataset``, ``metrics``, ``metrics_source``, ``license``, ``tags``, ``description``,
+    ``base_model``, ``train_images``, ``val_images``, ``validation``). An existing folder's files are
     replaced all at once (:func:`fishzoo.atomic.staged_folder`): a kill at any instant leaves the old folder or
     the new one, and a failed write (a full disk) leaves it as it was.
     """
     with staged_folder(save_dir, HUB_FILES, order=('model.safetensors', 'config.json')) as stage:
-        write_hub_folder(model, stage, label_names=label_names, label_descriptions=label_descriptions,
-                         data_config=data_config, extra_config=extra_config, **card_facts)
+        write_hub_folder(model, stage, **kwargs)
     return Path(save_dir)
 
 
