@@ -35,7 +35,8 @@ def test_unknown_model_is_one_line_exit_2():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "fishzoo info: unknown model 'fishnet999'; `fishzoo list` shows the available models"]
+        "fishzoo info: unknown model 'fishnet999'; did you mean fishnet99?; `fishzoo list` shows the available "
+        'models, and a folder or hf-hub:REPO_ID is read too']
 
 
 def test_table_check_missing_markers(tmp_path, capsys):
