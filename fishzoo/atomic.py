@@ -57,6 +57,15 @@ def _link_tree(source: Path, target: Path, skip: Sequence[str]) -> None:
             os.link(entry.path, dest)
 
 
+def _holds_cwd(folder: Path) -> bool:
+    """The process works inside ``folder``: exchanging it would leave the working directory deleted."""
+    try:
+        cwd, target = Path.cwd().resolve(), folder.resolve()
+    except OSError:
+        return True
+    return cwd == target or target in cwd.parents
+
+
 def _remove_stale_stages(folder: Path) -> None:
     for stale in folder.parent.glob(f'{STAGE_PREFIX}{folder.name}.*'):
         shutil.rmtree(stale, ignore_errors=True)
@@ -70,6 +79,8 @@ def staged_folder(folder: Union[str, Path], replaces: Sequence[str], order: Sequ
     config recording their checksum). Raises :class:`PublishError` when writing fails: ``folder`` is untouched.
     """
     folder = Path(folder)
+    if folder.is_symlink() or not folder.name:  # exchange the folder a link (or '.') points to, not the link
+        folder = folder.resolve()
     stage = folder.parent / f'{STAGE_PREFIX}{folder.name}.{os.getpid()}'
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +101,7 @@ def staged_folder(folder: Union[str, Path], replaces: Sequence[str], order: Sequ
         if not folder.exists():
             os.rename(stage, folder)
             return
-        if stage.parent != folder and _exchange(stage, folder):
+        if stage.parent != folder and not _holds_cwd(folder) and _exchange(stage, folder):
             shutil.rmtree(stage, ignore_errors=True)  # now the old folder
             return
         names = [n for n in order if (stage / n).exists()] + \

@@ -996,3 +996,21 @@ def test_calibration_csv_paths_are_read_as_written(tmp_path):
     (tmp_path / 'csvdir' / 'c.csv').write_text(f'image,labels\n{outside / "a.png"},x\n../elsewhere/a.png,x\n')
     cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
     assert len(calibration_images(tmp_path / 'csvdir' / 'c.csv', cfg)) == 2
+
+
+def test_publishing_through_a_link_or_into_the_working_directory(tmp_path, monkeypatch):
+    """The exchange swaps the folder a link points to (not the link), and never the working directory (the
+    process would be left in a deleted one): there the files move one by one."""
+    from fishzoo.atomic import staged_folder
+    real = tmp_path / 'real'
+    real.mkdir()
+    (real / 'keep.txt').write_text('checkpoint')
+    os.symlink(real, tmp_path / 'link')
+    with staged_folder(tmp_path / 'link', ('a.txt',)) as stage:
+        (stage / 'a.txt').write_text('new')
+    assert (tmp_path / 'link').is_symlink() and (real / 'a.txt').read_text() == 'new'
+    monkeypatch.chdir(real)
+    with staged_folder('.', ('a.txt',)) as stage:
+        (stage / 'a.txt').write_text('newer')
+    assert os.getcwd() == str(real) and Path('a.txt').read_text() == 'newer' and Path('keep.txt').exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['link', 'real']  # no stage left
