@@ -109,7 +109,7 @@ def staged_folder(folder: Union[str, Path], replaces: Sequence[str], order: Sequ
         for name in names:
             os.replace(stage / name, folder / name)
         for name in replaces:  # files the new set no longer has
-            if not (stage / name).exists() and name not in names and (folder / name).is_file():
+            if name not in names and (folder / name).is_file():
                 (folder / name).unlink()
         shutil.rmtree(stage, ignore_errors=True)
     except FishzooError:

@@ -21,9 +21,14 @@ from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
 from fishzoo.loading import load_model, resolve_source
 
 
+def _is_onnx_file(model_or_dir) -> bool:
+    """The single file ``fishzoo export -o FILE.onnx`` writes, rather than a folder or a model name."""
+    return str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file()
+
+
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
     """Per-class decision thresholds of a multi-label folder (config.json 'thresholds'), if any."""
-    if str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file():
+    if _is_onnx_file(model_or_dir):
         return None  # a single exported file: its metadata has labels and preprocessing only
     folder = resolve_source(model_or_dir).folder
     path = folder / 'config.json' if folder is not None else None
@@ -62,7 +67,7 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
 def _exported(model_or_dir: str, backend: str):
     """(logits function, config.json) of an exported folder for ``backend``, or of a single ``.onnx`` file
     (``fishzoo export -o FILE.onnx``), whose metadata holds the labels and preprocessing."""
-    if backend == 'onnx' and str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file():
+    if backend == 'onnx' and _is_onnx_file(model_or_dir):
         run = onnx_runner(model_or_dir)
         return (lambda batch: torch.from_numpy(run(batch.numpy()))), onnx_file_config(model_or_dir)
     folder = resolve_source(model_or_dir).folder
@@ -89,7 +94,7 @@ def predict(
     exported folder); None picks what the folder holds."""
     images = expand_images(images)
     if backend is None:
-        backend = 'onnx' if str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file() else \
+        backend = 'onnx' if _is_onnx_file(model_or_dir) else \
             detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')

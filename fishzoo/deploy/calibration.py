@@ -61,10 +61,6 @@ class LabelledImages:
         return len(self.dataset)
 
 
-def _images_under(source: Path) -> List[str]:
-    return [str(f) for f in image_files(source)]
-
-
 def _subsample(items: Sequence, limit: Optional[int]) -> List:
     """An evenly spread subset (class folders are sorted, so the first N would be one class)."""
     if limit is None or len(items) <= limit:
@@ -105,7 +101,7 @@ def calibration_images(source: Union[str, Path], pretrained_cfg: dict, flag: str
     if split is not None:  # a training run's folder: its training images
         files = [image for image, _ in split]
     elif path.is_dir():
-        files = _images_under(path)
+        files = [str(f) for f in image_files(path)]
         if not files:
             raise QuantizeError(f'{flag} {path}: no image files under it ({", ".join(IMAGE_EXTENSIONS)})')
     elif path.is_file() and path.suffix.lower() == '.csv':

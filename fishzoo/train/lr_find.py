@@ -20,8 +20,11 @@ from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
+from accelerate import PartialState
 
 from fishzoo.errors import ConfigError
+
+from .parts import create_loss, create_mixup, create_optimizer, create_train_loader
 
 _logger = logging.getLogger('fishzoo.train')
 
@@ -138,9 +141,6 @@ def find_lr(run, device='cpu') -> float:
     """The LR range test on a :class:`~.config.ResolvedRun`'s own model, data, loss, Mixup and optimizer
     (``--lr-find``, ``--lr auto``); writes ``lr_find.json`` / ``.png`` to the output folder (main process) and
     returns the suggested rate. A resumed ``--lr auto`` run returns the rate it started with."""
-    from accelerate import PartialState
-
-    from .parts import create_loss, create_mixup, create_optimizer, create_train_loader
     config = run.config
     output_dir = Path(config.output_dir)
     previous = output_dir / 'lr_find.json'
