@@ -1,5 +1,5 @@
 """Facts about fishzoo's models (parameters, GMACs, feature levels, weights), the README table, and the
-machine that benchmarks and studies report their numbers on.
+machine (CPU, its bf16/int8 units, the precision ``'auto'`` picks) that benchmarks and studies report on.
 
 Everything is measured, never typed: GMACs come from ``torch.utils.flop_counter`` on a model built on
 the meta device, so even FishNet-201 is summarised in about a second without allocating weights.
@@ -13,6 +13,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fishzoo.cpu_features import cpu_features
 from fishzoo.errors import ConfigError, ModelLoadError
 from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
 from fishzoo.loading import did_you_mean, resolve_source
@@ -114,15 +115,41 @@ def replace_readme_table(readme_text: str, table: str) -> str:
     return f'{head}{README_TABLE_START}\n{table}\n{README_TABLE_END}{tail}'
 
 
-def machine_summary() -> str:
-    """CPU model, cores this process may use, torch version and GPU: the line every table's numbers carry."""
-    cpu = platform.processor() or platform.machine()
+def _cpu_name() -> str:
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
+                return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return (f'{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, '
-            f'{"CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"}')
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> Dict[str, Any]:
+    """The CPU, its 16/8-bit units, the cores this process may use, torch, the GPU, and the precision
+    ``'auto'`` picks here (``fishzoo info`` with no model prints it)."""
+    features = cpu_features()
+    return dict(cpu=_cpu_name(), cpu_features=features.names, features_from=features.source,
+                cores=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+                torch=torch.__version__,
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                auto_precision=features.fast_precision, auto_precision_why=features.why())
+
+
+def format_machine(info: Dict[str, Any]) -> str:
+    return '\n'.join([
+        'this machine',
+        f"  CPU:          {info['cpu']}, {info['cores']} cores",
+        f"  CPU features: {', '.join(info['cpu_features']) or 'no AMX, AVX512-BF16 or VNNI'} "
+        f"(from {info['features_from']})",
+        f"  auto precision (inference, CPU training): {info['auto_precision']}: {info['auto_precision_why']}",
+        f"  torch:        {info['torch']}, {'CUDA ' + info['gpu'] if info['gpu'] else 'no GPU'}",
+    ])
+
+
+def machine_summary() -> str:
+    """CPU model and its 16/8-bit units, cores this process may use, torch version and GPU: the line every
+    benchmark and study table's numbers carry (which precision is fastest depends on those units)."""
+    info = machine_info()
+    return (f"{info['cpu']} ({cpu_features().summary()}), {info['cores']} cores, torch {info['torch']}, "
+            f"{'CUDA ' + info['gpu'] if info['gpu'] else 'CPU only'}")

@@ -15,6 +15,32 @@ def _seed():
     torch.manual_seed(0)
 
 
+CPU_FLAGS = {  # /proc/cpuinfo flags of the CPUs the precision choice is tested on
+    'amx': 'fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_tile amx_int8 avx512_fp16',
+    'avx512_bf16': 'fpu sse2 avx2 avx512f avx512_vnni avx512_bf16',  # Cooper Lake, Zen 4
+    'vnni': 'fpu sse2 avx2 avx512f avx512_vnni',  # Ice Lake
+    'plain': 'fpu sse2 avx2',
+}
+
+
+@pytest.fixture
+def fake_cpu(tmp_path, monkeypatch):
+    """``fake_cpu('amx')``: every precision decision in this test sees that CPU (a cpuinfo file with its flags,
+    the per-process cache cleared); returns its :class:`fishzoo.cpu_features.CpuFeatures`."""
+    from fishzoo import cpu_features as cpu_module
+
+    def fake(kind: str):
+        path = tmp_path / f'cpuinfo-{kind}'
+        flags = CPU_FLAGS.get(kind, kind)
+        path.write_text(f'processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\n'
+                        f'processor\t: 1\nflags\t\t: {flags}\n')
+        monkeypatch.setattr(cpu_module, 'CPUINFO', str(path))
+        cpu_module.cpu_features.cache_clear()
+        return cpu_module.cpu_features()
+    yield fake
+    cpu_module.cpu_features.cache_clear()
+
+
 # a small real training run, shared by the training and predict tests
 TRAIN_ARGS = ['--model', 'fishnet_s64', '--img-size', '32', '--batch-size', '4', '--opt', 'adamw', '--lr', '2e-3',
               '--hflip', '0', '--workers', '0']
