@@ -172,6 +172,7 @@ class CaseBuilder:
     def __init__(self, cfg: BenchmarkConfig, tools: DeviceTools, fast_path: FastPath, work_dir: Path):
         self.cfg, self.tools, self.fast_path, self.work_dir = cfg, tools, fast_path, work_dir
         self.device = tools.device
+        self.precision = 'fp32' if fast_path.precision == 'fp32' else 'auto'  # what optimize_for_inference is asked
         self.cases = Cases(cfg.model)
         g = torch.Generator().manual_seed(0)
         size, batch, tbatch = cfg.img_size, cfg.infer_batch, cfg.train_batch
@@ -205,7 +206,7 @@ class CaseBuilder:
         self.add(CaseKey('inference', Impl.FISHZOO, Run.EAGER_CL), partial(inference_step, cl, x_cl))
         folded = reparameterize_model(model, inplace=False).eval().to(memory_format=torch.channels_last)
         self.add(CaseKey('inference', Impl.FISHZOO, Run.FOLDED_CL), partial(inference_step, folded, x_cl))
-        fast = optimize_for_inference(model, compile=self.cfg.compile)
+        fast = optimize_for_inference(model, compile=self.cfg.compile, precision=self.precision)
         self.add(CaseKey('inference', Impl.FISHZOO, Run.FAST), partial(inference_step, fast, x)).module = fast
 
     def peer_inference(self) -> None:
@@ -228,7 +229,7 @@ class CaseBuilder:
         self.add(CaseKey('inference', Impl.TIMM, Run.EAGER_CL, peer_model),
                  partial(inference_step, reference, self.x_cl), gmacs=self.ref_gmacs)
         if self.cfg.compile:
-            ref_fast = optimize_for_inference(reference)
+            ref_fast = optimize_for_inference(reference, precision=self.precision)
             self.add(CaseKey('inference', Impl.TIMM, Run.FAST, peer_model), partial(inference_step, ref_fast, self.x),
                      gmacs=self.ref_gmacs)
 
@@ -284,7 +285,7 @@ class CaseBuilder:
             model = timm.create_model(small).eval().to(self.device)
             shape = dict(size=s, gmacs=count_gmacs(model, (3, s, s)))
             xs = torch.randn(cfg.infer_batch, 3, s, s, generator=g).to(self.device)
-            fast_small = optimize_for_inference(model, compile=cfg.compile)
+            fast_small = optimize_for_inference(model, compile=cfg.compile, precision=self.precision)
             self.add(CaseKey('inference', Impl.FISHZOO, Run.FAST, small), partial(inference_step, fast_small, xs),
                      **shape)
             xst = torch.randn(cfg.train_batch, 3, s, s, generator=g).to(self.device)
@@ -516,7 +517,9 @@ def run_benchmark(cfg: Optional[BenchmarkConfig] = None, work_dir: Optional[str]
     start = time.perf_counter()
     device = torch.device(cfg.device or default_device())
     tools = device_tools(device)
-    fast_path = select_fast_path(device, compile=cfg.compile)
+    # fp32 on the CPU: these rows compare implementations at equal numerics (the bf16 and int8 paths are
+    # benchmarks/deploy.py's); on CUDA the fast path's 16-bit autocast, which peers compiled the same way share
+    fast_path = select_fast_path(device, compile=cfg.compile, precision='fp32' if device.type == 'cpu' else 'auto')
     # The allocator setting is process-wide, so every peer measured here gets it too (fair by construction).
     retained = fast_path.retain_freed_memory and retain_freed_memory()
     torch.manual_seed(0)

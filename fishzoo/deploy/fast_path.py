@@ -6,9 +6,11 @@ the blocks' ``reparameterize()``), channels_last, and ``torch.compile`` by induc
 ReLU and residual adds into the convolutions) and its C++ wrapper. Freezing is an inductor *config*
 setting read when the graph is compiled, i.e. at the first call and at every recompilation:
 ``torch.compile(options={'freezing': True})`` does not reach it (measured: no weight is packed), so the
-config is patched around each call instead. On CUDA: channels_last, bf16 autocast (fp16 where bf16 is
-not supported) and the same compile. Where compilation is unavailable or fails (no C++ compiler, an
-unsupported platform), the folded eager model runs instead, with one warning.
+config is patched around each call instead. ``precision='auto'`` runs in bf16 autocast where the CPU has
+AMX-BF16 (4x the fp32 img/s on FishNet-150, logits within about 1%; :mod:`fishzoo.cpu_features`) and in
+fp32 elsewhere, where bf16 convolutions are slower. On CUDA: channels_last, bf16 autocast (fp16 where bf16
+is not supported) and the same compile. Where compilation is unavailable or fails (no C++ compiler, an
+unsupported platform), the folded eager model runs instead, with one warning. Outputs are fp32 either way.
 
 ``select_fast_path`` holds the device decisions, so they are tested on machines without the device.
 """
@@ -27,7 +29,8 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
-from fishzoo.errors import describe
+from fishzoo.cpu_features import cpu_features, resolve_precision
+from fishzoo.errors import ConfigError, describe
 
 _logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ def _cpu_compiler_available() -> bool:
 class FastPath:
     """How a model runs fastest on one device (what ``optimize_for_inference`` and the benchmark apply)."""
     device: str
+    precision: str  # 'fp32' | 'bf16' | 'fp16': what the convolutions compute in
     channels_last: bool
     autocast_dtype: Optional[torch.dtype]
     compile: bool
@@ -89,23 +93,36 @@ class FastPath:
         return inductor_config.patch({'freezing': self.freezing, 'cpp_wrapper': self.cpp_wrapper, **overrides})
 
 
-def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = True) -> FastPath:
-    """The fast-path settings for ``device``; reads device capabilities but allocates nothing on it."""
+def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = True,
+                     precision: str = 'auto') -> FastPath:
+    """The fast-path settings for ``device`` and ``precision`` ('auto', 'fp32' or 'bf16'); reads device
+    capabilities (CPU features, CUDA's bf16 support) but allocates nothing on the device."""
     device = torch.device(device)
     if device.type == 'cuda':
+        if precision not in ('auto', 'fp32', 'bf16'):
+            resolve_precision(precision)  # the one message for a wrong value
         # Tensor cores want channels_last and 16-bit inputs; bf16 keeps fp32's range, fp16 is the fallback
         # on GPUs older than Ampere. The C++ wrapper only pays off where Python overhead is the cost (CPU).
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return FastPath('cuda', channels_last=True, autocast_dtype=dtype, compile=compile, freezing=True,
-                        cpp_wrapper=False, retain_freed_memory=False)
+        dtype = None if precision == 'fp32' else \
+            torch.bfloat16 if precision == 'bf16' or torch.cuda.is_bf16_supported() else torch.float16
+        return FastPath('cuda', _precision_name(dtype), channels_last=True, autocast_dtype=dtype, compile=compile,
+                        freezing=True, cpp_wrapper=False, retain_freed_memory=False)
     if device.type == 'cpu':
         compiles = compile and _cpu_compiler_available()
-        # fp32 on the CPU: bf16 autocast would change the numbers (and only pays off with AMX).
-        return FastPath('cpu', channels_last=True, autocast_dtype=None, compile=compiles, freezing=True,
-                        cpp_wrapper=compiles, retain_freed_memory=True)
+        # bf16 only where the CPU has AMX-BF16: elsewhere bf16 convolutions are slower than fp32
+        dtype = torch.bfloat16 if resolve_precision(precision) == 'bf16' else None
+        return FastPath('cpu', _precision_name(dtype), channels_last=True, autocast_dtype=dtype, compile=compiles,
+                        freezing=True, cpp_wrapper=compiles, retain_freed_memory=True)
+    if precision == 'bf16':
+        raise ConfigError(f"precision='bf16' is for CPU and CUDA devices; on {device.type} use 'fp32' or 'auto'")
+    resolve_precision(precision)
     # mps, xpu and others: layout and compile support vary, so only the folding is applied
-    return FastPath(device.type, channels_last=False, autocast_dtype=None, compile=False, freezing=False,
+    return FastPath(device.type, 'fp32', channels_last=False, autocast_dtype=None, compile=False, freezing=False,
                     cpp_wrapper=False, retain_freed_memory=False)
+
+
+def _precision_name(dtype: Optional[torch.dtype]) -> str:
+    return {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[dtype]
 
 
 class InferenceModel(nn.Module):
@@ -125,8 +142,21 @@ class InferenceModel(nn.Module):
     def channels_last(self) -> bool:
         return self.fast_path.channels_last
 
+    @property
+    def precision(self) -> str:
+        """What the convolutions compute in: 'fp32', 'bf16' or 'fp16' (outputs are fp32 either way)."""
+        return self.fast_path.precision
+
+    def extra_repr(self) -> str:
+        return f'precision={self.precision}, compiled={self.compiled}, channels_last={self.channels_last}'
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run(x)
+        # autocast hands back 16-bit logits; callers compare and threshold them as fp32
+        return out.float() if self.fast_path.autocast_dtype is not None and out.is_floating_point() else out
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_path.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.fast_path.autocast():
@@ -147,16 +177,22 @@ def optimize_for_inference(
         compile: bool = True,
         device: Union[str, torch.device, None] = None,
         retain_memory: Optional[bool] = None,
+        precision: str = 'auto',
 ) -> InferenceModel:
-    """The model (a deep copy) in eval mode with BN folded, in the device's fastest layout, compiled.
+    """The model (a deep copy) in eval mode with BN folded, in the device's fastest layout and precision,
+    compiled.
 
-    ``device`` defaults to the model's; ``channels_last`` and ``retain_memory`` (see
+    ``precision``: 'auto' (bf16 on CPUs with AMX-BF16 and on CUDA, fp32 elsewhere), 'fp32' (exact: the
+    eager model's numbers to about 1e-6) or 'bf16'; the choice is logged and is the returned model's
+    ``.precision``. ``device`` defaults to the model's; ``channels_last`` and ``retain_memory`` (see
     ``retain_freed_memory``) default to what ``select_fast_path`` chooses for it.
     """
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else 'cpu'
-    fast_path = select_fast_path(device, compile=compile)
+    fast_path = select_fast_path(device, compile=compile, precision=precision)
+    _logger.info('optimize_for_inference: %s on %s%s', fast_path.precision, fast_path.device,
+                 _why(fast_path, precision))
     if channels_last is not None:
         fast_path = replace(fast_path, channels_last=channels_last)
     if retain_memory if retain_memory is not None else fast_path.retain_freed_memory:
@@ -174,3 +210,12 @@ def optimize_for_inference(
             warnings.warn(f'torch.compile unavailable ({type(e).__name__}: {e}); running the folded model eagerly',
                           RuntimeWarning, stacklevel=2)
     return InferenceModel(folded, fast_path, compiled)
+
+
+def _why(fast_path: FastPath, precision: str) -> str:
+    if precision != 'auto':
+        return f' (precision={precision!r})'
+    if fast_path.device == 'cpu':
+        other = 'fp32' if fast_path.precision == 'bf16' else 'bf16'
+        return f" ({cpu_features().why()}; precision='{other}' overrides)"
+    return ''

@@ -160,7 +160,8 @@ def quantize(
     if not report['int8']:
         raise QuantizeError(f'{type(model).__name__}: the quantizer found no convolution or linear layer '
                             'to run in int8')
-    fast_path = replace(select_fast_path('cpu', compile=compile), channels_last=True)
+    # the layers left in floating point stay fp32 (exact), whatever the CPU's bf16 units
+    fast_path = replace(select_fast_path('cpu', compile=compile, precision='fp32'), channels_last=True)
     compiled = torch.compile(converted) if fast_path.compile else None
     _logger.info('int8: %s in int8, fp32 left: %s', dict(report['int8']), dict(report['fp32']) or 'nothing')
     return QuantizedModel(converted, fast_path, compiled, report, model)

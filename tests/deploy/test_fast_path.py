@@ -11,7 +11,8 @@ import torch
 from timm.utils import reparameterize_model
 
 import fishzoo
-from fishzoo.deploy.fast_path import FastPath, InferenceModel, select_fast_path
+from fishzoo.deploy.fast_path import FastPath, select_fast_path
+from fishzoo.errors import ConfigError
 from tests.helpers.models import set_bn_statistics
 
 pytestmark = pytest.mark.deploy
@@ -50,8 +51,8 @@ def test_optimize_for_inference_eager():
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         reference = model(x)
-    fast = fishzoo.optimize_for_inference(model, compile=False, retain_memory=False)
-    assert not fast.compiled
+    fast = fishzoo.optimize_for_inference(model, compile=False, retain_memory=False, precision='fp32')
+    assert not fast.compiled and fast.precision == 'fp32'
     out = fast(x)
     assert _rel(out, reference) <= 1e-4 and not out.requires_grad
     assert fast.model.stem.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -64,7 +65,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         return run
     monkeypatch.setattr(torch, 'compile', broken_compile)
     model = _with_statistics('fishnet_s64')
-    fast = fishzoo.optimize_for_inference(model, retain_memory=False)
+    fast = fishzoo.optimize_for_inference(model, retain_memory=False, precision='fp32')
     assert fast.compiled
     x = torch.randn(2, 3, 64, 64)
     with pytest.warns(RuntimeWarning, match='torch.compile failed .*no C\\+\\+ compiler here.*eagerly'):
@@ -75,7 +76,8 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compile_applies_freezing():
+@pytest.mark.parametrize('precision, tolerance', [('fp32', 1e-4), ('bf16', 0.05)])
+def test_compile_applies_freezing(precision, tolerance):
     """Inductor packs the frozen conv weights for oneDNN: what ``options={'freezing': True}`` silently skips."""
     from torch._dynamo.utils import counters
     if not select_fast_path('cpu').compile:
@@ -83,15 +85,15 @@ def test_compile_applies_freezing():
     torch._dynamo.reset()
     counters.clear()
     model = _with_statistics('fishnet_s64')
-    fast = fishzoo.optimize_for_inference(model, retain_memory=False)
+    fast = fishzoo.optimize_for_inference(model, retain_memory=False, precision=precision)
     x = torch.randn(2, 3, 64, 64)
     with warnings.catch_warnings():
         warnings.simplefilter('error', RuntimeWarning)  # no fallback to eager
         out = fast(x)
-    assert fast.compiled
+    assert fast.compiled and out.dtype == torch.float32
     assert counters['inductor']['mkldnn_conv_weight_pack_matcher_count'] > 0
     with torch.no_grad():
-        assert _rel(out, model(x)) <= 1e-4
+        assert _rel(out, model(x)) <= tolerance
 
 
 def test_fast_path_selection_cuda(monkeypatch):
@@ -103,13 +105,15 @@ def test_fast_path_selection_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: False)  # pre-Ampere
     assert select_fast_path('cuda').autocast_dtype == torch.float16
     assert not select_fast_path('cuda', compile=False).compile
+    assert select_fast_path('cuda', precision='fp32').autocast_dtype is None
 
 
-def test_fast_path_selection_cpu(monkeypatch):
+def test_fast_path_selection_cpu(monkeypatch, fake_cpu):
     monkeypatch.setattr(shutil, 'which', lambda name: '/usr/bin/' + name)
+    fake_cpu('plain')
     path = select_fast_path('cpu')
     assert (path.channels_last, path.autocast_dtype, path.compile, path.cpp_wrapper, path.retain_freed_memory) == \
-        (True, None, True, True, True)  # fp32: bf16 autocast would change the numbers
+        (True, None, True, True, True)
     monkeypatch.setattr(shutil, 'which', lambda name: None)
     monkeypatch.delenv('CXX', raising=False)
     assert not select_fast_path('cpu').compile  # no C++ compiler: eager, without trying
@@ -117,14 +121,40 @@ def test_fast_path_selection_cpu(monkeypatch):
     assert not other.compile and not other.channels_last and other.autocast_dtype is None
 
 
-def test_autocast_branch_on_cpu():
-    """The CUDA path's autocast, exercised with bf16 on the CPU."""
+@pytest.mark.parametrize('kind, auto', [('amx', 'bf16'), ('avx512_bf16', 'fp32'), ('plain', 'fp32')])
+def test_auto_precision_follows_the_cpu(fake_cpu, kind, auto):
+    """bf16 exactly where AMX-BF16 is: with AVX512-BF16 alone bf16 convolutions are slower than fp32."""
+    fake_cpu(kind)
+    assert select_fast_path('cpu').precision == auto
+    assert select_fast_path('cpu').autocast_dtype == (torch.bfloat16 if auto == 'bf16' else None)
+    assert select_fast_path('cpu', precision='fp32').autocast_dtype is None  # fp32 asked: fp32 everywhere
+    assert select_fast_path('cpu', precision='bf16').autocast_dtype == torch.bfloat16  # asked: even if slow
+
+
+def test_precision_is_checked_and_shown(fake_cpu, caplog):
+    fake_cpu('amx')
     model = _with_statistics('fishnet_s64')
-    fast_path = FastPath('cpu', channels_last=True, autocast_dtype=torch.bfloat16, compile=False, freezing=True,
-                         cpp_wrapper=False, retain_freed_memory=False)
-    fast = InferenceModel(reparameterize_model(model).eval(), fast_path)
-    out = fast(torch.randn(2, 3, 64, 64))
-    assert out.dtype == torch.bfloat16
+    with caplog.at_level('INFO', logger='fishzoo'):
+        fast = fishzoo.optimize_for_inference(model, compile=False, retain_memory=False)
+    assert fast.precision == 'bf16' and 'precision=bf16' in repr(fast)
+    assert 'bf16 on cpu (this CPU has AMX-BF16' in caplog.text and "precision='fp32' overrides" in caplog.text
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16, got 'int8'"):
+        fishzoo.optimize_for_inference(model, compile=False, precision='int8')
+    with pytest.raises(ConfigError, match="precision='bf16' is for CPU and CUDA"):
+        select_fast_path('mps', precision='bf16')
+
+
+def test_bf16_fast_path_numerics():
+    """bf16 on a tiny model: fp32 logits out, within bf16's error of the exact ones, the same top-1."""
+    model = _with_statistics('fishnet_s64')
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+    fast = fishzoo.optimize_for_inference(model, compile=False, retain_memory=False, precision='bf16')
+    out = fast(x)
+    assert out.dtype == torch.float32 and fast.precision == 'bf16'
+    assert 1e-4 < _rel(out, reference) < 0.05  # really computed in bf16 (not fp32), and close
+    assert (out.argmax(1) == reference.argmax(1)).float().mean() >= 0.75
 
 
 _FREED_MEMORY_PROBE = """
@@ -156,8 +186,8 @@ def test_retain_freed_memory_keeps_freed_blocks_in_the_process():
 
 def test_inductor_config_context_with_override():
     import torch._inductor.config as inductor_config
-    path = FastPath('cpu', channels_last=True, autocast_dtype=None, compile=True, freezing=True, cpp_wrapper=True,
-                    retain_freed_memory=False)
+    path = FastPath('cpu', 'fp32', channels_last=True, autocast_dtype=None, compile=True, freezing=True,
+                    cpp_wrapper=True, retain_freed_memory=False)
     before = (inductor_config.freezing, inductor_config.cpp_wrapper)
     with path.inductor_config():
         assert (inductor_config.freezing, inductor_config.cpp_wrapper) == (True, True)
