@@ -1,18 +1,19 @@
 """The ``fishzoo`` command.
 
     fishzoo list [PATTERN] [--pretrained]     fishzoo's model names (or pretrained tags)
-    fishzoo info MODEL [--json]               params, GMACs, feature levels, pretrained tags
+    fishzoo info [MODEL] [--json]             params, GMACs, feature levels, pretrained tags; without a
+                                              model: this machine's CPU features and auto precision
     fishzoo table [--write|--check README]    the README's models table, generated
     fishzoo convert ARCH CHECKPOINT --output-dir DIR [--push-to-hub REPO_ID]
                                               the authors' FishNet checkpoint -> hub folder
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
     fishzoo upgrade FOLDER                    bring a hub folder written by an older fishzoo up to date
-    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B]
+    fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B] [--precision P]
                                               labels of images (files, folders, globs) with a folder or model,
                                               run by torch, onnxruntime or OpenVINO
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
     fishzoo export MODEL_OR_DIR --format onnx|openvino [-o DIR] [--img-size H [W]] [--opset N]
-                   [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]]
+                   [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
                                               a deployment folder (dynamic batch/size, checked against
                                               PyTorch), int8 calibrated and accuracy-checked on request
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import fishzoo
+from fishzoo.cpu_features import PRECISIONS
 from fishzoo.deploy.export import DEFAULT_OPSET
 from fishzoo.errors import FishzooError, UserError
 from fishzoo.images import refuse_bombs_quietly
@@ -38,9 +40,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from fishzoo.info import format_info, model_info
-    info = model_info(args.model)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    from fishzoo.info import format_info, format_machine, machine_info, model_info
+    if args.model is None:
+        info, text = machine_info(), format_machine
+    else:
+        info, text = model_info(args.model), format_info
+    print(json.dumps(info, indent=2) if args.json else text(info))
     return 0
 
 
@@ -93,7 +98,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from fishzoo.predict import predict, write_csv
     if args.top_k < 1:
         raise UserError(f'--top-k must be at least 1, got {args.top_k}')
-    results = predict(args.model, args.images, top_k=args.top_k, backend=args.backend)
+    results = predict(args.model, args.images, top_k=args.top_k, backend=args.backend, precision=args.precision)
     if args.json:
         print(json.dumps([dict(image=r['image'], labels=[label for label, _ in r['labels']],
                                scores=[round(score, 6) for _, score in r['labels']]) for r in results], indent=2))
@@ -139,6 +144,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise UserError(f'--img-size takes one or two positive numbers (H [W]), got {args.img_size}')
         input_size = (input_size[0], *size)
     single_file = args.output and args.output.endswith('.onnx')
+    if args.precision == 'bf16' and args.format != 'openvino':
+        raise UserError('--precision bf16 is for --format openvino: onnxruntime runs fp32 models in fp32 on the CPU')
     if single_file and (args.format != 'onnx' or args.int8):
         raise UserError(f'-o {args.output}: a .onnx file holds an fp32 ONNX export; --int8 and --format '
                         'openvino write a folder (give -o DIR)')
@@ -155,11 +162,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError('--static applies to a single .onnx file (-o FILE.onnx); folders are exported dynamic')
     record = export_folder(model, output, args.format, input_size, int8=args.int8, calib_data=args.calib_data,
                            val_data=args.val_data, max_drop=args.max_drop, opset=args.opset,
-                           source_folder=source.folder, verify=not args.no_verify, overwrite=args.overwrite)
-    print(f"wrote {output}/ ({record['file']}, {record['precision']}, dynamic batch and spatial size) "
+                           source_folder=source.folder, verify=not args.no_verify, overwrite=args.overwrite,
+                           precision=args.precision)
+    runs_in = {'default': ", runs in OpenVINO's default precision (bf16 on CPUs with bf16 units)"}.get(
+        record.get('inference_precision'), f", runs in {record['inference_precision']}"
+        if record.get('inference_precision') else '')
+    print(f"wrote {output}/ ({record['file']}, {record['precision']}{runs_in}, dynamic batch and spatial size) "
           f"in {record['seconds']:.1f} s")
     for size, rel in record.get('max_rel_diff_fp32', {}).items():
-        print(f'  {args.format} fp32 vs PyTorch at {size}: {rel:.1e} relative')
+        print(f"  {args.format} ({record.get('checked_in', 'fp32')}) vs PyTorch at {size}: {rel:.1e} relative")
     accuracy = record.get('accuracy')
     if accuracy:
         name = 'top-1' if accuracy['metric'] == 'top1' else 'micro-F1'
@@ -173,6 +184,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precision(value: str) -> str:
+    """--precision's value; f32 (OpenVINO's name) is fp32."""
+    value = {'f32': 'fp32'}.get(value.lower(), value.lower())
+    if value not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f'expected one of {", ".join(PRECISIONS)}, got {value!r}')
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='fishzoo', description='The FishNet family as timm models.')
     parser.add_argument('--version', action='version', version=f'fishzoo {fishzoo.__version__}')
@@ -183,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--pretrained', action='store_true', help='list pretrained tags instead of architectures')
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser('info', help='params, GMACs, feature levels and pretrained tags of a model')
-    p.add_argument('model')
+    p = sub.add_parser('info', help="params, GMACs, feature levels and pretrained tags of a model; without one, "
+                                    "this machine's CPU features and the precision 'auto' picks on it")
+    p.add_argument('model', nargs='?', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
     p.add_argument('--json', action='store_true', help='print JSON')
     p.set_defaults(func=_cmd_info)
 
@@ -223,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--backend', choices=['torch', 'onnx', 'openvino'],
                    help='what runs the model: torch (hub folders, timm names), onnx or openvino (a folder '
                         'fishzoo export wrote); default: what the folder holds')
+    p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
+                   help="auto: torch in bf16 where the CPU has AMX-BF16 (`fishzoo info` says), OpenVINO as "
+                        "exported; fp32: exact; bf16: torch and openvino backends")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser('demo', help='a web page to drop an image on and see the labels (Gradio)')
@@ -254,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset, >= 17 (default {DEFAULT_OPSET})')
     p.add_argument('--static', action='store_true', help='with -o FILE.onnx: fix batch and spatial size')
     p.add_argument('--no-verify', action='store_true', help='skip the check against PyTorch')
+    p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
+                   help="what an OpenVINO folder runs in: auto = OpenVINO's default (bf16 on CPUs with bf16 "
+                        "units, f32 elsewhere), fp32 (alias f32) = exact, bf16; ONNX folders run fp32")
     p.add_argument('--overwrite', action='store_true',
                    help='export into a folder that holds files (its README.md, config.json and model files '
                         'are replaced)')

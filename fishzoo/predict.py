@@ -3,7 +3,8 @@ their thresholds) with the folder's label names and data config.
 
 MODEL_OR_DIR is a hub folder (what fishzoo-train and fishzoo convert write), ``local-dir:PATH``,
 ``hf-hub:REPO_ID`` or a timm name with pretrained weights, or a folder ``fishzoo export`` wrote (run by
-onnxruntime or OpenVINO, ``--backend``).
+onnxruntime or OpenVINO, ``--backend``). ``--precision auto`` runs torch models in bf16 autocast where the
+CPU has AMX-BF16 (fp32 elsewhere, and on request) and OpenVINO folders in the precision their export chose.
 """
 import csv
 import glob
@@ -13,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from fishzoo.cpu_features import PRECISIONS, resolve_precision
 from fishzoo.data import eval_transform
 from fishzoo.deploy.runtime import BACKENDS, detect_backend, load_runner, onnx_file_config, onnx_runner
 from fishzoo.errors import DataError, PredictError, first_line
@@ -64,7 +66,7 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
     return found
 
 
-def _exported(model_or_dir: str, backend: str):
+def _exported(model_or_dir: str, backend: str, precision: str):
     """(logits function, config.json) of an exported folder for ``backend``, or of a single ``.onnx`` file
     (``fishzoo export -o FILE.onnx``), whose metadata holds the labels and preprocessing."""
     if backend == 'onnx' and _is_onnx_file(model_or_dir):
@@ -78,8 +80,21 @@ def _exported(model_or_dir: str, backend: str):
     problem = class_count_problem(config)
     if problem:
         raise PredictError(f'{folder / "config.json"}: {problem}')
-    run = load_runner(folder, backend)
+    # OpenVINO: 'auto' keeps what the export recorded (its default, or f32 when exported with --precision fp32)
+    run = load_runner(folder, backend, precision={'auto': None, 'fp32': 'f32', 'bf16': 'bf16'}[precision])
     return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
+
+
+def _torch_model(model_or_dir: str, precision: str):
+    """(logits function, model) of a torch model, in bf16 autocast where ``precision`` resolves to bf16."""
+    model = load_model(model_or_dir, pretrained=True).eval()
+    if resolve_precision(precision, '--precision') == 'fp32':
+        return model, model
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return model(batch).float()
+    return run, model
 
 
 def predict(
@@ -88,21 +103,28 @@ def predict(
         top_k: int = 5,
         batch_size: int = 16,
         backend: Optional[str] = None,
+        precision: str = 'auto',
 ) -> List[Dict]:
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
     folders and glob patterns (:func:`expand_images`). ``backend``: 'torch', 'onnx' or 'openvino' (an
-    exported folder); None picks what the folder holds."""
+    exported folder); None picks what the folder holds. ``precision``: 'auto', 'fp32' or 'bf16' (torch and
+    OpenVINO; onnxruntime runs fp32)."""
+    if precision not in PRECISIONS:
+        raise PredictError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
     images = expand_images(images)
     if backend is None:
         backend = 'onnx' if _is_onnx_file(model_or_dir) else \
             detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+    if backend == 'onnx' and precision == 'bf16':
+        raise PredictError('--precision bf16 is for the torch and openvino backends: onnxruntime runs fp32 models '
+                           'in fp32 on the CPU')
     if backend == 'torch':
-        model = load_model(model_or_dir, pretrained=True).eval()
-        num_classes, cfg = model.num_classes, model.pretrained_cfg
+        model, loaded = _torch_model(model_or_dir, precision)
+        num_classes, cfg = loaded.num_classes, loaded.pretrained_cfg
     else:
-        model, folder_config = _exported(model_or_dir, backend)
+        model, folder_config = _exported(model_or_dir, backend, precision)
         num_classes, cfg = folder_config.get('num_classes'), folder_config.get('pretrained_cfg') or {}
         cfg = dict(cfg, label_names=folder_config.get('label_names') or cfg.get('label_names'))
     thresholds = read_thresholds(model_or_dir, num_classes)

@@ -61,3 +61,31 @@ def test_errors_name_the_model_and_the_pattern(trained_run, tmp_path, capsys):
     (tmp_path / 'empty').mkdir()
     assert main(['predict', str(trained_run), str(tmp_path / 'empty')]) == 2
     assert 'empty: a folder without image files' in capsys.readouterr().err
+
+
+def test_precision_auto_follows_the_cpu(trained_run, image_dataset, fake_cpu, capsys):
+    """auto = bf16 autocast where the CPU has AMX-BF16 (faked here both ways), fp32 elsewhere; the labels agree."""
+    import pytest
+    images = sorted((image_dataset / 'val' / 'dog').iterdir())[:4]
+    exact = predict(str(trained_run), images, top_k=3, precision='fp32')
+    results = {}
+    for amx in (False, True):
+        fake_cpu('amx' if amx else 'avx512_bf16')
+        results[amx] = predict(str(trained_run), images, top_k=3)
+    assert results[False] == exact  # fp32: the same numbers
+    for bf16, fp32 in zip(results[True], exact):
+        assert bf16['labels'][0][0] == fp32['labels'][0][0]
+        assert bf16['labels'][0][1] == pytest.approx(fp32['labels'][0][1], abs=0.03)
+    assert any(b['labels'] != f['labels'] for b, f in zip(results[True], exact))  # bf16 really ran
+    with pytest.raises(SystemExit) as exited:
+        main(['predict', str(trained_run), str(images[0]), '--precision', 'fp16'])
+    assert exited.value.code == 2
+    assert "--precision: expected one of auto, fp32, bf16, got 'fp16'" in capsys.readouterr().err
+    assert main(['predict', str(trained_run), str(images[0]), '--precision', 'F32']) == 0  # OpenVINO's name
+
+
+def test_onnx_has_no_bf16(tmp_path, capsys):
+    model = tmp_path / 'm.onnx'
+    model.write_bytes(b'')
+    assert main(['predict', str(model), str(tmp_path / 'x.png'), '--backend', 'onnx', '--precision', 'bf16']) == 2
+    assert '--precision bf16 is for the torch and openvino backends' in capsys.readouterr().err

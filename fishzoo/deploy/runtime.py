@@ -161,8 +161,10 @@ def torch_runner(model: torch.nn.Module) -> Runner:
     return run
 
 
-def load_runner(folder: Union[str, Path], backend: str) -> Runner:
-    """The exported model in ``folder`` for ``backend`` ('onnx' or 'openvino') as a function."""
+def load_runner(folder: Union[str, Path], backend: str, precision: Optional[str] = None) -> Runner:
+    """The exported model in ``folder`` for ``backend`` ('onnx' or 'openvino') as a function. An OpenVINO
+    folder runs in the precision its export recorded unless ``precision`` (an INFERENCE_PRECISION_HINT: 'f32',
+    'bf16') says otherwise."""
     folder = Path(folder)
     path = folder / BACKEND_FILES[backend]
     if not path.is_file():
@@ -172,7 +174,7 @@ def load_runner(folder: Union[str, Path], backend: str) -> Runner:
         raise ModelLoadError(f'{folder}: no {BACKEND_FILES[backend]} for --backend {backend}; {hint}')
     if backend == 'onnx':
         return onnx_runner(path)
-    record = read_hub_config(folder).get('export') or {}
-    precision = record.get('inference_precision')
+    if precision is None:
+        precision = (read_hub_config(folder).get('export') or {}).get('inference_precision')
     return openvino_runner(path, precision=precision if precision in ('f32', 'bf16', 'f16') else None)
 

@@ -23,7 +23,7 @@ from fishzoo.errors import FishzooError, TrainingStopped
 from fishzoo.images import refuse_bombs_quietly
 
 from .args import parse_args, write_train_config
-from .config import resolve_run, settled_lr
+from .config import mixed_precision_setting, resolve_run, settled_lr
 from .lr_find import find_lr
 from .parts import build_parts
 from .run_folder import OutputDirLock, prepare_output_dir
@@ -48,7 +48,7 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
     accelerator = Accelerator(
         kwargs_handlers=[ddp_kwargs],
         gradient_accumulation_steps=args.grad_accum_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=mixed_precision_setting(args.mixed_precision, PartialState().device),
         log_with=None if args.report_to == 'none' else args.report_to,
         project_dir=str(args.output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

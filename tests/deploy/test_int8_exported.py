@@ -86,19 +86,45 @@ def test_int8_export_checked_on_held_out_images(trained, fmt, model_file, capsys
     assert predict(str(out), [str(trained['paths'][0])], top_k=3)[0]['labels'][0][0] in LABELS  # auto-detected
 
 
-def test_fp32_openvino_export_is_exact(trained, capsys):
+def test_fp32_openvino_export_with_precision_fp32_is_exact(trained, capsys):
     out = trained['root'] / 'openvino-fp32'
-    assert main(['export', str(trained['folder']), '--format', 'openvino', '-o', str(out)]) == 0
-    assert capsys.readouterr().out.count('openvino fp32 vs PyTorch at') == 3
+    assert main(['export', str(trained['folder']), '--format', 'openvino', '-o', str(out), '--precision', 'f32']) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('openvino (f32) vs PyTorch at') == 3 and 'runs in f32' in printed
     record = json.loads((out / 'config.json').read_text())['export']
-    assert record['precision'] == 'fp32' and record['inference_precision'] == 'f32'
+    assert record['precision'] == 'fp32' and record['inference_precision'] == 'f32' and record['checked_in'] == 'f32'
     assert max(record['max_rel_diff_fp32'].values()) < 1e-4
+    assert 'run in f32, matches PyTorch within' in (out / 'README.md').read_text()
     paths = [str(p) for p in trained['paths'][:6]]
     exported = predict(str(out), paths, top_k=3, backend='openvino')
-    reference = predict(str(trained['folder']), paths, top_k=3)
+    reference = predict(str(trained['folder']), paths, top_k=3, precision='fp32')
     for e, r in zip(exported, reference):
         assert [label for label, _ in e['labels']] == [label for label, _ in r['labels']]
         assert np.allclose([p for _, p in e['labels']], [p for _, p in r['labels']], atol=1e-4)
+
+
+def test_openvino_export_runs_in_openvinos_default_precision(trained, capsys):
+    """By default the folder runs as OpenVINO would with no options (bf16 on CPUs with bf16 units), checked at
+    that precision's tolerance; predict --precision fp32 still gets the exact numbers out of it."""
+    out = trained['root'] / 'openvino-default'
+    assert main(['export', str(trained['folder']), '--format', 'openvino', '-o', str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / 'config.json').read_text())['export']
+    assert record['inference_precision'] == 'default' and "OpenVINO's default precision" in printed
+    from fishzoo.deploy.export import TOLERANCE
+    assert record['checked_in'] in ('bf16', 'f32') and printed.count(f"openvino ({record['checked_in']})") == 3
+    assert max(record['max_rel_diff_fp32'].values()) <= TOLERANCE[record['checked_in']]
+    assert "OpenVINO's default precision for the CPU it runs on" in (out / 'README.md').read_text()
+    paths = [str(p) for p in trained['paths'][:6]]
+    reference = predict(str(trained['folder']), paths, top_k=3, precision='fp32')
+    default = predict(str(out), paths, top_k=3)
+    exact = predict(str(out), paths, top_k=3, precision='fp32')
+    assert [e['labels'][0][0] for e in default] == [r['labels'][0][0] for r in reference]
+    for e, r in zip(exact, reference):
+        assert np.allclose([p for _, p in e['labels']], [p for _, p in r['labels']], atol=1e-4)
+    if record['checked_in'] == 'bf16':  # the default really ran in 16 bits
+        assert not all(np.allclose([p for _, p in d['labels']], [p for _, p in r['labels']], atol=1e-5)
+                       for d, r in zip(default, reference))
 
 
 @pytest.mark.slow

@@ -43,3 +43,63 @@ def test_build_parts_wants_the_lr_found_first(image_dataset, tmp_path):
         build_parts(run)
     parts = build_parts(run.replace_config(lr=0.01))
     assert parts.config.lr == 0.01 and run.config.lr == 'auto'
+
+
+@pytest.mark.parametrize('amx, env, device, expected', [
+    (True, None, 'cpu', 'bf16'),  # AMX-BF16: bf16 autocast
+    (False, None, 'cpu', 'no'),  # AVX512-BF16 alone: bf16 convolutions are slower, fp32
+    (True, 'no', 'cpu', 'bf16'),  # accelerate launch's default 'no' is not a choice
+    (True, 'fp16', 'cpu', None),  # accelerate's config asked for 16 bits: its word stands
+    (True, None, 'cuda', None),  # GPUs: accelerate's config decides, as before
+])
+def test_mixed_precision_auto(monkeypatch, fake_cpu, caplog, amx, env, device, expected):
+    import torch
+
+    from fishzoo.train.config import mixed_precision_setting
+    fake_cpu('amx' if amx else 'avx512_bf16')
+    if env is None:
+        monkeypatch.delenv('ACCELERATE_MIXED_PRECISION', raising=False)
+    else:
+        monkeypatch.setenv('ACCELERATE_MIXED_PRECISION', env)
+    with caplog.at_level('INFO', logger='fishzoo'):
+        assert mixed_precision_setting('auto', torch.device(device)) == expected
+    if expected == 'bf16':
+        assert 'mixed precision: bf16 autocast on the CPU, as this CPU has AMX-BF16' in caplog.text
+        assert '--mixed-precision no overrides' in caplog.text
+    if expected == 'no':
+        assert 'none (fp32)' in caplog.text and 'AVX512-BF16 but no AMX' in caplog.text
+    for explicit in ('no', 'bf16', 'fp16'):  # the flag always wins
+        assert mixed_precision_setting(explicit, torch.device(device)) == explicit
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one mixed-precision setting per process; this test creates two, and leaves none."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_the_accelerator_trains_in_the_chosen_precision(monkeypatch, fake_cpu, tmp_path, fresh_accelerator_state):
+    import torch
+    from accelerate.state import AcceleratorState
+
+    from fishzoo.train.cli import create_accelerator
+
+    class Probe(torch.nn.Linear):
+        """Records the autocast state its forward pass runs in."""
+        def forward(self, x):
+            self.seen = torch.is_autocast_enabled('cpu') and torch.get_autocast_dtype('cpu')
+            return super().forward(x)
+
+    monkeypatch.delenv('ACCELERATE_MIXED_PRECISION', raising=False)
+    assert parse_args([]).mixed_precision == 'auto'
+    for kind, expected, dtype in (('amx', 'bf16', torch.bfloat16), ('avx512_bf16', 'no', False)):
+        fake_cpu(kind)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = create_accelerator(parse_args(['--output-dir', str(tmp_path)]))
+        assert accelerator.mixed_precision == expected
+        probe = Probe(4, 2)
+        accelerator.prepare(probe)(torch.ones(1, 4))
+        assert probe.seen == dtype
