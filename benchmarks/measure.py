@@ -17,9 +17,12 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -254,3 +257,47 @@ def write_readme_section(readme: str, table: str, start: str = README_START, end
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f'{head}{start}\n{table}\n{end}{tail}')
+
+
+# --- which kernels ran: AMX or not ---------------------------------------------------------------------
+
+def onednn_conv_kernels(step: Callable[[], Any]) -> Counter:
+    """oneDNN's convolution implementations (e.g. 'brg_conv_fwd:avx10_1_512_amx') over one call of ``step``,
+    from torch's oneDNN verbose mode (printed by C code on file descriptor 1, so captured there)."""
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    with tempfile.TemporaryFile(mode='w+') as captured:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(captured.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                step()
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().splitlines()
+    return Counter(line.split(',')[6] for line in lines if ',exec,cpu,convolution,' in line)
+
+
+def openvino_conv_kernels(ov_model, x, config: Optional[dict] = None) -> Counter:
+    """OpenVINO's convolution implementations (e.g. 'brgconv_avx512_amx_1x1_I8') over one inference, from its
+    per-layer profiling."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(ov_model, 'CPU', {**(config or {}), 'PERF_COUNT': True})
+    request = compiled.create_infer_request()
+    request.infer({0: x})
+    return Counter(p.exec_type for p in request.profiling_info if p.node_type == 'Convolution')
+
+
+def describe_kernels(kernels: Counter) -> str:
+    """'AMX 150/150 conv' (how many convolution calls ran on AMX tiles), or the ISA they ran on instead."""
+    total = sum(kernels.values())
+    if not total:
+        return '-'
+    amx = sum(n for impl, n in kernels.items() if 'amx' in impl.lower())
+    if amx:
+        return f'AMX {amx}/{total} conv'
+    isas = sorted({impl.split(':')[-1] for impl in kernels})
+    return f"{', '.join(isas)[:40]} ({total} conv)"

@@ -2,7 +2,7 @@
 """Training on your own data with the defaults alone: the embedded digits written out as a user's data would
 be, trained with nothing but the data, the model and the epochs, checked against #14's targets.
 
-    python studies/own_data.py [--work-dir output/own_data] [--json result.json]
+    python studies/own_data.py [--work-dir output/own_data] [--mixed-precision auto|no|bf16] [--json result.json]
 
 1. class folders: the 1,797 digit scans as RGB 32 px PNGs in one class-folder tree,
    ``--model fishnet_s64 --data-dir DIR --img-size 32 --epochs 8`` (target: 93% val top-1);
@@ -38,15 +38,17 @@ def _train(argv: List[str], what: str) -> Dict:
                 train_config=(out / 'train_config.yaml').read_text())
 
 
-def own_data_study(work_dir: str, epochs: int = 8) -> Dict:
+def own_data_study(work_dir: str, epochs: int = 8, mixed_precision: str = 'auto') -> Dict:
     work = Path(work_dir)
     folders = write_digits_folder(work / 'digits_rgb32', size=32, mode='RGB')
     csv = write_digits_multilabel(work / 'digits_multilabel', images=2000, empty_slot=0.5, seed=0)
 
-    common = ['--model', 'fishnet_s64', '--data-dir', str(folders), '--img-size', '32', '--epochs', str(epochs)]
+    precision = ['--mixed-precision', mixed_precision]
+    common = ['--model', 'fishnet_s64', '--data-dir', str(folders), '--img-size', '32', '--epochs', str(epochs),
+              *precision]
     folder_run = _train([*common, '--output-dir', str(work / 'class_folders')], 'class folders')
     multilabel_run = _train(['--model', str(work / 'class_folders'), '--train-csv', str(csv), '--epochs', str(epochs),
-                             '--output-dir', str(work / 'multilabel')], 'multi-label')
+                             '--output-dir', str(work / 'multilabel'), *precision], 'multi-label')
 
     start = time.perf_counter()
     if train_main([*common, '--lr-find', '--output-dir', str(work / 'lr_find'), '--overwrite']) != 0:
@@ -73,7 +75,8 @@ def own_data_study(work_dir: str, epochs: int = 8) -> Dict:
              metric='val top-1 (%), difference', value=auto_top1 - folder_top1, target=-1.0,
              seconds=auto_run['seconds'], met=auto_top1 >= folder_top1 - 1.0),
     ]
-    return dict(machine=machine_summary(), epochs=epochs, rows=rows, lr_suggestion=found['suggestion'],
+    return dict(machine=machine_summary(), epochs=epochs, mixed_precision=mixed_precision, rows=rows,
+                lr_suggestion=found['suggestion'],
                 auto_top1=auto_top1, multilabel_history=multilabel_run['history'],
                 multilabel_train_config=multilabel_run['train_config'], folder_train_config=folder_run['train_config'])
 
@@ -94,9 +97,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='output/own_data')
     parser.add_argument('--epochs', type=int, default=8)
+    parser.add_argument('--mixed-precision', default='auto', choices=('auto', 'no', 'bf16'),
+                        help="fishzoo-train's --mixed-precision for every run (studies/precision.py compares them)")
     parser.add_argument('--json', help='also write the result as JSON')
     args = parser.parse_args(argv)
-    result = own_data_study(args.work_dir, epochs=args.epochs)
+    result = own_data_study(args.work_dir, epochs=args.epochs, mixed_precision=args.mixed_precision)
     print(own_data_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

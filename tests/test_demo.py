@@ -57,7 +57,7 @@ def test_demo_page_in_a_browser(served, trained_run, image_dataset):
     from selenium.webdriver.support.ui import WebDriverWait
 
     image = sorted((image_dataset / 'val' / 'dog').iterdir())[0]
-    (label, prob), *_ = predict(str(trained_run), [image], top_k=3)[0]['labels']
+    (label, prob), *_ = predict(str(trained_run), [image], top_k=3, precision='fp32')[0]['labels']
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'):
@@ -81,12 +81,12 @@ def test_demo_page_in_a_browser(served, trained_run, image_dataset):
 
 
 def test_hub_folder_app_py_classifies_like_predict(trained_run, image_dataset, monkeypatch):
-    """app.py, as a Space would run it, gives predict's labels and probabilities."""
+    """app.py, as a Space would run it (fp32 on any CPU), gives predict's fp32 labels and probabilities."""
     assert (trained_run / 'requirements.txt').read_text().startswith('timm')
     app = runpy.run_path(str(trained_run / 'app.py'), run_name='space_app')
     classify = app['FolderClassifier'](trained_run, top_k=3)
     image = sorted((image_dataset / 'val' / 'fish').iterdir())[0]
-    expected = predict(str(trained_run), [image], top_k=3)[0]['labels']
+    expected = predict(str(trained_run), [image], top_k=3, precision='fp32')[0]['labels']
     got = classify(Image.open(image))
     assert list(got) == [n for n, _ in expected]
     assert all(abs(got[n] - p) < 1e-5 for n, p in expected)

@@ -68,7 +68,7 @@ def test_auto_classes_read_the_folder(folder):
 def test_pipeline_gives_what_predict_gives(folder):
     kind, path, images = folder
     classifier = pipeline('image-classification', model=str(path))
-    for image, ours in zip(images, predict(str(path), images, top_k=4)):
+    for image, ours in zip(images, predict(str(path), images, top_k=4, precision='fp32')):
         theirs = classifier(image, top_k=4)
         scores = {s['label']: s['score'] for s in theirs}
         assert list(scores)[0] == max(scores, key=scores.get)
@@ -93,7 +93,7 @@ def test_pipeline_in_a_fresh_interpreter_without_importing_fishzoo(tmp_path):
                           env={**os.environ, 'HF_HUB_OFFLINE': '1'})
     assert proc.returncode == 0, proc.stderr[-2000:]
     scores, imported = proc.stdout.strip().splitlines()[-2:]
-    ours = predict(str(path), images[:1], top_k=4)[0]['labels']
+    ours = predict(str(path), images[:1], top_k=4, precision='fp32')[0]['labels']
     assert [(s['label'], pytest.approx(s['score'], abs=1e-5)) for s in json.loads(scores)] == ours
     assert imported == 'True'
 

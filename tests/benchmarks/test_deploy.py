@@ -1,6 +1,7 @@
 """The deployment benchmark's targets and table from recorded rows (its timings are not checked here: the
 full run takes minutes and performance claims live in its own output)."""
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,38 +11,72 @@ pytestmark = pytest.mark.deploy
 BENCHMARKS = Path(__file__).resolve().parents[2] / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
 import deploy  # noqa: E402
+import measure  # noqa: E402
 
 
-def _row(name, by, img_per_s, latency):
+def _row(name, by, img_per_s, latency, kernels='-'):
     return dict(model='fishnet150', size=224, name=name, by=by, setup_seconds=1.0, throughput=[img_per_s],
-                img_per_s=img_per_s, latency_median_ms=latency, latency_p90_ms=latency * 1.1)
+                img_per_s=img_per_s, latency_median_ms=latency, latency_p90_ms=latency * 1.1, kernels=kernels)
 
 
 ROWS = [
     _row(deploy.BASELINE, 'fishzoo', 10.0, 100.0),
+    _row(deploy.AUTO.format('bf16'), 'fishzoo', 40.0, 25.0, 'AMX 150/150 conv'),
+    _row(deploy.OV_DEFAULTS.format('bf16 here'), 'by hand', 44.0, 24.0),
     _row('int8, torchao PT2E + inductor (fishzoo.quantize)', 'fishzoo', 26.0, 50.0),
-    _row('OpenVINO int8 (nncf.quantize defaults)', 'by hand', 36.0, 30.0),
+    _row(deploy.OV_INT8_HAND, 'by hand', 36.0, 30.0),
     _row('fishzoo export --format onnx --int8', 'fishzoo', 20.0, 60.0),
     _row('fishzoo export --format openvino --int8', 'fishzoo', 34.0, 36.0),
 ]
 
 
+def _targets(amx=True):
+    return {t['target'].split(',')[0].split(' (')[0]: t for t in deploy.targets(ROWS, amx)}
+
+
 def test_targets_pick_the_fastest_fishzoo_int8_path():
-    targets = {t['target'].split(',')[0].split(' (')[0]: t for t in deploy.targets(ROWS)}
-    fastest = targets['fastest fishzoo int8']
+    targets = _targets()
+    fastest = targets['fastest fishzoo int8 vs fp32 fast path']
     assert fastest['measured'] == pytest.approx(3.4) and not fastest['met']
-    assert 'openvino --int8' in next(t['target'] for t in deploy.targets(ROWS) if t['target'].startswith('fastest'))
-    versus_hand = targets['fastest fishzoo int8 vs OpenVINO int8 by hand']
+    named = next(t['target'] for t in deploy.targets(ROWS, True) if t['target'].startswith('fastest'))
+    assert 'openvino --int8' in named
+    versus_hand = targets['fastest fishzoo int8']
     assert versus_hand['measured'] == pytest.approx(34 / 36) and not versus_hand['met']
     assert targets['fishzoo.quantize vs fp32 fast path']['met']  # 2.6 >= 2.5
-    latency = next(t for t in deploy.targets(ROWS) if t['target'].startswith('batch-1'))
+    latency = next(t for t in deploy.targets(ROWS, True) if t['target'].startswith('batch-1'))
     assert latency['measured'] == pytest.approx(0.36) and not latency['met']
 
 
-def test_markdown_table_has_every_row_and_ratio():
-    result = dict(date='2026-12-02', machine='test', batch=8, rounds=3, models={'fishnet150': ROWS},
-                  targets=deploy.targets(ROWS))
+def test_auto_precision_targets_follow_the_cpu():
+    with_amx = _targets(amx=True)['optimize_for_inference() auto vs OpenVINO compile_model defaults']
+    assert with_amx['measured'] == pytest.approx(40 / 44) and not with_amx['met']
+    without = _targets(amx=False)['no AMX-BF16: optimize_for_inference() auto vs fp32']
+    assert without['measured'] == pytest.approx(4.0) and without['met']
+
+
+def test_markdown_table_has_every_row_ratio_and_kernel():
+    result = dict(date='2026-12-02', machine='test', cpu_features='AMX-BF16, VNNI', batch=8, rounds=3,
+                  models={'fishnet150': ROWS}, targets=deploy.targets(ROWS, True))
     table = deploy.markdown(result)
     assert table.count('\n| ') >= len(ROWS) + 4
     assert '| fishzoo export --format openvino --int8 | fishzoo | 34.0 | 3.40 | 36.0 |' in table
+    assert '| AMX 150/150 conv |' in table and 'CPU features: AMX-BF16, VNNI.' in table
     assert '| no |' in table and '| yes |' in table
+
+
+def test_kernel_names_say_whether_amx_ran():
+    assert measure.describe_kernels(Counter({'brg_conv_fwd:avx10_1_512_amx': 49, 'brgconv_1x1:avx10_1_512_amx': 101})) \
+        == 'AMX 150/150 conv'
+    assert measure.describe_kernels(Counter({'brgconv_avx512_amx_1x1_I8': 3, 'jit_avx512_I8': 1})) == 'AMX 3/4 conv'
+    assert measure.describe_kernels(Counter({'jit_bf16:avx512_core_bf16': 5})) == 'avx512_core_bf16 (5 conv)'
+    assert measure.describe_kernels(Counter()) == '-'
+
+
+def test_onednn_kernels_are_read_from_torch():
+    """One real convolution under oneDNN's verbose mode: its implementation is captured, not printed."""
+    import torch
+    conv = torch.nn.Conv2d(64, 64, 3).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 64, 28, 28).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        kernels = measure.onednn_conv_kernels(lambda: conv(x))
+    assert sum(kernels.values()) >= 1, kernels
