@@ -182,6 +182,11 @@ def measure_rows(rows: Sequence[Row], batch: int, size: int, rounds: int, min_se
     """Interleaved: each round runs every row for ``min_seconds`` at the batch size, then 10 batch-1 calls."""
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
     one = x[:1].copy()
+    # warm every row again first: torchao's convert_pt2e (fishzoo.quantize) resets dynamo's caches, so the
+    # torch rows built before it recompile at their next call, which must not land in a timed round
+    for row in rows:
+        row.run(x)
+        row.run(one)
     for r in range(rounds):
         for row in rows:
             start, n = time.perf_counter(), 0

@@ -278,7 +278,9 @@ def onednn_conv_kernels(step: Callable[[], Any]) -> Counter:
             os.close(saved)
         captured.seek(0)
         lines = captured.read().splitlines()
-    return Counter(line.split(',')[6] for line in lines if ',exec,cpu,convolution,' in line)
+    # implementation and source data type: 'brg_conv_fwd:avx10_1_512_amx u8'
+    return Counter(f"{fields[6]} {fields[8].split()[0].split(':')[1]}" for fields in
+                   (line.split(',') for line in lines if ',exec,cpu,convolution,' in line))
 
 
 def openvino_conv_kernels(ov_model, x, config: Optional[dict] = None) -> Counter:
@@ -292,12 +294,22 @@ def openvino_conv_kernels(ov_model, x, config: Optional[dict] = None) -> Counter
 
 
 def describe_kernels(kernels: Counter) -> str:
-    """'AMX 150/150 conv' (how many convolution calls ran on AMX tiles), or the ISA they ran on instead."""
+    """'AMX 150/150 conv, int8' (how many convolution calls ran on AMX tiles, and in which data types), or the
+    ISA they ran on instead. Keys are oneDNN implementations with their source type ('... amx u8') or
+    OpenVINO exec types ('brgconv_avx512_amx_1x1_I8')."""
     total = sum(kernels.values())
     if not total:
         return '-'
+    types = sorted({_data_type(impl) for impl in kernels} - {''})
+    suffix = f", {'/'.join(types)}" if types else ''
     amx = sum(n for impl, n in kernels.items() if 'amx' in impl.lower())
     if amx:
-        return f'AMX {amx}/{total} conv'
-    isas = sorted({impl.split(':')[-1] for impl in kernels})
-    return f"{', '.join(isas)[:40]} ({total} conv)"
+        return f'AMX {amx}/{total} conv{suffix}'
+    isas = sorted({impl.split()[0].split(':')[-1] for impl in kernels})
+    return f"{', '.join(isas)[:40]} ({total} conv{suffix})"
+
+
+def _data_type(impl: str) -> str:
+    """'int8', 'bf16', 'fp32' or '' from a kernel key (its source type, or OpenVINO's exec-type suffix)."""
+    last = impl.lower().replace(' ', '_').split('_')[-1]
+    return {'u8': 'int8', 's8': 'int8', 'i8': 'int8', 'bf16': 'bf16', 'f32': 'fp32'}.get(last, '')

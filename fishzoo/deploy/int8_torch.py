@@ -122,6 +122,10 @@ def quantize(
     Images must be preprocessed as for the model (its eval transform). ``compile=False`` keeps the converted
     graph eager: same numbers, no int8 speed (useful where no C++ compiler is installed). The first call of a
     compiled model compiles (about 2 minutes for FishNet-150 on 2 cores).
+
+    torchao's ``convert_pt2e`` traces its conv-BN patterns with torch.export's strict mode, which resets
+    dynamo (torch 2.14): models compiled earlier in the process (``optimize_for_inference``) compile again
+    at their next call. Quantize first, or expect that one slow call.
     """
     prepare_pt2e, convert_pt2e, xiq = _require_torchao()
     batches = as_batches(calibration)[:max_batches]

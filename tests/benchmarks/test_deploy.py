@@ -65,10 +65,12 @@ def test_markdown_table_has_every_row_ratio_and_kernel():
 
 
 def test_kernel_names_say_whether_amx_ran():
-    assert measure.describe_kernels(Counter({'brg_conv_fwd:avx10_1_512_amx': 49, 'brgconv_1x1:avx10_1_512_amx': 101})) \
-        == 'AMX 150/150 conv'
-    assert measure.describe_kernels(Counter({'brgconv_avx512_amx_1x1_I8': 3, 'jit_avx512_I8': 1})) == 'AMX 3/4 conv'
-    assert measure.describe_kernels(Counter({'jit_bf16:avx512_core_bf16': 5})) == 'avx512_core_bf16 (5 conv)'
+    assert measure.describe_kernels(Counter({'brg_conv_fwd:avx10_1_512_amx bf16': 49,
+                                             'brgconv_1x1:avx10_1_512_amx bf16': 101})) == 'AMX 150/150 conv, bf16'
+    assert measure.describe_kernels(Counter({'brgconv_avx512_amx_1x1_I8': 3, 'jit_avx512_I8': 1})) \
+        == 'AMX 3/4 conv, int8'
+    assert measure.describe_kernels(Counter({'brg_conv_fwd:avx512_core u8': 2, 'brg_conv_fwd:avx512_core f32': 1})) \
+        == 'avx512_core (3 conv, fp32/int8)'
     assert measure.describe_kernels(Counter()) == '-'
 
 
@@ -80,3 +82,4 @@ def test_onednn_kernels_are_read_from_torch():
     with torch.no_grad():
         kernels = measure.onednn_conv_kernels(lambda: conv(x))
     assert sum(kernels.values()) >= 1, kernels
+    assert all(key.endswith(' f32') for key in kernels), kernels  # the source data type is read too
