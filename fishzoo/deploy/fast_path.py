@@ -195,6 +195,11 @@ def optimize_for_inference(
                  _why(fast_path, precision))
     if channels_last is not None:
         fast_path = replace(fast_path, channels_last=channels_last)
+    elif fast_path.compile and _input_channels(model) == 1:
+        # torch 2.14: with a one-channel input (the grayscale digits models) inductor's graph for a second,
+        # dynamic batch size expects the stem convolution's output channels_last and gets it NCHW ("expected
+        # stride 1==1024"), so the compiled model fell back to eager; in NCHW it compiles and stays compiled
+        fast_path = replace(fast_path, channels_last=False)
     if retain_memory if retain_memory is not None else fast_path.retain_freed_memory:
         retain_freed_memory()
     folded = reparameterize_model(model.eval(), inplace=False).eval().to(fast_path.device)
@@ -210,6 +215,14 @@ def optimize_for_inference(
             warnings.warn(f'torch.compile unavailable ({type(e).__name__}: {e}); running the folded model eagerly',
                           RuntimeWarning, stacklevel=2)
     return InferenceModel(folded, fast_path, compiled)
+
+
+def _input_channels(model: nn.Module) -> Optional[int]:
+    chans = getattr(model, 'in_chans', None)
+    if chans is None:
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        chans = conv.in_channels if conv is not None else None
+    return chans
 
 
 def _why(fast_path: FastPath, precision: str) -> str:

@@ -96,6 +96,27 @@ def test_compile_applies_freezing(precision, tolerance):
         assert _rel(out, model(x)) <= tolerance
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_grayscale_model_stays_compiled_across_batch_sizes(precision):
+    """A one-channel model compiled channels_last failed inductor's stride check at the second batch size
+    (torch 2.14) and ran eagerly from then on; the fast path keeps such models NCHW."""
+    if not select_fast_path('cpu').compile:
+        pytest.skip('no C++ compiler for inductor')
+    torch._dynamo.reset()
+    model = set_bn_statistics(timm.create_model('fishnet_s64', in_chans=1, num_classes=10).eval(), affine=True)
+    fast = fishzoo.optimize_for_inference(model, retain_memory=False, precision=precision)
+    assert not fast.channels_last
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)  # no fallback to eager
+        for batch in (8, 5, 3):
+            x = torch.randn(batch, 1, 32, 32)
+            out = fast(x)
+            with torch.no_grad():
+                assert _rel(out, model(x)) <= (1e-4 if precision == 'fp32' else 0.05)
+    assert fast.compiled
+
+
 def test_fast_path_selection_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
     path = select_fast_path('cuda:0')
