@@ -33,7 +33,7 @@ from fishzoo.deploy.calibration import LabelledImages
 from fishzoo.deploy.export import export_folder, export_onnx
 from fishzoo.deploy.fast_path import optimize_for_inference, select_fast_path
 from fishzoo.deploy.int8_torch import quantize
-from fishzoo.deploy.runtime import load_runner, onnx_runner
+from fishzoo.deploy.runtime import load_runner, onnx_runner, openvino_precision
 from fishzoo.info import machine_summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -136,8 +136,8 @@ def build_rows(name: str, size: int, batch: int, calib_images: int, work: Path) 
 
     def ov_kernels(ov_model, config=None):
         return lambda run: describe_kernels(openvino_conv_kernels(ov_model, x.numpy(), config))
-    ov_default = _ov_precision(core.compile_model(ov_model, 'CPU'))
-    add(OV_DEFAULTS.format(ov_default), 'by hand', lambda: _ov_call(core.compile_model(ov_model, 'CPU')),
+    ov_default = openvino_precision(core.compile_model(ov_model, 'CPU'))
+    add(OV_DEFAULTS.format(f'{ov_default} here'), 'by hand', lambda: _ov_call(core.compile_model(ov_model, 'CPU')),
         ov_kernels(ov_model))
     f32 = {'INFERENCE_PRECISION_HINT': 'f32'}
     add('OpenVINO f32 (INFERENCE_PRECISION_HINT f32)', 'by hand',
@@ -166,11 +166,6 @@ def _torch_bf16(model):
         with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
             return compiled(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).float()
     return run
-
-
-def _ov_precision(compiled) -> str:
-    ran = compiled.get_property('INFERENCE_PRECISION_HINT')
-    return f"{getattr(ran, 'get_type_name', lambda: str(ran))()} here"
 
 
 def _ov_call(compiled):

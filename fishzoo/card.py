@@ -327,7 +327,7 @@ def export_card(config: dict) -> str:
     ]
     if 'max_rel_diff_fp32' in record:
         worst = max(record['max_rel_diff_fp32'].values())
-        ran = {'f32': 'f32', 'bf16': 'bf16', 'f16': 'f16'}.get(record.get('checked_in'), 'f32')
+        ran = record.get('checked_in', 'f32')  # folders exported before it was recorded ran in f32
         lines += [f'The fp32 export, run in {ran}, matches PyTorch within {worst:.1e} (relative, at '
                   f'{", ".join(record["max_rel_diff_fp32"])}).', '']
     hint = record.get('inference_precision')

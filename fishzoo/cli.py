@@ -164,9 +164,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
                            val_data=args.val_data, max_drop=args.max_drop, opset=args.opset,
                            source_folder=source.folder, verify=not args.no_verify, overwrite=args.overwrite,
                            precision=args.precision)
-    runs_in = {'default': ", runs in OpenVINO's default precision (bf16 on CPUs with bf16 units)"}.get(
-        record.get('inference_precision'), f", runs in {record['inference_precision']}"
-        if record.get('inference_precision') else '')
+    hint = record.get('inference_precision')  # OpenVINO folders only
+    runs_in = ('' if hint is None else ", runs in OpenVINO's default precision (bf16 on CPUs with bf16 units)"
+               if hint == 'default' else f', runs in {hint}')
     print(f"wrote {output}/ ({record['file']}, {record['precision']}{runs_in}, dynamic batch and spatial size) "
           f"in {record['seconds']:.1f} s")
     for size, rel in record.get('max_rel_diff_fp32', {}).items():

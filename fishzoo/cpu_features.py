@@ -86,8 +86,13 @@ def cpu_features() -> CpuFeatures:
                        vnni=_torch_query('_is_vnni_supported'), source='torch')
 
 
-def resolve_precision(precision: str, what: str = 'precision') -> str:
-    """``'fp32'`` or ``'bf16'`` for ``precision`` ('auto', 'fp32' or 'bf16') on this CPU."""
+def check_precision(precision: str, what: str = 'precision') -> None:
+    """One sentence for a ``precision`` that is not 'auto', 'fp32' or 'bf16'."""
     if precision not in PRECISIONS:
         raise ConfigError(f'{what} must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+
+
+def resolve_precision(precision: str, what: str = 'precision') -> str:
+    """``'fp32'`` or ``'bf16'`` for ``precision`` ('auto', 'fp32' or 'bf16') on this CPU."""
+    check_precision(precision, what)
     return cpu_features().fast_precision if precision == 'auto' else precision

@@ -129,7 +129,8 @@ def machine_info() -> Dict[str, Any]:
     """The CPU, its 16/8-bit units, the cores this process may use, torch, the GPU, and the precision
     ``'auto'`` picks here (``fishzoo info`` with no model prints it)."""
     features = cpu_features()
-    return dict(cpu=_cpu_name(), cpu_features=features.names, features_from=features.source,
+    return dict(cpu=_cpu_name(), cpu_features=features.names, cpu_features_summary=features.summary(),
+                features_from=features.source,
                 cores=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
                 torch=torch.__version__,
                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -140,8 +141,7 @@ def format_machine(info: Dict[str, Any]) -> str:
     return '\n'.join([
         'this machine',
         f"  CPU:          {info['cpu']}, {info['cores']} cores",
-        f"  CPU features: {', '.join(info['cpu_features']) or 'no AMX, AVX512-BF16 or VNNI'} "
-        f"(from {info['features_from']})",
+        f"  CPU features: {info['cpu_features_summary']} (from {info['features_from']})",
         f"  auto precision (inference, CPU training): {info['auto_precision']}: {info['auto_precision_why']}",
         f"  torch:        {info['torch']}, {'CUDA ' + info['gpu'] if info['gpu'] else 'no GPU'}",
     ])
@@ -151,5 +151,5 @@ def machine_summary() -> str:
     """CPU model and its 16/8-bit units, cores this process may use, torch version and GPU: the line every
     benchmark and study table's numbers carry (which precision is fastest depends on those units)."""
     info = machine_info()
-    return (f"{info['cpu']} ({cpu_features().summary()}), {info['cores']} cores, torch {info['torch']}, "
+    return (f"{info['cpu']} ({info['cpu_features_summary']}), {info['cores']} cores, torch {info['torch']}, "
             f"{'CUDA ' + info['gpu'] if info['gpu'] else 'CPU only'}")

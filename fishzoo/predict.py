@@ -16,7 +16,14 @@ import torch
 
 from fishzoo.cpu_features import PRECISIONS, resolve_precision
 from fishzoo.data import eval_transform
-from fishzoo.deploy.runtime import BACKENDS, detect_backend, load_runner, onnx_file_config, onnx_runner
+from fishzoo.deploy.runtime import (
+    BACKENDS,
+    OPENVINO_HINTS,
+    detect_backend,
+    load_runner,
+    onnx_file_config,
+    onnx_runner,
+)
 from fishzoo.errors import DataError, PredictError, first_line
 from fishzoo.hub_folder import class_count_problem, read_hub_config
 from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
@@ -81,7 +88,7 @@ def _exported(model_or_dir: str, backend: str, precision: str):
     if problem:
         raise PredictError(f'{folder / "config.json"}: {problem}')
     # OpenVINO: 'auto' keeps what the export recorded (its default, or f32 when exported with --precision fp32)
-    run = load_runner(folder, backend, precision={'auto': None, 'fp32': 'f32', 'bf16': 'bf16'}[precision])
+    run = load_runner(folder, backend, precision=OPENVINO_HINTS[precision])
     return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
 
 

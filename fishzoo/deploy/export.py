@@ -33,9 +33,11 @@ from .int8_exported import onnx_int8, openvino_int8
 from .runtime import (
     BACKEND_FILES,
     INPUT_NAME,
+    OPENVINO_HINTS,
     OUTPUT_NAME,
     onnx_runner,
     onnx_session,
+    openvino_precision,
     openvino_reason,
     openvino_runner,
     require,
@@ -162,7 +164,6 @@ def export_openvino(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224
         raise ExportError(f'OpenVINO export failed ({openvino_reason(e)})') from None
 
 
-OPENVINO_HINTS = {'auto': None, 'fp32': 'f32', 'bf16': 'bf16'}  # --precision -> INFERENCE_PRECISION_HINT
 # how far a 16-bit run may be from PyTorch's fp32 logits: bf16 keeps 8 bits of mantissa, and FishNet-150 on
 # random weights measured 0.6%; trained models' logits are spread wider, so the check allows 5%
 TOLERANCE = {'f32': 1e-4, 'bf16': 5e-2, 'f16': 5e-2}
@@ -175,7 +176,7 @@ def verify_openvino(ov_model, model: nn.Module, shapes: Sequence[Tuple[int, int,
     ('f32', 'bf16'); the difference must be within that precision's :data:`TOLERANCE`."""
     import openvino as ov
     compiled = ov.Core().compile_model(ov_model, 'CPU', {'INFERENCE_PRECISION_HINT': hint} if hint else {})
-    ran = _openvino_precision(compiled)
+    ran = openvino_precision(compiled)
     tolerance = TOLERANCE.get(ran, TOLERANCE['bf16'])
     errors = {}
     g = torch.Generator().manual_seed(0)
@@ -190,12 +191,6 @@ def verify_openvino(ov_model, model: nn.Module, shapes: Sequence[Tuple[int, int,
             raise ExportError(f'OpenVINO ({ran}) differs from PyTorch by {rel:.2e} (relative) at input {shape}, '
                               f'more than {tolerance:g}')
     return errors, ran
-
-
-def _openvino_precision(compiled) -> str:
-    """What a compiled OpenVINO model computes in: 'f32', 'bf16' or 'f16' (its resolved precision hint)."""
-    ran = compiled.get_property('INFERENCE_PRECISION_HINT')
-    return getattr(ran, 'get_type_name', lambda: str(ran))()
 
 
 # --- deployment folders --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
-from fishzoo.cpu_features import cpu_features, resolve_precision
+from fishzoo.cpu_features import check_precision, cpu_features, resolve_precision
 from fishzoo.errors import ConfigError, describe
 
 _logger = logging.getLogger(__name__)
@@ -98,9 +98,8 @@ def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = T
     """The fast-path settings for ``device`` and ``precision`` ('auto', 'fp32' or 'bf16'); reads device
     capabilities (CPU features, CUDA's bf16 support) but allocates nothing on the device."""
     device = torch.device(device)
+    check_precision(precision)
     if device.type == 'cuda':
-        if precision not in ('auto', 'fp32', 'bf16'):
-            resolve_precision(precision)  # the one message for a wrong value
         # Tensor cores want channels_last and 16-bit inputs; bf16 keeps fp32's range, fp16 is the fallback
         # on GPUs older than Ampere. The C++ wrapper only pays off where Python overhead is the cost (CPU).
         dtype = None if precision == 'fp32' else \
@@ -115,7 +114,6 @@ def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = T
                         freezing=True, cpp_wrapper=compiles, retain_freed_memory=True)
     if precision == 'bf16':
         raise ConfigError(f"precision='bf16' is for CPU and CUDA devices; on {device.type} use 'fp32' or 'auto'")
-    resolve_precision(precision)
     # mps, xpu and others: layout and compile support vary, so only the folding is applied
     return FastPath(device.type, 'fp32', channels_last=False, autocast_dtype=None, compile=False, freezing=False,
                     cpp_wrapper=False, retain_freed_memory=False)

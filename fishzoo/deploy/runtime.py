@@ -66,6 +66,16 @@ def detect_backend(folder: Union[str, Path]) -> str:
     return 'torch'
 
 
+# --precision -> OpenVINO's INFERENCE_PRECISION_HINT (None: OpenVINO's default, bf16 on CPUs with bf16 units)
+OPENVINO_HINTS = {'auto': None, 'fp32': 'f32', 'bf16': 'bf16'}
+
+
+def openvino_precision(compiled) -> str:
+    """What a compiled OpenVINO model computes in: 'f32', 'bf16' or 'f16' (its resolved precision hint)."""
+    ran = compiled.get_property('INFERENCE_PRECISION_HINT')
+    return getattr(ran, 'get_type_name', lambda: str(ran))()
+
+
 def openvino_runner(xml: Union[str, Path], threads: Optional[int] = None, precision: Optional[str] = None) -> Runner:
     """An OpenVINO CPU model as a function; ``precision`` is OpenVINO's INFERENCE_PRECISION_HINT ('f32';
     None: OpenVINO's default, bf16 on CPUs that have it).
