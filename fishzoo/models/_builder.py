@@ -49,7 +49,9 @@ def validate_state_dict(state_dict: dict, model) -> dict:
     first_conv = cfg.get('first_conv')
     skip_shape = {f'{first_conv}.weight'} if isinstance(first_conv, str) else set()
     missing = [k for k in expected if k not in state_dict and k not in skip]
-    unexpected = [k for k in state_dict if k not in expected and k not in skip]
+    # frozen BatchNorm (timm's and torchvision's) has no batch counter and drops it on load itself
+    unexpected = [k for k in state_dict if k not in expected and k not in skip
+                  and not (k.endswith('.num_batches_tracked') and k.rsplit('.', 1)[0] + '.running_mean' in expected)]
     mismatched = [f'{k} {list(v.shape)} vs {list(expected[k].shape)}' for k, v in state_dict.items()
                   if k in expected and k not in skip and k not in skip_shape
                   and hasattr(v, 'shape') and tuple(v.shape) != tuple(expected[k].shape)]

@@ -1,10 +1,12 @@
-"""Layers and helpers shared by fishzoo's model families: the input check, BatchNorm folding, weight init."""
-from typing import Tuple
+"""Layers and helpers shared by fishzoo's model families: the input check, frozen BatchNorm and output
+stride arguments, BatchNorm folding, weight init."""
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct, register_notrace_function
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from timm.layers import ConvNormAct, FrozenBatchNormAct2d, LayerType, register_notrace_function
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+from torchvision.ops import FrozenBatchNorm2d
 
 
 @register_notrace_function
@@ -40,14 +42,48 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> torch.Tensor:
 torch.fx.wrap('check_input')
 
 
+def split_frozen_norm(norm_layer: LayerType) -> Tuple[LayerType, bool]:
+    """(the norm layer to build with, whether to freeze it once built) for a model's ``norm_layer``.
+
+    Detection code asks for frozen BatchNorm by class (torchvision's ``FrozenBatchNorm2d``, timm's
+    ``FrozenBatchNormAct2d``) or by name (``'frozenbatchnorm2d'``). timm's norm-act factory knows neither, so
+    such a model is built with BatchNorm and converted by timm's own ``freeze_batch_norm_2d``: the same
+    modules and state dict as freezing a trained model afterwards.
+    """
+    if isinstance(norm_layer, str):
+        frozen = norm_layer.replace('_', '').lower() in ('frozenbatchnorm2d', 'frozenbatchnorm', 'frozenbn')
+    else:
+        frozen = isinstance(norm_layer, type) and issubclass(norm_layer, (FrozenBatchNorm2d, FrozenBatchNormAct2d))
+    return ('batchnorm2d', True) if frozen else (norm_layer, False)
+
+
+def check_output_stride(output_stride: Optional[int], natural: int, finest: int) -> int:
+    """The stride of the deepest feature map, or a ValueError naming what ``output_stride`` may be."""
+    if output_stride is None:
+        return natural
+    allowed = [s for s in (1, 2, 4, 8, 16, 32, 64) if finest <= s]
+    if isinstance(output_stride, bool) or output_stride not in allowed:
+        raise ValueError(
+            f'output_stride must be one of {", ".join(map(str, allowed))} (the deepest map\'s stride; {natural} '
+            f'and more changes nothing), got {output_stride!r}')
+    return min(output_stride, natural)
+
+
 def fold_conv_bn_act(conv: nn.Conv2d, bn: nn.Module) -> Tuple[nn.Conv2d, nn.Module]:
     """A conv followed by BN + activation -> (the conv with the BN folded in, the activation alone).
 
-    Anything that is not a BatchNorm (already folded, or another norm layer) is returned unchanged.
+    Frozen BatchNorms (timm's and torchvision's) fold the same way. Anything else (already folded, or
+    another norm layer) is returned unchanged.
     """
-    if not isinstance(bn, nn.BatchNorm2d):
-        return conv, bn
-    return fuse_conv_bn_eval(conv.eval(), bn.eval()), getattr(bn, 'act', nn.Identity())
+    if isinstance(bn, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(conv.eval(), bn.eval()), getattr(bn, 'act', nn.Identity())
+    if isinstance(bn, (FrozenBatchNormAct2d, FrozenBatchNorm2d)):
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight, fused.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+        return fused.eval(), getattr(bn, 'act', nn.Identity())
+    return conv, bn
 
 
 class FoldableConvNormAct(ConvNormAct):

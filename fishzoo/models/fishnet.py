@@ -61,6 +61,7 @@ from timm.layers import (
     calculate_drop_path_rates,
     create_act_layer,
     create_classifier,
+    freeze_batch_norm_2d,
     get_norm_act_layer,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
@@ -69,12 +70,21 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ._builder import CheckpointError, build_model, validate_state_dict
-from ._layers import FoldableConvNormAct, check_input, fold_conv_bn_act, init_weights
+from ._layers import (
+    FoldableConvNormAct,
+    check_input,
+    check_output_stride,
+    fold_conv_bn_act,
+    init_weights,
+    split_frozen_norm,
+)
 from ._model_args import NAME, Choice, Float, Int, Ints, declare_model_args
 
 __all__ = ['FishNet', 'FishStageSpec', 'fish_layout']
 
 DOWNSAMPLE_TYPES = ('max2', 'max3', 'avg2', 'conv')
+# the authors' network_planes[1:]: output widths of the tail, bridge, body and head stages
+AUTHORS_STAGE_CHS = (128, 256, 512, 512, 512, 384, 256, 320, 832, 1600)
 
 torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
 
@@ -211,18 +221,24 @@ class BridgeAttention(nn.Module):
         return torch.sigmoid(self.fc2(self.act(self.fc1(x))))
 
 
-def create_downsample(kind: str, chs: int, norm_act_layer: LayerType, device=None, dtype=None) -> nn.Module:
+def create_downsample(kind: str, chs: int, norm_act_layer: LayerType, stride: int = 2, dilation: int = 1,
+                      device=None, dtype=None) -> nn.Module:
+    """The down-sampling step of a tail or head stage; ``stride=1`` where ``output_stride`` stops it: the pools
+    become identities, the convolution keeps its weights and runs at stride 1, dilated like the blocks before it."""
+    if kind not in DOWNSAMPLE_TYPES:
+        raise ValueError(f"downsample must be one of {', '.join(map(repr, DOWNSAMPLE_TYPES))}, got {kind!r}")
+    if kind == 'conv':
+        return nn.Sequential(
+            norm_act_layer(chs, device=device, dtype=dtype),
+            nn.Conv2d(chs, chs, 3, stride=stride, padding=dilation, dilation=dilation, bias=False,
+                      device=device, dtype=dtype))
+    if stride == 1:
+        return nn.Identity()
     if kind == 'max2':
         return nn.MaxPool2d(2, stride=2)
     if kind == 'max3':
         return nn.MaxPool2d(3, stride=2, padding=1)
-    if kind == 'avg2':
-        return nn.AvgPool2d(2, stride=2)
-    if kind == 'conv':
-        return nn.Sequential(
-            norm_act_layer(chs, device=device, dtype=dtype),
-            nn.Conv2d(chs, chs, 3, stride=2, padding=1, bias=False, device=device, dtype=dtype))
-    raise ValueError(f"downsample must be one of {', '.join(map(repr, DOWNSAMPLE_TYPES))}, got {kind!r}")
+    return nn.AvgPool2d(2, stride=2)
 
 
 class FishBlocks(nn.Sequential):
@@ -253,12 +269,13 @@ class FishTailStage(nn.Module):
     """Tail stage: residual blocks, then down-sampling."""
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, downsample: str, dprs: Sequence[float],
-                 **block_kwargs):
+                 dilation: int = 1, downsample_stride: int = 2, **block_kwargs):
         super().__init__()
         self.branch_index = -1
-        self.blocks = make_blocks(in_chs, out_chs, depth, dprs, **block_kwargs)
+        self.blocks = make_blocks(in_chs, out_chs, depth, dprs, dilation=dilation, **block_kwargs)
         self.downsample = create_downsample(
-            downsample, out_chs, block_kwargs['norm_act_layer'], block_kwargs.get('device'), block_kwargs.get('dtype'))
+            downsample, out_chs, block_kwargs['norm_act_layer'], downsample_stride, dilation,
+            block_kwargs.get('device'), block_kwargs.get('dtype'))
 
     def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.downsample(self.blocks(x))
@@ -272,14 +289,14 @@ class FishBridge(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, dprs: Sequence[float], act_layer: LayerType,
-                 **block_kwargs):
+                 dilation: int = 1, **block_kwargs):
         super().__init__()
         norm_act_layer = block_kwargs['norm_act_layer']
         dd = dict(device=block_kwargs.get('device'), dtype=block_kwargs.get('dtype'))
         self.branch_index = -1
         self.score = ScoreBlock(in_chs, norm_act_layer, **dd)
         self.score_fc = nn.Conv2d(in_chs // 2, out_chs * 2, 1, **dd)
-        self.blocks = make_blocks(out_chs * 2, out_chs, depth, dprs, **block_kwargs)
+        self.blocks = make_blocks(out_chs * 2, out_chs, depth, dprs, dilation=dilation, **block_kwargs)
         self.attn = BridgeAttention(out_chs * 2, out_chs, norm_act_layer, act_layer, **dd)
 
     def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -308,30 +325,35 @@ class FishRefineStage(nn.Module):
             downsample: str,
             dilation: int,
             dprs: Sequence[float],
+            transfer_dilation: int = 1,
+            resample: bool = True,
             **block_kwargs,
     ):
         super().__init__()
         self.branch_index = branch_index
         self.upsample = upsample
+        self.resample = resample  # False where output_stride keeps the trunk on the branch's grid already
         squeeze = in_chs // out_chs if upsample else 0
         self.blocks = make_blocks(
             in_chs, out_chs, depth, dprs[:depth], squeeze=squeeze, dilation=dilation, **block_kwargs)
-        self.transfer = make_blocks(branch_chs, branch_chs, transfer_depth, dprs[depth:], **block_kwargs)
+        self.transfer = make_blocks(
+            branch_chs, branch_chs, transfer_depth, dprs[depth:], dilation=transfer_dilation, **block_kwargs)
         if upsample:
             self.downsample = nn.Identity()
         else:
             self.downsample = create_downsample(
-                downsample, out_chs, block_kwargs['norm_act_layer'], block_kwargs.get('device'),
-                block_kwargs.get('dtype'))
+                downsample, out_chs, block_kwargs['norm_act_layer'], 2 if resample else 1, dilation,
+                block_kwargs.get('device'), block_kwargs.get('dtype'))
 
     def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
         assert branch is not None
         x = self.blocks(x)
         branch = self.transfer(branch)
         if self.upsample:
-            # nearest to the branch's size: identical to scale_factor=2 when the size is even,
-            # and also correct for odd sizes where the authors' fixed factor fails in torch.cat
-            x = F.interpolate(x, size=branch.shape[-2:], mode='nearest')
+            if self.resample:
+                # nearest to the branch's size: identical to scale_factor=2 when the size is even,
+                # and also correct for odd sizes where the authors' fixed factor fails in torch.cat
+                x = F.interpolate(x, size=branch.shape[-2:], mode='nearest')
         else:
             x = self.downsample(x)
         return torch.cat([x, branch], dim=1)
@@ -339,45 +361,70 @@ class FishRefineStage(nn.Module):
 
 @dataclass(frozen=True)
 class FishStageSpec:
-    """Where one stage of the fish sits: its widths, the earlier feature it joins, its output stride."""
+    """Where one stage of the fish sits: its widths, the earlier feature it joins, its strides and dilations."""
     kind: str  # 'tail' | 'bridge' | 'body' | 'head'
     in_chs: int  # trunk channels entering the stage
     out_chs: int  # trunk channels after its blocks (the authors' network_planes entry)
     branch_index: int  # the stage whose *input* this stage concatenates (-1: none)
     branch_chs: int  # channels of that branch (0: none)
-    dilation: int
+    dilation: int  # of the 3x3 convolutions of the stage's blocks
     reduction: int  # output stride of the stage's output
     is_feature: bool  # a pyramid level of feature_info
+    transfer_dilation: int = 1  # of the transfer blocks that run on the branch
+    resamples: bool = True  # halves (tail, head) or doubles (body) the resolution; False where output_stride stops it
 
     @property
     def output_chs(self) -> int:
         return self.out_chs + self.branch_chs
 
 
-def fish_layout(stage_chs: Sequence[int], stem_chs: int, stem_stride: int) -> List[FishStageSpec]:
+def fish_layout(stage_chs: Sequence[int], stem_chs: int, stem_stride: int,
+                output_stride: Optional[int] = None) -> List[FishStageSpec]:
     """The ``3n + 1`` stages of a fish with ``n`` down-sampling steps, from the stage widths alone.
 
     A body stage joins the input of its mirror tail stage, a head stage that of its mirror body stage;
     body stages are dilated 1, 2, 4, ... as in the authors' code; the finest body stage and every head
     stage are the pyramid levels.
+
+    ``output_stride`` (a power of two, at most the fish's natural ``stem_stride * 2**n``) caps the
+    resolution the way timm's ResNet does: every down-sampling step that would go past it is dropped and
+    the 3x3 convolutions that used to run on the coarser grid are dilated by the factor they lost
+    (``natural stride / output_stride``), on top of the body's own dilation. That touches the tail's
+    last steps, the bridge, the body blocks that run before their up-sampling, the head's last steps
+    and the transfer blocks on branches that were coarser. The body's up-sampling needs no change: it
+    resizes to the size of the branch, which is then the same grid (a no-op).
     """
     n = (len(stage_chs) - 1) // 3
+    natural = stem_stride * 2 ** n
+    cap = natural if output_stride is None else min(output_stride, natural)
+
+    def lost(stride: int) -> int:  # the dilation a conv running at this natural stride gets
+        return max(1, stride // cap)
+
     specs: List[FishStageSpec] = []
     stage_in_chs = [stem_chs]  # stage_in_chs[i]: channels entering stage i
     for i, out_chs in enumerate(stage_chs):
-        if i < n:
-            kind, branch_index, dilation, reduction = 'tail', -1, 1, stem_stride * 2 ** (i + 1)
+        transfer_dilation, resamples = 1, True
+        if i < n:  # blocks at stem_stride * 2**i, then down-sampling
+            kind, branch_index, runs_at, reduction = 'tail', -1, stem_stride * 2 ** i, stem_stride * 2 ** (i + 1)
+            dilation, resamples = lost(runs_at), reduction <= cap
         elif i == n:
-            kind, branch_index, dilation, reduction = 'bridge', -1, 1, stem_stride * 2 ** n
-        elif i <= 2 * n:
+            kind, branch_index, reduction = 'bridge', -1, natural
+            dilation = lost(natural)
+        elif i <= 2 * n:  # blocks at the coarser stride, then up-sampling to the branch
             j = i - n - 1
-            kind, branch_index, dilation, reduction = 'body', n - 1 - j, 2 ** j, stem_stride * 2 ** (n - 1 - j)
-        else:
+            kind, branch_index, reduction = 'body', n - 1 - j, stem_stride * 2 ** (n - 1 - j)
+            dilation = 2 ** j * lost(stem_stride * 2 ** (n - j))
+            transfer_dilation, resamples = lost(reduction), reduction < cap
+        else:  # blocks at the finer stride, then down-sampling to the branch
             j = i - 2 * n - 1
-            kind, branch_index, dilation, reduction = 'head', 2 * n - j, 1, stem_stride * 2 ** (j + 1)
+            kind, branch_index, reduction = 'head', 2 * n - j, stem_stride * 2 ** (j + 1)
+            dilation, resamples = lost(stem_stride * 2 ** j), reduction <= cap
+            transfer_dilation = lost(reduction)
         branch_chs = stage_in_chs[branch_index] if branch_index >= 0 else 0
-        spec = FishStageSpec(kind, stage_in_chs[-1], out_chs, branch_index, branch_chs, dilation, reduction,
-                             is_feature=i >= 2 * n)
+        spec = FishStageSpec(kind, stage_in_chs[-1], out_chs, branch_index, branch_chs, dilation,
+                             min(reduction, cap), is_feature=i >= 2 * n, transfer_dilation=transfer_dilation,
+                             resamples=resamples)
         specs.append(spec)
         stage_in_chs.append(spec.output_chs)
     return specs
@@ -398,13 +445,18 @@ class FishNet(nn.Module):
         bottle_ratio: bottleneck width as a fraction of a block's output width.
         groups: groups (cardinality) of the bottlenecks' 3x3 convolutions.
         norm_layer, act_layer: the normalisation and activation of every pre-activation unit (BatchNorm
-            and ReLU in the authors' models; BatchNorm is what the inference folding applies to).
+            and ReLU in the authors' models; BatchNorm, frozen or not, is what the inference folding applies
+            to). Frozen BatchNorm as detection code asks for it: ``'frozenbatchnorm2d'``, torchvision's
+            ``FrozenBatchNorm2d`` or timm's ``FrozenBatchNormAct2d``.
+        output_stride: stride of the deepest feature map; 8 or 16 trade the coarsest down-sampling steps
+            for dilation (:func:`fish_layout`) as dense prediction wants. ``None``: the natural stride (32
+            for the ImageNet stem, 8 for the full-resolution one). The weights are the same either way.
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate, device, dtype: as in timm.
     """
 
     def __init__(
             self,
-            stage_chs: Sequence[int] = (128, 256, 512, 512, 512, 384, 256, 320, 832, 1600),
+            stage_chs: Sequence[int] = AUTHORS_STAGE_CHS,
             depths: Sequence[int] = (2, 2, 6, 2, 1, 1, 1, 1, 2, 2),
             transfer_depths: Sequence[int] = (1, 1, 1, 1, 1, 4),
             stem_chs: int = 64,
@@ -414,6 +466,7 @@ class FishNet(nn.Module):
             groups: int = 1,
             norm_layer: LayerType = 'batchnorm2d',
             act_layer: LayerType = 'relu',
+            output_stride: Optional[int] = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -433,12 +486,14 @@ class FishNet(nn.Module):
             raise ValueError(f"downsample must be one of {', '.join(map(repr, DOWNSAMPLE_TYPES))}, got {downsample!r}")
         if stem_stride not in (1, 4):
             raise ValueError(f'stem_stride must be 4 (ImageNet stem) or 1 (full-resolution stem), got {stem_stride}')
+        self.output_stride = check_output_stride(output_stride, stem_stride * 2 ** num_down, stem_stride)
+        norm_layer, freeze_norm = split_frozen_norm(norm_layer)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         # smallest input for which the deepest level is still at least 1 px
-        self.min_input_size = stem_stride * 2 ** num_down
+        self.min_input_size = self.output_stride
 
         norm_act_layer = get_norm_act_layer(norm_layer, act_layer)
         block_kwargs = dict(bottle_ratio=bottle_ratio, groups=groups, norm_act_layer=norm_act_layer, **dd)
@@ -449,37 +504,46 @@ class FishNet(nn.Module):
         self.stem.add_module('conv2', FoldableConvNormAct(stem_chs // 2, stem_chs // 2, 3, **conv_kwargs))
         self.stem.add_module('conv3', FoldableConvNormAct(stem_chs // 2, stem_chs, 3, **conv_kwargs))
         self.stem.add_module('pool', nn.MaxPool2d(3, stride=2, padding=1) if stem_stride == 4 else nn.Identity())
-        self.feature_info = [dict(num_chs=stem_chs, reduction=stem_conv_stride, module='stem.conv3')]
+        # Pyramid levels, one per stride: the stem's stride-2 map (ImageNet stem only: the full-resolution stem's
+        # map has the stride of the finest body stage, which carries the same resolution with deep features),
+        # the finest body stage, then every head stage.
+        self.feature_info = [dict(num_chs=stem_chs, reduction=stem_conv_stride, module='stem.conv3')] \
+            if stem_stride == 4 else []
+        self._level_stage = [-1] if stem_stride == 4 else []  # feature level -> index in stages (-1: the stem)
 
         # stochastic depth rises linearly over all residual blocks in execution order
         dpr = iter(calculate_drop_path_rates(drop_path_rate, sum(depths) + sum(transfer_depths)))
         transfer_depth = iter(transfer_depths)
         stages = []
-        for i, (spec, depth) in enumerate(zip(fish_layout(stage_chs, stem_chs, stem_stride), depths)):
+        layout = fish_layout(stage_chs, stem_chs, stem_stride, self.output_stride)
+        for i, (spec, depth) in enumerate(zip(layout, depths)):
             if spec.kind == 'tail':
-                stage = FishTailStage(spec.in_chs, spec.out_chs, depth, downsample, [next(dpr) for _ in range(depth)],
-                                      **block_kwargs)
+                stage = FishTailStage(
+                    spec.in_chs, spec.out_chs, depth, downsample, [next(dpr) for _ in range(depth)],
+                    dilation=spec.dilation, downsample_stride=2 if spec.resamples else 1, **block_kwargs)
             elif spec.kind == 'bridge':
                 stage = FishBridge(spec.in_chs, spec.out_chs, depth, [next(dpr) for _ in range(depth)], act_layer,
-                                   **block_kwargs)
+                                   dilation=spec.dilation, **block_kwargs)
             else:
                 transfer = next(transfer_depth)
                 stage = FishRefineStage(
                     spec.in_chs, spec.out_chs, spec.branch_chs, spec.branch_index, depth, transfer,
                     upsample=spec.kind == 'body', downsample=downsample, dilation=spec.dilation,
-                    dprs=[next(dpr) for _ in range(depth + transfer)], **block_kwargs)
+                    dprs=[next(dpr) for _ in range(depth + transfer)], transfer_dilation=spec.transfer_dilation,
+                    resample=spec.resamples, **block_kwargs)
             stages.append(stage)
             if spec.is_feature:
                 self.feature_info.append(dict(num_chs=spec.output_chs, reduction=spec.reduction, module=f'stages.{i}'))
+                self._level_stage.append(i)
         self.stages = nn.ModuleList(stages)
-        # feature level -> index in stages (level 0 is the stem)
-        self._level_stage = [-1] + list(range(2 * num_down, 3 * num_down + 1))
 
         final_chs = self.feature_info[-1]['num_chs']
         self.score = ScoreBlock(final_chs, norm_act_layer, **dd)
         self.num_features = self.head_hidden_size = final_chs // 2
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
         init_weights(self)
+        if freeze_norm:
+            freeze_batch_norm_2d(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -548,11 +612,12 @@ class FishNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         intermediates: List[torch.Tensor] = []
         x = self.stem[:3](x)
-        if 0 in take_indices:
+        take_stages = [self._level_stage[i] for i in take_indices]
+        if -1 in take_stages:
             intermediates.append(x)
         x = self.stem[3](x)
         last_stage = self._level_stage[max_index] if stop_early else len(self.stages) - 1
-        x, levels = self._run_stages(x, last_stage, [self._level_stage[i] for i in take_indices if i > 0])
+        x, levels = self._run_stages(x, last_stage, [i for i in take_stages if i >= 0])
         intermediates.extend(levels)
         if intermediates_only:
             return intermediates
@@ -570,7 +635,7 @@ class FishNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         keep = self._level_stage[max_index] + 1
         self.stages = self.stages[:keep]
-        if max_index == 0:
+        if keep == 0:  # the stem's map alone
             self.stem.pool = nn.Identity()
         if max_index < len(self.feature_info) - 1:
             # the final score block and classifier are sized for the last level only
@@ -720,7 +785,9 @@ def _convert_state_dict(state_dict: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _create_fishnet(variant: str, pretrained: bool = False, **kwargs) -> FishNet:
-    out_indices = kwargs.pop('out_indices', (1, 2, 3, 4))
+    # every level by default, as timm's CNNs: the stem's and n + 1 from the fish (n + 1 with the full-resolution stem)
+    num_down = (len(kwargs.get('stage_chs', AUTHORS_STAGE_CHS)) - 1) // 3
+    out_indices = kwargs.pop('out_indices', tuple(range(num_down + (2 if kwargs.get('stem_stride', 4) == 4 else 1))))
     return build_model(
         FishNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -33,20 +33,28 @@ Cost: taken literally, "the same number of intermediate channels" puts a full 3x
 6x-expanded width in every ResNet path, which dominates the model: 45.9M parameters and 5.84 GMACs at
 width 1.0 (12.7M / 1.63 GMACs at width 0.5), more than ResNet-50's 25.6M / 4.1 GMACs.
 """
+from math import prod
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerType, calculate_drop_path_rates, create_classifier, make_divisible
+from timm.layers import (
+    DropPath,
+    LayerType,
+    calculate_drop_path_rates,
+    create_classifier,
+    freeze_batch_norm_2d,
+    make_divisible,
+)
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 # private to timm: pyproject pins timm to the minor release this is tested with
 from timm.models._features import feature_take_indices
 
 from ._builder import build_model, validate_state_dict
-from ._layers import FoldableConvNormAct, check_input, init_weights
+from ._layers import FoldableConvNormAct, check_input, check_output_stride, init_weights, split_frozen_norm
 from ._model_args import NAME, Arg, Float, Int, declare_model_args
 
 torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
@@ -66,8 +74,10 @@ class DualPathBlock(nn.Module):
             in_chs: int,
             out_chs: int,
             stride: int = 1,
+            dilation: int = 1,
             expansion: int = 6,
             act_layer: LayerType = 'mish',
+            norm_layer: LayerType = 'batchnorm2d',
             drop_path: float = 0.,
             device=None,
             dtype=None,
@@ -76,24 +86,25 @@ class DualPathBlock(nn.Module):
         super().__init__()
         mid_chs = in_chs * expansion
         # every conv + BN folds into one conv for inference (timm's reparameterize_model)
-        conv_act = dict(act_layer=act_layer, **dd)
+        conv_act = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
+        linear = dict(apply_act=False, norm_layer=norm_layer, **dd)
         # ResNet-style bottleneck path
         self.bottleneck = nn.Sequential(
             FoldableConvNormAct(in_chs, mid_chs, 1, **conv_act),
-            FoldableConvNormAct(mid_chs, mid_chs, 3, stride=stride, **conv_act),
-            FoldableConvNormAct(mid_chs, out_chs, 1, apply_act=False, **dd),
+            FoldableConvNormAct(mid_chs, mid_chs, 3, stride=stride, dilation=dilation, **conv_act),
+            FoldableConvNormAct(mid_chs, out_chs, 1, **linear),
         )
         # MobileNetV2 inverted residual path
         self.inverted = nn.Sequential(
             FoldableConvNormAct(in_chs, mid_chs, 1, **conv_act) if expansion != 1 else nn.Identity(),
-            FoldableConvNormAct(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, **conv_act),
-            FoldableConvNormAct(mid_chs, out_chs, 1, apply_act=False, **dd),
+            FoldableConvNormAct(mid_chs, mid_chs, 3, stride=stride, dilation=dilation, groups=mid_chs, **conv_act),
+            FoldableConvNormAct(mid_chs, out_chs, 1, **linear),
         )
         if stride != 1 or in_chs != out_chs:
             # A 1x1 conv with stride s equals subsampling by s, then the conv at stride 1. It is written that
             # way because torch 2.14's oneDNN backward of a strided 1x1 conv with a channels_last input and a
             # contiguous gradient corrupts the heap (seen with 8 input channels at 56-112 px).
-            self.shortcut = FoldableConvNormAct(in_chs, out_chs, 1, apply_act=False, **dd)
+            self.shortcut = FoldableConvNormAct(in_chs, out_chs, 1, **linear)
         else:
             self.shortcut = nn.Identity()
         self.shortcut_stride = stride
@@ -114,6 +125,10 @@ class MobileNetV2Dual(nn.Module):
         stem_chs: stem width before the multiplier.
         head_chs: width of the final 1x1 conv (kept for width < 1).
         act_layer: activation of every conv (Mish).
+        norm_layer: BatchNorm; frozen BatchNorm by name (``'frozenbatchnorm2d'``) or class (torchvision's
+            ``FrozenBatchNorm2d``, timm's ``FrozenBatchNormAct2d``) as detection code asks for it.
+        output_stride: stride of the deepest map, 8 or 16 for dense prediction: the stages past it keep the
+            resolution and dilate their 3x3 convolutions instead, as timm's MobileNetV2 does (same weights).
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate, device, dtype: as in timm.
     """
 
@@ -124,6 +139,8 @@ class MobileNetV2Dual(nn.Module):
             stem_chs: int = 32,
             head_chs: int = 1280,
             act_layer: LayerType = 'mish',
+            norm_layer: LayerType = 'batchnorm2d',
+            output_stride: Optional[int] = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -138,24 +155,33 @@ class MobileNetV2Dual(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        self.min_input_size = 32  # five stride-2 stages
+        natural_stride = 2 * prod(s for *_, s in arch)
+        self.output_stride = check_output_stride(output_stride, natural_stride, 2)
+        self.min_input_size = self.output_stride  # the deepest map is at least 1 px
+        norm_layer, freeze_norm = split_frozen_norm(norm_layer)
 
         stem_chs = make_divisible(stem_chs * width)
-        self.conv_stem = FoldableConvNormAct(in_chans, stem_chs, 3, stride=2, act_layer=act_layer, **dd)
+        self.conv_stem = FoldableConvNormAct(
+            in_chans, stem_chs, 3, stride=2, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.feature_info = []
 
         dpr = iter(calculate_drop_path_rates(drop_path_rate, sum(n for _, _, n, _ in arch)))
-        in_chs, reduction = stem_chs, 2
+        in_chs, reduction, dilation = stem_chs, 2, 1
         stages = []
         for stage_idx, (t, c, n, s) in enumerate(arch):
             out_chs = make_divisible(c * width)
+            # past output_stride a stage keeps the resolution: its first block runs at stride 1 with the
+            # dilation so far, the others with the dilation the lost stride adds (timm's rule)
+            stride, first_dilation = s, dilation
+            if reduction * s > self.output_stride:
+                stride, dilation = 1, dilation * s
             blocks = []
             for i in range(n):
                 blocks.append(DualPathBlock(
-                    in_chs, out_chs, stride=s if i == 0 else 1, expansion=t, act_layer=act_layer,
-                    drop_path=next(dpr), **dd))
+                    in_chs, out_chs, stride=stride if i == 0 else 1, dilation=first_dilation if i == 0 else dilation,
+                    expansion=t, act_layer=act_layer, norm_layer=norm_layer, drop_path=next(dpr), **dd))
                 in_chs = out_chs
-            reduction *= s
+            reduction *= stride
             stages.append(nn.Sequential(*blocks))
             # a level is the last stage at each stride
             is_last_at_stride = stage_idx == len(arch) - 1 or arch[stage_idx + 1][3] != 1
@@ -165,10 +191,13 @@ class MobileNetV2Dual(nn.Module):
         self._level_stage = [int(f['module'].split('.')[1]) for f in self.feature_info]
 
         self.num_features = self.head_hidden_size = make_divisible(head_chs * max(1.0, width))
-        self.conv_head = FoldableConvNormAct(in_chs, self.num_features, 1, act_layer=act_layer, **dd)
+        self.conv_head = FoldableConvNormAct(
+            in_chs, self.num_features, 1, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.global_pool, self.classifier = create_classifier(
             self.num_features, num_classes, pool_type=global_pool, **dd)
         init_weights(self)
+        if freeze_norm:
+            freeze_batch_norm_2d(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -321,4 +350,4 @@ def mobilenetv2_dual_050(pretrained: bool = False, **kwargs) -> MobileNetV2Dual:
 declare_model_args(
     ('mobilenetv2_dual_100', 'mobilenetv2_dual_050'),
     dict(width=Float(0.05, 8), arch=Arg('int_rows', 1, 4096, max_len=16), stem_chs=Int(1, 1024),
-         head_chs=Int(1, 16384), act_layer=NAME))
+         head_chs=Int(1, 16384), act_layer=NAME, norm_layer=NAME))

@@ -79,18 +79,72 @@ def test_upsampling_matches_fixed_factor_at_multiples_of_32():
 
 
 def test_imagenet_stem_feature_strides():
-    """A detector or segmenter gets the stride 4/8/16/32 maps."""
+    """Every level by default, as timm's CNNs: a detector or segmenter gets the stride 2/4/8/16/32 maps."""
     features = timm.create_model('fishnet99', features_only=True)
-    assert features.feature_info.reduction() == [4, 8, 16, 32]
-    assert features.feature_info.channels() == [320, 832, 1600, 2112]
+    assert features.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert features.feature_info.channels() == [64, 320, 832, 1600, 2112]
 
 
 def test_lowres_keeps_resolution():
     model = timm.create_model('fishnet_m64')
     assert model.pretrained_cfg['input_size'] == (3, 64, 64)
     levels = model.forward_intermediates(torch.randn(2, 3, 64, 64), intermediates_only=True)
-    # the fish starts at the full 64x64 (the ImageNet stem would leave 16x16) and ends at 8x8
-    assert [lvl.shape[-1] for lvl in levels] == [64, 64, 32, 16, 8]
+    # the fish starts at the full 64x64 (the ImageNet stem would leave 16x16) and ends at 8x8; one level per stride
+    assert [lvl.shape[-1] for lvl in levels] == [64, 32, 16, 8]
+    assert timm.create_model('fishnet_m64', features_only=True).feature_info.reduction() == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize('name', ['fishnet99', 'fishnext150'])
+@pytest.mark.parametrize('output_stride, strides', [(32, [2, 4, 8, 16, 32]), (16, [2, 4, 8, 16, 16]),
+                                                     (8, [2, 4, 8, 8, 8])])
+def test_output_stride(name, output_stride, strides):
+    """The deepest maps stop at output_stride; the weights are the same; 32 is the default model exactly."""
+    x = torch.randn(1, 3, 96, 128)
+    default = timm.create_model(name, features_only=True).eval()
+    model = timm.create_model(name, features_only=True, output_stride=output_stride).eval()
+    assert model.feature_info.reduction() == strides
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in default.state_dict().items()}
+    model.load_state_dict(default.state_dict())
+    with torch.no_grad():
+        outs, ref = model(x), default(x)
+    assert [tuple(o.shape[-2:]) for o in outs] == [(96 // s, 128 // s) for s in strides]
+    # the stem's map never changes; at 32 nothing does
+    for out, r in zip(outs, ref) if output_stride == 32 else [(outs[0], ref[0])]:
+        torch.testing.assert_close(out, r, rtol=0, atol=0)
+    if output_stride < 32:
+        assert not torch.allclose(outs[-1][..., ::32 // output_stride, ::32 // output_stride], ref[-1])
+
+
+@pytest.mark.parametrize('output_stride', [16, 4])
+def test_output_stride_dilates_like_a_trous(output_stride):
+    """With the strided-convolution down-sampling, dropping a step for dilation is the a trous algorithm: the
+    dilated tail computes the strided tail's map exactly, at every (32 / output_stride)-th pixel, and the
+    score map the bridge builds on it too."""
+    strided = timm.create_model('fishnet_s64', num_classes=3, downsample='conv', stem_stride=4).eval()
+    dilated = timm.create_model('fishnet_s64', num_classes=3, downsample='conv', stem_stride=4,
+                                output_stride=output_stride).eval()
+    dilated.load_state_dict(strided.state_dict())
+    x = torch.randn(1, 3, 128, 96)
+
+    def tail_and_score(model):
+        h = model.stem(x)
+        for stage in model.stages[:3]:
+            h = stage(h)
+        bridge = model.stages[3]
+        return h, bridge.score_fc(bridge.score(h))
+
+    step = 32 // output_stride
+    with torch.no_grad():
+        for ref, out in zip(tail_and_score(strided), tail_and_score(dilated)):
+            assert out.shape[-2:] == (128 // output_stride, 96 // output_stride)
+            torch.testing.assert_close(out[..., ::step, ::step], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_output_stride_refused_clearly():
+    with pytest.raises(ValueError, match='output_stride must be one of 4, 8, 16, 32, 64 .*got 12'):
+        timm.create_model('fishnet99', output_stride=12)
+    with pytest.raises(ValueError, match='output_stride must be one of 2, 4, 8, 16, 32, 64 .*got 1'):
+        timm.create_model('mobilenetv2_dual_050', output_stride=1)
 
 
 @pytest.mark.parametrize('downsample', ['max2', 'max3', 'avg2', 'conv'])
@@ -165,6 +219,20 @@ def test_fish_layout_of_fishnet150():
     assert specs[-1].output_chs == 2112  # FishNet-150's feature width
     assert [s.is_feature for s in specs] == [False] * 6 + [True] * 4
     assert all(b.in_chs == a.output_chs for a, b in zip(specs, specs[1:]))
+
+
+def test_fish_layout_at_output_stride_8():
+    """Each stage's convolutions dilate by the stride they lost; the steps past stride 8 are dropped."""
+    from fishzoo.models.fishnet import fish_layout
+    specs = fish_layout((128, 256, 512, 512, 512, 384, 256, 320, 832, 1600), 64, 4, output_stride=8)
+    assert [s.reduction for s in specs] == [8, 8, 8, 8, 8, 8, 4, 8, 8, 8]
+    assert [s.resamples for s in specs[:3] + specs[4:]] == [True, False, False] + [False, False, True] + [
+        True, False, False]
+    # tail blocks at 4, 8, 16; bridge at 32; body blocks at 32, 16, 8 (times 1, 2, 4); head blocks at 4, 8, 16
+    assert [s.dilation for s in specs] == [1, 1, 2, 4, 4, 4, 4, 1, 1, 2]
+    # transfer blocks on branches at 16, 8, 4 (body) and 8, 16, 32 (head)
+    assert [s.transfer_dilation for s in specs[4:]] == [2, 1, 1, 1, 2, 4]
+    assert fish_layout((8,) * 10, 8, 4, output_stride=32) == fish_layout((8,) * 10, 8, 4)
 
 
 @pytest.mark.parametrize('name', ['fishnet_s64', 'mobilenetv2_dual_050'])
