@@ -637,12 +637,11 @@ class FishNet(nn.Module):
         self.stages = self.stages[:keep]
         if keep == 0:  # the stem's map alone
             self.stem.pool = nn.Identity()
-        if max_index < len(self.feature_info) - 1:
-            # the final score block and classifier are sized for the last level only
+        if prune_head or max_index < len(self.feature_info) - 1:
+            # the final score block belongs to the classifier (and is sized for the last level only): a
+            # feature extractor that kept it would carry parameters no forward uses, which DDP refuses
             self.score = nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-            prune_head = True
-        if prune_head:
             self.reset_classifier(0, '')
         return take_indices
 

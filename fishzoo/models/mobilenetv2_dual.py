@@ -269,12 +269,11 @@ class MobileNetV2Dual(nn.Module):
         """Drop the stages (and head conv / classifier) not needed for ``indices``."""
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         self.blocks = self.blocks[:self._level_stage[max_index] + 1]
-        if max_index < len(self.feature_info) - 1:
-            # the head conv and classifier are sized for the last stage only
+        if prune_head or max_index < len(self.feature_info) - 1:
+            # the head conv belongs to the classifier (and is sized for the last stage only), as in timm's
+            # EfficientNet: a feature extractor that kept it would carry parameters no forward uses
             self.conv_head = nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-            prune_head = True
-        if prune_head:
             self.reset_classifier(0, '')
         return take_indices
 

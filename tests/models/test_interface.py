@@ -56,6 +56,16 @@ def test_features_only(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
+def test_feature_extractor_uses_every_parameter(name):
+    """features_only keeps only what computes the levels: DDP (detection, segmentation) refuses parameters no
+    forward uses, so the classifier's score block / head conv goes with the classifier."""
+    features = timm.create_model(name, features_only=True).train()
+    sum(o.mean() for o in features(_input(_size(name)))).backward()
+    unused = [n for n, p in features.named_parameters() if p.grad is None]
+    assert not unused, unused[:5]
+
+
+@pytest.mark.parametrize('name', NAMES)
 def test_forward_intermediates(name):
     size = _size(name)
     model = timm.create_model(name).eval()
