@@ -75,9 +75,9 @@ def _classifier(model: Union[str, nn.Module], pretrained: Optional[bool], model_
 
 def _levels(info: List[dict], returned_levels: Optional[Sequence[int]], label: str) -> List[int]:
     if returned_levels is None:
-        # torchvision's detectors work from stride 4 (the stem's stride-2 map is too large and shallow)
-        levels = [i for i, f in enumerate(info) if f['reduction'] >= 4]
-        return levels if len(levels) >= 2 else list(range(len(info)))
+        # the last four, as torchvision's returned_layers=[1, 2, 3, 4]: strides 4-32 for the ImageNet CNNs
+        # (a stride-2 stem map is large and shallow), 1-8 for the low-resolution FishNets
+        return list(range(max(0, len(info) - 4), len(info)))
     levels = list(returned_levels)
     if not levels or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(info) for i in levels) \
             or levels != sorted(set(levels)):
@@ -108,7 +108,7 @@ def backbone_with_fpn(
             ``'batchnorm'`` (the trainable layers keep ordinary BatchNorm) or ``'auto'``: frozen with trained
             weights, BatchNorm from random ones.
         returned_levels: the feature levels (indices of ``model.feature_info``) the pyramid is built on;
-            default: those of stride 4 and more (FishNet-99: 1-4, strides 4-32).
+            default: the last four (FishNet-99: 1-4, strides 4-32; the low-resolution FishNets: strides 1-8).
         out_channels: width of every pyramid map.
         pretrained: for a model given by name, as :func:`fishzoo.load_model` (default: the weights of a
             folder or hub repo; a bare timm name loads them with ``pretrained=True``).

@@ -1,4 +1,9 @@
 """fishzoo.detection: torchvision detection backbones, Faster R-CNN and Mask R-CNN from any model fishzoo loads."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import timm
 import torch
@@ -42,9 +47,9 @@ def test_levels_and_output_stride():
     assert backbone.strides == [2, 8, 16, 32]
     out = backbone(torch.randn(1, 3, 64, 64))
     assert [v.shape[-1] for v in out.values()] == [32, 8, 4, 2]
-    # the low-resolution FishNets: every level (strides 1 to 8) when fewer than two are at stride 4 or more
-    assert backbone_with_fpn('fishnet_s64').strides == [4, 8, 16]
-    assert backbone_with_fpn('fishnet_s64', returned_levels=[0, 1, 2, 3]).strides == [1, 2, 4, 8, 16]
+    # the last four levels by default: the low-resolution FishNets keep their full-resolution level
+    assert backbone_with_fpn('fishnet_s64').strides == [1, 2, 4, 8, 16]
+    assert backbone_with_fpn('fishnet_s64', returned_levels=[2, 3]).strides == [4, 8, 16]
 
 
 def test_trained_folder_becomes_a_frozen_backbone(tmp_path):
@@ -155,3 +160,28 @@ def test_mask_rcnn_trains_and_predicts_masks():
     with torch.no_grad():
         prediction = detector(images[:1])[0]
     assert prediction['masks'].shape[1:] == (1, 96, 96)
+
+
+def test_hf_hub_repo_as_backbone(tmp_path):
+    """An hf-hub: repo (from the local cache, offline) is a backbone too, with its weights; a fresh interpreter
+    because huggingface_hub reads its cache location once."""
+    classifier = timm.create_model('fishnet_s64', num_classes=4).eval()
+    torch.nn.init.normal_(classifier.stages[8].blocks[0].conv2.weight)
+    revision = '0123456789abcdef0123456789abcdef01234567'
+    repo = tmp_path / 'hub' / 'models--someone--fishnet-shapes'
+    save_pretrained(classifier, repo / 'snapshots' / revision)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(revision)
+    torch.save(classifier.stages[8].blocks[0].conv2.weight, tmp_path / 'expected.pt')
+    code = textwrap.dedent(f'''
+        import torch
+        from fishzoo.detection import backbone_with_fpn
+        backbone = backbone_with_fpn('hf-hub:someone/fishnet-shapes')
+        expected = torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True)
+        assert torch.equal(backbone.body.model.stages[8].blocks[0].conv2.weight, expected)
+        assert not backbone.body.model.stem.conv1.conv.weight.requires_grad  # trained weights: stem frozen
+        assert list(backbone(torch.randn(1, 3, 64, 64))) == ['0', '1', '2', '3', 'pool']
+    ''')
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'hub')}
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
