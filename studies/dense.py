@@ -222,7 +222,7 @@ def markdown(study: Dict) -> str:
     for backbone in dict.fromkeys(r['backbone'] for r in study['rows']):
         rows = [r for r in study['rows'] if r['backbone'] == backbone]
 
-        def mean(task, key):
+        def mean(task, key, rows=rows):
             return float(np.mean([r[task][key] for r in rows]))
         seconds = mean('detection', 'train_seconds') + mean('segmentation', 'train_seconds')
         lines.append(f'| {backbone} | {rows[0]["backbone_params"] / 1e6:.1f}M | {mean("detection", "map"):.3f} | '

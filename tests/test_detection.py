@@ -100,18 +100,18 @@ def test_mistakes_get_one_sentence():
         backbone_with_fpn('fishnet99', pretrained=True)  # offline: one sentence, not a urllib traceback
 
 
-def _shapes_batch(n=2, size=96, seed=0):
+def _shapes_batch(n=2, size=64, seed=0):
     """Bright squares on noise: images, boxes, labels and masks a detector can learn in a few steps."""
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for i in range(n):
         image = torch.rand(3, size, size, generator=g) * 0.3
-        x0, y0 = 10 + 20 * i, 16 + 8 * i
-        image[:, y0:y0 + 40, x0:x0 + 40] = 0.9
+        x0, y0 = 6 + 14 * i, 10 + 6 * i
+        image[:, y0:y0 + 28, x0:x0 + 28] = 0.9
         mask = torch.zeros(1, size, size, dtype=torch.uint8)
-        mask[0, y0:y0 + 40, x0:x0 + 40] = 1
+        mask[0, y0:y0 + 28, x0:x0 + 28] = 1
         images.append(image)
-        targets.append(dict(boxes=torch.tensor([[x0, y0, x0 + 40, y0 + 40]], dtype=torch.float32),
+        targets.append(dict(boxes=torch.tensor([[x0, y0, x0 + 28, y0 + 28]], dtype=torch.float32),
                             labels=torch.tensor([1]), masks=mask))
     return images, targets
 
@@ -136,7 +136,7 @@ def _train(detector, images, targets, steps):
 @pytest.mark.slow
 def test_faster_rcnn_loss_falls():
     torch.manual_seed(0)
-    detector = fasterrcnn_fpn('fishnet99', num_classes=2, min_size=96, max_size=96)
+    detector = fasterrcnn_fpn('fishnet99', num_classes=2, min_size=64, max_size=64)
     assert isinstance(detector, FasterRCNN)
     assert detector.transform.image_mean == list(timm.create_model('fishnet99').pretrained_cfg['mean'])
     images, targets = _shapes_batch()
@@ -151,7 +151,7 @@ def test_faster_rcnn_loss_falls():
 @pytest.mark.slow
 def test_mask_rcnn_trains_and_predicts_masks():
     torch.manual_seed(0)
-    detector = maskrcnn_fpn('mobilenetv2_dual_050', num_classes=2, min_size=96, max_size=96)
+    detector = maskrcnn_fpn('mobilenetv2_dual_050', num_classes=2, min_size=64, max_size=64)
     assert isinstance(detector, MaskRCNN)
     images, targets = _shapes_batch()
     losses, parts = _train(detector, images, targets, 5)
@@ -159,7 +159,7 @@ def test_mask_rcnn_trains_and_predicts_masks():
     detector.eval()
     with torch.no_grad():
         prediction = detector(images[:1])[0]
-    assert prediction['masks'].shape[1:] == (1, 96, 96)
+    assert prediction['masks'].shape[1:] == (1, 64, 64)
 
 
 def test_hf_hub_repo_as_backbone(tmp_path):

@@ -32,7 +32,8 @@ def _check(encoder, architecture):
     # smp's convention: the input, then strides 2, 4, 8, 16, 32 up to the encoder's depth and output stride
     depth = len(maps) - 1
     output_stride = model.encoder.output_stride
-    expected = [(H, W)] + [(H // min(2 ** i, output_stride), W // min(2 ** i, output_stride)) for i in range(1, depth + 1)]
+    strides = [min(2 ** i, output_stride) for i in range(1, depth + 1)]
+    expected = [(H, W)] + [(H // s, W // s) for s in strides]
     assert [tuple(m.shape[-2:]) for m in maps] == expected
     channels = timm.create_model(encoder, features_only=True).feature_info.channels()
     assert model.encoder.out_channels == [3] + channels[:depth]
