@@ -17,11 +17,12 @@ ARCHITECTURES = ['Unet', 'UnetPlusPlus', 'MAnet', 'Linknet', 'FPN', 'PSPNet', 'P
                  'UPerNet', 'Segformer', 'DPT']
 FAST = [('fishnet99', 'Unet'), ('fishnet99', 'FPN'), ('fishnet99', 'DeepLabV3Plus'),
         ('mobilenetv2_dual_050', 'DeepLabV3Plus')]
-H, W = 128, 160  # PAN pools the stride-32 map further: 64 px is too small for it
+SIZES = {'PAN': (128, 160)}  # PAN pools the stride-32 map further: 64 px is too small for it
 
 
 def _check(encoder, architecture):
     model = getattr(smp, architecture)(f'tu-{encoder}', encoder_weights=None, classes=3).eval()
+    H, W = SIZES.get(architecture, (64, 96))
     x = torch.randn(1, 3, H, W)
     with torch.no_grad():
         out = model(x)
