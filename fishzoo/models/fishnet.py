@@ -241,6 +241,18 @@ def create_downsample(kind: str, chs: int, norm_act_layer: LayerType, stride: in
     return nn.AvgPool2d(2, stride=2)
 
 
+class NearestResize(nn.Module):
+    """Nearest-neighbour resize of the trunk to the size of the branch it joins (a module so that an export can
+    swap in another form of the same function: :mod:`fishzoo.deploy.xnnpack`).
+
+    Identical to the authors' ``scale_factor=2`` when the branch's size is even, and also correct for odd
+    sizes, where their fixed factor fails in ``torch.cat``.
+    """
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=like.shape[-2:], mode='nearest')
+
+
 class FishBlocks(nn.Sequential):
     """A run of residual blocks (an ``nn.Sequential``: same state dict) that can checkpoint its activations."""
 
@@ -331,6 +343,7 @@ class FishRefineStage(nn.Module):
     ):
         super().__init__()
         self.branch_index = branch_index
+        self.out_chs = out_chs
         self.upsample = upsample
         self.resample = resample  # False where output_stride keeps the trunk on the branch's grid already
         squeeze = in_chs // out_chs if upsample else 0
@@ -338,6 +351,7 @@ class FishRefineStage(nn.Module):
             in_chs, out_chs, depth, dprs[:depth], squeeze=squeeze, dilation=dilation, **block_kwargs)
         self.transfer = make_blocks(
             branch_chs, branch_chs, transfer_depth, dprs[depth:], dilation=transfer_dilation, **block_kwargs)
+        self.resize = NearestResize()  # used by body stages only (TorchScript wants it on every stage)
         if upsample:
             self.downsample = nn.Identity()
         else:
@@ -351,9 +365,7 @@ class FishRefineStage(nn.Module):
         branch = self.transfer(branch)
         if self.upsample:
             if self.resample:
-                # nearest to the branch's size: identical to scale_factor=2 when the size is even,
-                # and also correct for odd sizes where the authors' fixed factor fails in torch.cat
-                x = F.interpolate(x, size=branch.shape[-2:], mode='nearest')
+                x = self.resize(x, branch)
         else:
             x = self.downsample(x)
         return torch.cat([x, branch], dim=1)
