@@ -312,13 +312,15 @@ def export_card(config: dict) -> str:
     record = config['export']
     arch = config.get('architecture', 'model')
     fmt, precision = record['format'], record['precision']
-    runtime = {'onnx': 'onnxruntime', 'openvino': 'OpenVINO'}[fmt]
+    runtime = {'onnx': 'onnxruntime', 'openvino': 'OpenVINO', 'executorch': "ExecuTorch's XNNPACK delegate"}[fmt]
+    shape = (f'fixed input {record["input_shape"]} (N, C, H, W)' if 'input_shape' in record
+             else 'batch, height and width dynamic')
     cfg = config.get('pretrained_cfg') or {}
     lines = [
-        '---', 'library_name: ' + ('onnx' if fmt == 'onnx' else 'openvino'),
+        '---', 'library_name: ' + fmt,
         f'tags: [image-classification, fishzoo, {fmt}' + (', int8' if precision == 'int8' else '') + ']', '---', '',
         f'# {arch} ({fmt}, {precision})', '',
-        f'`{arch}` exported by `fishzoo export` for {runtime}: `{record["file"]}`, batch, height and width dynamic, '
+        f'`{arch}` exported by `fishzoo export` for {runtime}: `{record["file"]}`, {shape}, '
         f'BatchNorm folded. `config.json` is the source model\'s (preprocessing, {config.get("num_classes")} '
         'labels) with an `export` record of how this folder was made.', '',
         '```bash', f'fishzoo predict path/to/this/folder image.jpg --backend {fmt}', '```', '',
@@ -330,6 +332,11 @@ def export_card(config: dict) -> str:
         ran = record.get('checked_in', 'f32')  # folders exported before it was recorded ran in f32
         lines += [f'The fp32 export, run in {ran}, matches PyTorch within {worst:.1e} (relative, at '
                   f'{", ".join(record["max_rel_diff_fp32"])}).', '']
+    if 'ops_outside_delegate' in record:
+        outside = record['ops_outside_delegate']
+        lines += [('Every operator runs in the XNNPACK delegate.' if not outside else
+                   f'{sum(outside.values())} operators run outside the XNNPACK delegate, in ExecuTorch\'s portable '
+                   f'kernels: {", ".join(f"{k} x{v}" for k, v in sorted(outside.items()))}.'), '']
     hint = record.get('inference_precision')
     if fmt == 'openvino' and hint == 'default':
         lines += ["It runs in OpenVINO's default precision for the CPU it runs on: bf16 where the CPU has bf16 "

@@ -12,7 +12,7 @@
                                               labels of images (files, folders, globs) with a folder or model,
                                               run by torch, onnxruntime or OpenVINO
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
-    fishzoo export MODEL_OR_DIR --format onnx|openvino [-o DIR] [--img-size H [W]] [--opset N]
+    fishzoo export MODEL_OR_DIR --format onnx|openvino|executorch [-o DIR] [--img-size H [W]] [--opset N]
                    [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
                                               a deployment folder (dynamic batch/size, checked against
                                               PyTorch), int8 calibrated and accuracy-checked on request
@@ -167,8 +167,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     hint = record.get('inference_precision')  # OpenVINO folders only
     runs_in = ('' if hint is None else ", runs in OpenVINO's default precision (bf16 on CPUs with bf16 units)"
                if hint == 'default' else f', runs in {hint}')
-    print(f"wrote {output}/ ({record['file']}, {record['precision']}{runs_in}, dynamic batch and spatial size) "
-          f"in {record['seconds']:.1f} s")
+    shape = (f"input {'x'.join(map(str, record['input_shape']))}" if 'input_shape' in record
+             else 'dynamic batch and spatial size')
+    print(f"wrote {output}/ ({record['file']}, {record['precision']}{runs_in}, {shape}) in {record['seconds']:.1f} s")
+    if 'ops_outside_delegate' in record:
+        outside = record['ops_outside_delegate']
+        print('  every op in the XNNPACK delegate' if not outside else
+              f"  {sum(outside.values())} ops outside the XNNPACK delegate: {outside}")
     for size, rel in record.get('max_rel_diff_fp32', {}).items():
         print(f"  {args.format} ({record.get('checked_in', 'fp32')}) vs PyTorch at {size}: {rel:.1e} relative")
     accuracy = record.get('accuracy')
@@ -240,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--top-k', type=int, default=5, help='labels per image (single-label models)')
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
     p.add_argument('--json', action='store_true', help='print a JSON list, one {image, labels, scores} per image')
-    p.add_argument('--backend', choices=['torch', 'onnx', 'openvino'],
-                   help='what runs the model: torch (hub folders, timm names), onnx or openvino (a folder '
-                        'fishzoo export wrote); default: what the folder holds')
+    p.add_argument('--backend', choices=['torch', 'onnx', 'openvino', 'executorch'],
+                   help='what runs the model: torch (hub folders, timm names), onnx, openvino or executorch (a '
+                        'folder fishzoo export wrote); default: what the folder holds')
     p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
                    help="auto: torch in bf16 where the CPU has AMX-BF16 (`fishzoo info` says), OpenVINO as "
                         "exported; fp32: exact; bf16: torch and openvino backends")
@@ -257,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('export', help='export a model to ONNX or OpenVINO (fp32 or int8), checked against PyTorch')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
-    p.add_argument('--format', choices=['onnx', 'openvino'], default='onnx',
-                   help='onnx (onnxruntime) or openvino (IR .xml/.bin; pip install "fishzoo[deploy]")')
+    p.add_argument('--format', choices=['onnx', 'openvino', 'executorch'], default='onnx',
+                   help='onnx (onnxruntime), openvino (IR .xml/.bin; pip install "fishzoo[deploy]") or executorch '
+                        '(model.pte for the XNNPACK delegate, fp32, fixed input size; pip install "fishzoo[mobile]")')
     p.add_argument('--output', '-o', metavar='DIR',
                    help='the folder to write (default: MODEL-FORMAT[-int8] here); a FILE.onnx writes one fp32 file')
     p.add_argument('--int8', action='store_true',

@@ -124,9 +124,9 @@ def predict(
             detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
-    if backend == 'onnx' and precision == 'bf16':
-        raise PredictError('--precision bf16 is for the torch and openvino backends: onnxruntime runs fp32 models '
-                           'in fp32 on the CPU')
+    if backend in ('onnx', 'executorch') and precision == 'bf16':
+        raise PredictError(f'--precision bf16 is for the torch and openvino backends: --backend {backend} runs fp32 '
+                           'models in fp32 on the CPU')
     if backend == 'torch':
         model, loaded = _torch_model(model_or_dir, precision)
         num_classes, cfg = loaded.num_classes, loaded.pretrained_cfg

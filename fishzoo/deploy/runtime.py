@@ -1,8 +1,9 @@
 """The bottom layer of deployment: the names an exported folder uses, the optional-module check, and
-running an exported folder (``config.json`` + ``model.onnx`` for onnxruntime, or ``openvino_model.xml`` /
-``.bin`` for OpenVINO) with the preprocessing and labels of the model it was exported from.
+running an exported folder (``config.json`` + ``model.onnx`` for onnxruntime, ``openvino_model.xml`` /
+``.bin`` for OpenVINO, or ``model.pte`` for ExecuTorch) with the preprocessing and labels of the model it
+was exported from.
 
-``fishzoo predict FOLDER --backend onnx|openvino``, the exports' checks and the int8 accuracy checks call
+``fishzoo predict FOLDER --backend onnx|openvino|executorch``, the exports' checks and the int8 accuracy checks call
 models through a :data:`Runner`: a function from a float32 image batch (N, C, H, W) to logits (numpy).
 Everything else in :mod:`fishzoo.deploy` imports from here; this module imports none of them.
 """
@@ -20,8 +21,9 @@ from fishzoo.hub_folder import read_hub_config
 INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'  # the exported graphs' input and output (transformers' names)
 ONNX_FILE = 'model.onnx'
 OPENVINO_FILE = 'openvino_model.xml'  # with openvino_model.bin beside it (optimum-intel's names)
-BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE}
-BACKENDS = ('torch', 'onnx', 'openvino')
+EXECUTORCH_FILE = 'model.pte'  # an ExecuTorch program, XNNPACK-delegated, fixed input shape (batch 1)
+BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE, 'executorch': EXECUTORCH_FILE}
+BACKENDS = ('torch', 'onnx', 'openvino', 'executorch')
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -162,6 +164,30 @@ def onnx_file_config(path: Union[str, Path]) -> dict:
                 label_names=meta.get('label_names'), pretrained_cfg=cfg)
 
 
+def executorch_runner(path: Union[str, Path]) -> Runner:
+    """An ExecuTorch program (``model.pte``) through ExecuTorch's Python runtime. Its input shape is fixed at
+    export (batch 1, as phones run it): a batch runs image by image; another image size is refused."""
+    require('executorch', 'mobile', 'the executorch backend')
+    from executorch.runtime import Runtime
+    try:
+        method = Runtime.get().load_program(Path(path)).load_method('forward')
+    except Exception as e:
+        raise ModelLoadError(f'{path}: ExecuTorch cannot load it ({describe(e)})') from None
+    expected = tuple(method.metadata.input_tensor_meta(0).sizes())
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if tuple(images.shape[1:]) != expected[1:]:
+            raise RuntimeFailure(f'{path}: exported for input {list(expected[1:])} (C, H, W), got '
+                                 f'{list(images.shape[1:])}; export again with --img-size for this size')
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        try:
+            return np.concatenate([method.execute([torch.from_numpy(images[i:i + 1])])[0].numpy()
+                                   for i in range(len(images))])
+        except Exception as e:
+            raise RuntimeFailure(f'{path}: ExecuTorch failed ({describe(e)})') from None
+    return run
+
+
 def torch_runner(model: torch.nn.Module) -> Runner:
     model = model.eval()
 
@@ -184,6 +210,8 @@ def load_runner(folder: Union[str, Path], backend: str, precision: Optional[str]
         raise ModelLoadError(f'{folder}: no {BACKEND_FILES[backend]} for --backend {backend}; {hint}')
     if backend == 'onnx':
         return onnx_runner(path)
+    if backend == 'executorch':
+        return executorch_runner(path)
     if precision is None:
         precision = (read_hub_config(folder).get('export') or {}).get('inference_precision')
     return openvino_runner(path, precision=precision if precision in ('f32', 'bf16', 'f16') else None)
