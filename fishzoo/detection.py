@@ -156,7 +156,8 @@ def _rcnn_parts(backbone: FpnBackbone, kwargs: dict) -> dict:
     return {**parts, **kwargs}
 
 
-def fasterrcnn_fpn(
+def _rcnn_fpn(
+        detector: type,
         model: Union[str, nn.Module],
         num_classes: int,
         *,
@@ -166,31 +167,26 @@ def fasterrcnn_fpn(
         pretrained: Optional[bool] = None,
         model_kwargs: Optional[dict] = None,
         **detector_kwargs,
-) -> FasterRCNN:
-    """torchvision's Faster R-CNN on :func:`backbone_with_fpn` (``num_classes`` counts the background).
-
-    ``detector_kwargs`` go to ``FasterRCNN`` (``min_size``, ``max_size``, ``box_score_thresh``, ...);
-    ``model_kwargs`` to :func:`fishzoo.load_model`.
-    """
-    backbone = backbone_with_fpn(model, trainable_layers, norm, returned_levels, pretrained=pretrained,
-                                 **(model_kwargs or {}))
-    return FasterRCNN(backbone, num_classes, **_rcnn_parts(backbone, detector_kwargs))
-
-
-def maskrcnn_fpn(
-        model: Union[str, nn.Module],
-        num_classes: int,
-        *,
-        trainable_layers: Optional[int] = None,
-        norm: str = 'auto',
-        returned_levels: Optional[Sequence[int]] = None,
-        pretrained: Optional[bool] = None,
-        model_kwargs: Optional[dict] = None,
-        **detector_kwargs,
-) -> MaskRCNN:
-    """torchvision's Mask R-CNN on :func:`backbone_with_fpn`; arguments as :func:`fasterrcnn_fpn`."""
+):
     backbone = backbone_with_fpn(model, trainable_layers, norm, returned_levels, pretrained=pretrained,
                                  **(model_kwargs or {}))
     parts = _rcnn_parts(backbone, detector_kwargs)
-    parts.setdefault('mask_roi_pool', MultiScaleRoIAlign(backbone.featmap_names, output_size=14, sampling_ratio=2))
-    return MaskRCNN(backbone, num_classes, **parts)
+    if detector is MaskRCNN:
+        parts.setdefault('mask_roi_pool', MultiScaleRoIAlign(backbone.featmap_names, output_size=14, sampling_ratio=2))
+    return detector(backbone, num_classes, **parts)
+
+
+def fasterrcnn_fpn(model: Union[str, nn.Module], num_classes: int, **kwargs) -> FasterRCNN:
+    """torchvision's Faster R-CNN on :func:`backbone_with_fpn` (``num_classes`` counts the background).
+
+    Keywords: ``trainable_layers``, ``norm``, ``returned_levels``, ``pretrained`` as :func:`backbone_with_fpn`;
+    ``model_kwargs`` for :func:`fishzoo.load_model`; everything else goes to torchvision's ``FasterRCNN``
+    (``min_size``, ``max_size``, ``rpn_anchor_generator``, ``box_score_thresh``, ...).
+    """
+    return _rcnn_fpn(FasterRCNN, model, num_classes, **kwargs)
+
+
+def maskrcnn_fpn(model: Union[str, nn.Module], num_classes: int, **kwargs) -> MaskRCNN:
+    """torchvision's Mask R-CNN on :func:`backbone_with_fpn`; keywords as :func:`fasterrcnn_fpn` (the rest go to
+    ``MaskRCNN``)."""
+    return _rcnn_fpn(MaskRCNN, model, num_classes, **kwargs)
