@@ -28,7 +28,8 @@ from typing import List, Optional
 
 import fishzoo
 from fishzoo.cpu_features import PRECISIONS
-from fishzoo.deploy.export import DEFAULT_OPSET
+from fishzoo.deploy.export import DEFAULT_OPSET, FORMATS
+from fishzoo.deploy.runtime import BACKENDS
 from fishzoo.errors import FishzooError, UserError
 from fishzoo.images import refuse_bombs_quietly
 
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--top-k', type=int, default=5, help='labels per image (single-label models)')
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
     p.add_argument('--json', action='store_true', help='print a JSON list, one {image, labels, scores} per image')
-    p.add_argument('--backend', choices=['torch', 'onnx', 'openvino', 'executorch'],
+    p.add_argument('--backend', choices=BACKENDS,
                    help='what runs the model: torch (hub folders, timm names), onnx, openvino or executorch (a '
                         'folder fishzoo export wrote); default: what the folder holds')
     p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('export', help='export a model to ONNX or OpenVINO (fp32 or int8), checked against PyTorch')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
-    p.add_argument('--format', choices=['onnx', 'openvino', 'executorch'], default='onnx',
+    p.add_argument('--format', choices=FORMATS, default='onnx',
                    help='onnx (onnxruntime), openvino (IR .xml/.bin; pip install "fishzoo[deploy]") or executorch '
                         '(model.pte for the XNNPACK delegate, fp32, fixed input size; pip install "fishzoo[mobile]")')
     p.add_argument('--output', '-o', metavar='DIR',

@@ -13,6 +13,7 @@ ordinary BatchNorm. ``trainable_layers`` counts the model's coarse layer groups 
 ``group_matcher(coarse=True)``: for a ResNet the stem and ``layer1``..``layer4``, exactly torchvision's
 count; for FishNet-99 the stem and its ten stages) from the last.
 """
+import copy
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -70,7 +71,8 @@ def _classifier(model: Union[str, nn.Module], pretrained: Optional[bool], model_
     if model_kwargs or pretrained is not None:
         raise ConfigError('pretrained and model arguments apply to a model given by name; '
                           f'this one is already built ({type(model).__name__})')
-    return model, True
+    # a copy: the feature wrapper prunes the classifier and freezing replaces BatchNorms, in place
+    return copy.deepcopy(model), True
 
 
 def _levels(info: List[dict], returned_levels: Optional[Sequence[int]], label: str) -> List[int]:
@@ -100,7 +102,7 @@ def backbone_with_fpn(
 
     Args:
         model: a timm name (``'fishnet99'``), a hub folder or ``local-dir:PATH``, ``hf-hub:REPO_ID``, or a
-            built model (a fine-tuned classifier: its classifier is dropped).
+            built model (a fine-tuned classifier: a copy of it, without its classifier, is used).
         trainable_layers: how many of the model's coarse layer groups, counted from the last, train; the
             others are frozen (weights and BatchNorm). Default: all but the stem and the first stage with
             trained weights (torchvision's default), all from random weights.

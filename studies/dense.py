@@ -171,8 +171,8 @@ def segmentation_run(backbone: str, steps: int, seed: int, batch: int = 8) -> Di
 
     torch.manual_seed(seed)
     model = smp.FPN(f'tu-{backbone}', encoder_weights=None, classes=len(SHAPES) + 1)
-    cfg = timm.create_model(backbone).pretrained_cfg
-    mean, std = torch.tensor(cfg['mean']).view(1, 3, 1, 1), torch.tensor(cfg['std']).view(1, 3, 1, 1)
+    cfg = timm.get_pretrained_cfg(backbone)
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=1e-4)
     schedule = _schedule(optimizer, steps)
     model.train()
@@ -201,7 +201,6 @@ def segmentation_run(backbone: str, steps: int, seed: int, batch: int = 8) -> Di
 
 
 def dense_study(backbones: List[str], steps: int, seeds: List[int]) -> Dict:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     for backbone in backbones:
         params = sum(p.numel() for p in timm.create_model(backbone, features_only=True).parameters())

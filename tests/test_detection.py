@@ -71,6 +71,8 @@ def test_trained_folder_becomes_a_frozen_backbone(tmp_path):
 
     # a model in memory counts as trained; norm='batchnorm' keeps the trainable layers' BatchNorm ordinary
     live = backbone_with_fpn(classifier, trainable_layers=5, norm='batchnorm')
+    assert classifier.get_classifier().out_features == 4 and _frozen_bns(classifier) == 0  # a copy was used
+    assert all(p.requires_grad for p in classifier.parameters())
     assert _trainable_prefixes(live) == ['5', '6', '7', '8', '9']
     frozen_layers = {n.split('.')[2] for n, m in live.body.named_modules() if isinstance(m, FrozenBatchNormAct2d)}
     assert frozen_layers <= {'0', '1', '2', '3', '4', 'conv1', 'conv2', 'conv3'} and _plain_bns(live.body) > 0

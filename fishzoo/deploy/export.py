@@ -353,6 +353,16 @@ def _openvino_into(model: nn.Module, output_dir: Path, input_size, verify: bool,
     return accuracy
 
 
+def _executorch_into(model: nn.Module, output_dir: Path, input_size, verify: bool, record: Dict) -> None:
+    """``model.pte`` (fp32: no int8 path for ExecuTorch yet), with its shape and the ops outside the delegate."""
+    path = output_dir / BACKEND_FILES['executorch']
+    record['input_shape'] = [1, *input_size]
+    record['ops_outside_delegate'] = export_executorch(model, path, input_size)
+    if verify:
+        record['max_rel_diff_fp32'] = verify_executorch(path, model, input_size)
+    return None
+
+
 def _source_name(data) -> str:
     return 'images given in Python' if isinstance(data, LabelledImages) else str(data)
 
@@ -392,12 +402,7 @@ def export_folder(
     if fmt == 'onnx':
         accuracy = _onnx_into(model, output_dir, input_size, opset, verify, int8, checks, max_drop, record)
     elif fmt == 'executorch':
-        accuracy = None
-        path = output_dir / BACKEND_FILES[fmt]
-        record['input_shape'] = [1, *input_size]
-        record['ops_outside_delegate'] = export_executorch(model, path, input_size)
-        if verify:
-            record['max_rel_diff_fp32'] = verify_executorch(path, model, input_size)
+        accuracy = _executorch_into(model, output_dir, input_size, verify, record)
     else:
         accuracy = _openvino_into(model, output_dir, input_size, verify, int8, checks, max_drop, record, precision)
     record['file'] = BACKEND_FILES[fmt]
