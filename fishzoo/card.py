@@ -346,8 +346,9 @@ def export_card(config: dict) -> str:
         lines += [f'It runs in {hint} (`--precision` at export; `fishzoo predict --precision` overrides).', '']
     if precision == 'int8':
         calib = record.get('calibration', {})
-        how = ('NNCF post-training quantization' if fmt == 'openvino'
-               else "onnxruntime's quantize_static (QDQ, int8 weights per channel, uint8 activations)")
+        how = {'openvino': 'NNCF post-training quantization',
+               'executorch': "ExecuTorch's XNNPACKQuantizer (PT2E; int8 weights per channel, int8 activations)"
+               }.get(fmt, "onnxruntime's quantize_static (QDQ, int8 weights per channel, uint8 activations)")
         lines += [f'int8 by {how}, calibrated on {calib.get("images")} images of `{calib.get("source")}`.', '']
         acc = record.get('accuracy')
         if acc:

@@ -10,12 +10,12 @@
     fishzoo upgrade FOLDER                    bring a hub folder written by an older fishzoo up to date
     fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B] [--precision P]
                                               labels of images (files, folders, globs) with a folder or model,
-                                              run by torch, onnxruntime or OpenVINO
+                                              run by torch, onnxruntime, OpenVINO or ExecuTorch
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
     fishzoo export MODEL_OR_DIR --format onnx|openvino|executorch [-o DIR] [--img-size H [W]] [--opset N]
                    [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
-                                              a deployment folder (dynamic batch/size, checked against
-                                              PyTorch), int8 calibrated and accuracy-checked on request
+                                              a deployment folder (checked against PyTorch), int8
+                                              calibrated and accuracy-checked on request
 
 A user's mistake ends the command with one line on stderr and exit status 2, never a traceback. The
 benchmarks live in a checkout's ``benchmarks/`` folder (``python benchmarks/peers.py``), not in the package.
@@ -261,15 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--port', type=int, default=7860, help='port to serve on')
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser('export', help='export a model to ONNX or OpenVINO (fp32 or int8), checked against PyTorch')
+    p = sub.add_parser('export', help='export a model to ONNX, OpenVINO or ExecuTorch (fp32 or int8), checked against '
+                                      'PyTorch')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
     p.add_argument('--format', choices=FORMATS, default='onnx',
                    help='onnx (onnxruntime), openvino (IR .xml/.bin; pip install "fishzoo[deploy]") or executorch '
-                        '(model.pte for the XNNPACK delegate, fp32, fixed input size; pip install "fishzoo[mobile]")')
+                        '(model.pte for the XNNPACK delegate, batch 1 at the export size; '
+                        'pip install "fishzoo[mobile]")')
     p.add_argument('--output', '-o', metavar='DIR',
                    help='the folder to write (default: MODEL-FORMAT[-int8] here); a FILE.onnx writes one fp32 file')
     p.add_argument('--int8', action='store_true',
-                   help='post-training int8 quantization (NNCF for openvino, onnxruntime for onnx)')
+                   help='post-training int8 quantization (NNCF for openvino, onnxruntime for onnx, PT2E with '
+                        "XNNPACK's quantizer for executorch)")
     p.add_argument('--calib-data', metavar='IMAGES',
                    help='calibration images for --int8: a folder, a CSV with an image column, or "digits" '
                         '(the embedded demo data); up to 300 are used, read with the model\'s eval transform')

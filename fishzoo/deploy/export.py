@@ -5,21 +5,20 @@ The model is exported BatchNorm-folded (what ``optimize_for_inference`` runs). O
 dynamo exporter (``torch.onnx.export(dynamo=True)``, onnxscript), so data-dependent sizes such as the body's
 up-sampling to its branch's exact size stay symbolic and any input size >= the model's minimum works.
 OpenVINO converts the folded model with ``openvino.convert_model`` (batch, height and width dynamic).
-ExecuTorch lowers the model with its export-time forms (:mod:`fishzoo.deploy.xnnpack`) to the XNNPACK
-delegate at batch 1 and the export's size (``model.pte``); the record counts the ops left outside the delegate.
+ExecuTorch lowers the model with its export-time forms to the XNNPACK delegate at batch 1 and the export's
+size (``model.pte``, :mod:`fishzoo.deploy.mobile`); the record counts the ops left outside the delegate.
 
 A folder holds the model file (``model.onnx`` or ``openvino_model.xml``/``.bin``), the source model's
 ``config.json`` (preprocessing, label names, thresholds) with an ``export`` record, and a README card with
-the measured int8 accuracy; ``fishzoo predict FOLDER --backend onnx|openvino`` runs it. ``--int8`` quantizes
-after export (:mod:`fishzoo.deploy.int8_exported`), calibrated on ``--calib-data`` and, with ``--val-data``,
-accuracy-aware.
+the measured int8 accuracy; ``fishzoo predict FOLDER`` runs it. ``--int8`` quantizes after export (ONNX,
+OpenVINO: :mod:`fishzoo.deploy.int8_exported`) or before lowering (ExecuTorch: PT2E), calibrated on
+``--calib-data`` and, with ``--val-data``, accuracy-aware.
 """
 import json
 import shutil
 import tempfile
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -33,12 +32,12 @@ from fishzoo.errors import ExportError, describe
 
 from .calibration import LabelledImages, calibration_images, validation_images
 from .int8_exported import onnx_int8, openvino_int8
+from .mobile import export_executorch, verify_executorch
 from .runtime import (
     BACKEND_FILES,
     INPUT_NAME,
     OPENVINO_HINTS,
     OUTPUT_NAME,
-    executorch_runner,
     onnx_runner,
     onnx_session,
     openvino_precision,
@@ -46,7 +45,6 @@ from .runtime import (
     openvino_runner,
     require,
 )
-from .xnnpack import for_xnnpack
 
 DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the issue allows
 FORMATS = ('onnx', 'openvino', 'executorch')
@@ -198,49 +196,6 @@ def verify_openvino(ov_model, model: nn.Module, shapes: Sequence[Tuple[int, int,
     return errors, ran
 
 
-# --- ExecuTorch ----------------------------------------------------------------------------------
-
-def export_executorch(model: nn.Module, path: Union[str, Path], input_size: Tuple[int, int, int]) -> Dict[str, int]:
-    """Write ``model`` as an ExecuTorch program for the XNNPACK delegate (batch 1, ``input_size``) to ``path``;
-    returns the ops left outside the delegate by name (``{}``: everything runs in XNNPACK)."""
-    _require('executorch', extra='mobile', what='ExecuTorch export')
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-    swapped = for_xnnpack(model)
-    try:
-        with torch.no_grad():
-            program = torch.export.export(swapped, (torch.randn(1, *input_size),))
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        outside = Counter(_edge_op_name(n) for n in lowered.exported_program().graph_module.graph.nodes
-                          if n.op == 'call_function' and _edge_op_name(n) not in ('executorch_call_delegate',
-                                                                                  'getitem'))
-        Path(path).write_bytes(lowered.to_executorch().buffer)
-    except Exception as e:
-        raise ExportError(f'ExecuTorch export failed ({describe(e)})') from None
-    return dict(outside)
-
-
-def _edge_op_name(node) -> str:
-    """``aten.upsample_nearest2d.vec`` for an edge-dialect op (``<EdgeOpOverload: aten.x.y>: schema = ...``)."""
-    name = getattr(node.target, '__name__', None) or str(node.target)
-    return name.split(':')[-1].split('>')[0].strip().split('(')[0] if name.startswith('<') else name
-
-
-def verify_executorch(path: Path, model: nn.Module, input_size: Tuple[int, int, int],
-                      tolerance: float = 1e-4) -> Dict[str, float]:
-    """Max relative difference between ExecuTorch's runtime and PyTorch at the export's shape (two images)."""
-    run = executorch_runner(path)
-    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = model.eval()(x)
-    out = torch.from_numpy(run(x.numpy()))
-    rel = ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
-    if out.shape != reference.shape or not rel <= tolerance:
-        raise ExportError(f'{path}: ExecuTorch differs from PyTorch by {rel:.2e} (relative) at input '
-                          f'{list(x.shape)}, more than {tolerance:g}')
-    return {'x'.join(map(str, (1, *input_size))): rel}
-
-
 # --- deployment folders --------------------------------------------------------------------------
 
 def _folder_config(model: nn.Module, source_folder: Optional[Path]) -> dict:
@@ -284,9 +239,6 @@ def _check_options(fmt: str, int8: bool, calib_data, val_data, max_drop: float, 
     if precision == 'bf16' and fmt != 'openvino':
         raise ExportError('--precision bf16 is for --format openvino: onnxruntime runs fp32 models in fp32 on '
                           'the CPU')
-    if int8 and fmt == 'executorch':
-        raise ExportError('--int8 is not available for --format executorch yet (fp32 only); --format onnx or '
-                          'openvino export int8')
     if not 0 <= max_drop <= 100:
         raise ExportError(f'--max-drop is in points between 0 and 100, got {max_drop}')
     if int8 and calib_data is None:
@@ -353,14 +305,18 @@ def _openvino_into(model: nn.Module, output_dir: Path, input_size, verify: bool,
     return accuracy
 
 
-def _executorch_into(model: nn.Module, output_dir: Path, input_size, verify: bool, record: Dict) -> None:
-    """``model.pte`` (fp32: no int8 path for ExecuTorch yet), with its shape and the ops outside the delegate."""
+def _executorch_into(model: nn.Module, output_dir: Path, input_size, verify: bool, int8: bool, checks: _Checks,
+                     max_drop: float, record: Dict):
+    """``model.pte`` (fp32, or int8 with XNNPACK's quantizer), with its shape and the ops outside the delegate;
+    returns the measured int8 accuracy."""
     path = output_dir / BACKEND_FILES['executorch']
     record['input_shape'] = [1, *input_size]
-    record['ops_outside_delegate'] = export_executorch(model, path, input_size)
-    if verify:
+    record['ops_outside_delegate'], accuracy = export_executorch(
+        model, path, input_size, checks.calibration if int8 else None, checks.validation, max_drop,
+        checks.thresholds)
+    if verify and not int8:
         record['max_rel_diff_fp32'] = verify_executorch(path, model, input_size)
-    return None
+    return accuracy
 
 
 def _source_name(data) -> str:
@@ -402,7 +358,7 @@ def export_folder(
     if fmt == 'onnx':
         accuracy = _onnx_into(model, output_dir, input_size, opset, verify, int8, checks, max_drop, record)
     elif fmt == 'executorch':
-        accuracy = _executorch_into(model, output_dir, input_size, verify, record)
+        accuracy = _executorch_into(model, output_dir, input_size, verify, int8, checks, max_drop, record)
     else:
         accuracy = _openvino_into(model, output_dir, input_size, verify, int8, checks, max_drop, record, precision)
     record['file'] = BACKEND_FILES[fmt]

@@ -6,24 +6,28 @@ dynamic), annotated by ``X86InductorQuantizer`` (int8 activations per tensor, we
 calibrated on the given images, converted, and compiled by inductor with weight freezing, which turns the
 quantize/dequantize pairs around each convolution into oneDNN int8 kernels. What the quantizer has no int8
 pattern for (Mish, the dual MobileNetV2's activation; upsampling) runs in fp32 between a dequantize and a
-quantize; :attr:`QuantizedModel.report` counts both kinds per operator.
+quantize; :attr:`QuantizedModel.report` counts both kinds per operator. With validation images it is
+accuracy-aware (:func:`fishzoo.deploy.pt2e.quantize_with_accuracy`): the modules around the activations int8
+damages most stay in fp32 until the held-out drop fits.
 """
 import copy
 import logging
-import warnings
 from collections import Counter
 from dataclasses import replace
-from typing import Dict, Iterable, Union
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
-from fishzoo.errors import QuantizeError, describe
+from fishzoo.errors import QuantizeError
 
-from .calibration import LabelledImages, as_batches
+from . import pt2e
+from .calibration import LabelledImages, as_batches, validation_images
 from .fast_path import InferenceModel, select_fast_path
-from .runtime import require
+from .int8_exported import DEFAULT_MAX_DROP, Int8Accuracy
+from .runtime import require, torch_runner
 
 _logger = logging.getLogger(__name__)
 
@@ -39,22 +43,6 @@ _DATA_MOVEMENT = {'view', 'reshape', 'flatten', 'permute', 'contiguous', 'clone'
 # activations the x86 quantizer fuses into an int8 convolution (its conv + unary patterns); others (Mish)
 # run in fp32 on the convolution's dequantized output
 _FUSED_UNARY = {'relu', 'relu_', 'relu6', 'hardtanh', 'hardtanh_', 'hardswish', 'hardswish_', 'silu', 'silu_'}
-
-
-def _require_torchao():
-    # torchao registers an Enum with torch's pytree at import, which torch 2.14 logs as deprecated
-    require('torchao', 'deploy', 'fishzoo.quantize', QuantizeError)
-    pytree_log = logging.getLogger('torch.utils._pytree')
-    level = pytree_log.level
-    pytree_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-    finally:
-        pytree_log.setLevel(level)
-    return prepare_pt2e, convert_pt2e, xiq
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -89,11 +77,15 @@ def quantization_report(graph_module: torch.fx.GraphModule) -> Dict[str, Dict[st
 
 class QuantizedModel(InferenceModel):
     """An int8 model called like the original (fp32 images in, fp32 logits out); ``report`` says which
-    operators run in int8 and which stayed in fp32."""
+    operators run in int8 and which stayed in fp32; with validation data, ``accuracy`` is what it was measured
+    at and ``kept_in_fp32`` the modules the accuracy-aware search left out of int8."""
 
-    def __init__(self, model: nn.Module, fast_path, compiled, report: Dict[str, Dict[str, int]], source: nn.Module):
+    def __init__(self, model: nn.Module, fast_path, compiled, report: Dict[str, Dict[str, int]], source: nn.Module,
+                 accuracy: Optional[Int8Accuracy] = None, kept_in_fp32: Sequence[str] = ()):
         super().__init__(model, fast_path, compiled)
         self.report = report
+        self.accuracy = accuracy
+        self.kept_in_fp32 = list(kept_in_fp32)
         # what timm's data config and fishzoo's predict read from a model
         self.pretrained_cfg = getattr(source, 'pretrained_cfg', {})
         self.num_classes = getattr(source, 'num_classes', None)
@@ -110,11 +102,43 @@ class QuantizedModel(InferenceModel):
         return f'int8 ops={int8}, fp32 ops={fp32}, compiled={self.compiled}'
 
 
+def _x86_quantizer(folded: nn.Module):
+    """(excluded module names) -> torchao's x86 quantizer over ``folded``'s graph, those modules left in fp32."""
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    def build(excluded: Sequence[str] = ()):
+        quantizer = xiq.X86InductorQuantizer()
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+        # a convolution over one input channel (a grayscale stem) compiles to an int8 kernel whose output
+        # layout disagrees with what inductor planned (torch 2.14: "expected stride 1==1024"), so it stays fp32
+        for name, module in folded.named_modules():
+            if isinstance(module, nn.Conv2d) and module.in_channels == 1 and module.groups == 1:
+                quantizer.set_module_name_qconfig(name, None)
+        for name in excluded:
+            quantizer.set_module_name_qconfig(name, None)
+        return quantizer
+    return build
+
+
+def _validation(model: nn.Module, val_data) -> Optional[LabelledImages]:
+    if val_data is None or isinstance(val_data, LabelledImages):
+        return val_data
+    if isinstance(val_data, (str, Path)):
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        return validation_images(val_data, cfg, cfg.get('label_names'), model.num_classes,
+                                 multilabel=bool(cfg.get('multilabel')), flag='val_data')
+    raise QuantizeError('val_data must be labelled images: a class-folder tree, a CSV (image,labels), "digits" '
+                        f'or fishzoo.deploy.calibration.validation_images(...), got {type(val_data).__name__}')
+
+
 def quantize(
         model: nn.Module,
         calibration: Union[torch.Tensor, Iterable, LabelledImages],
         compile: bool = True,
         max_batches: int = 32,
+        val_data=None,
+        max_drop: float = DEFAULT_MAX_DROP,
+        thresholds=0.5,
 ) -> QuantizedModel:
     """An int8 copy of ``model`` calibrated on ``calibration``: a (N, C, H, W) tensor, a loader (or any
     iterable) of image tensors or ``(images, targets)`` pairs, or :func:`fishzoo.deploy.calibration.calibration_images`.
@@ -123,12 +147,23 @@ def quantize(
     graph eager: same numbers, no int8 speed (useful where no C++ compiler is installed). The first call of a
     compiled model compiles (about 2 minutes for FishNet-150 on 2 cores).
 
+    With ``val_data`` (labelled images: a class-folder tree, a CSV ``image,labels``, ``'digits'``, or
+    :func:`fishzoo.deploy.calibration.validation_images`) it is accuracy-aware, as ``fishzoo export --int8
+    --val-data`` is: top-1 (micro-F1 for multi-label, at ``thresholds``) of fp32 and int8 is measured on them,
+    and while int8 loses more than ``max_drop`` points the modules around the most damaged activations stay
+    in fp32 (``kept_in_fp32``; ``accuracy`` holds the measurement, made on the converted graph before it is
+    compiled).
+
     torchao's ``convert_pt2e`` traces its conv-BN patterns with torch.export's strict mode, which resets
     dynamo (torch 2.14): models compiled earlier in the process (``optimize_for_inference``) compile again
     at their next call. Quantize first, or expect that one slow call.
     """
-    prepare_pt2e, convert_pt2e, xiq = _require_torchao()
+    require('torchao', 'deploy', 'fishzoo.quantize', QuantizeError)
+    pt2e.quiet_torchao()
     batches = as_batches(calibration)[:max_batches]
+    validation = _validation(model, val_data)
+    if not 0 <= max_drop <= 100:
+        raise QuantizeError(f'max_drop is in points between 0 and 100, got {max_drop}')
     in_chans = getattr(model, 'in_chans', None) or batches[0].shape[1]
     if batches[0].shape[1] != in_chans:
         raise QuantizeError(f'calibration images have {batches[0].shape[1]} channels, the model takes {in_chans}')
@@ -136,30 +171,10 @@ def quantize(
     for p in folded.parameters():
         p.requires_grad_(False)
     example = batches[0][:2] if len(batches[0]) > 1 else batches[0].repeat(2, 1, 1, 1)
-    dim = torch.export.Dim.AUTO  # dynamic where the model allows it, static (not an error) where it pins a size
-    try:
-        with torch.no_grad():
-            captured = torch.export.export(folded, (example,), dynamic_shapes=({0: dim, 2: dim, 3: dim},)).module()
-    except Exception as e:
-        raise QuantizeError(f'{type(model).__name__} cannot be captured for int8 quantization with torch.export '
-                            f'({describe(e, 200)})') from None
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    # a convolution over one input channel (a grayscale stem) compiles to an int8 kernel whose output layout
-    # disagrees with what inductor planned (torch 2.14: "expected stride 1==1024"), so it stays fp32
-    for name, module in folded.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == 1 and module.groups == 1:
-            quantizer.set_module_name_qconfig(name, None)
-    try:
-        prepared = prepare_pt2e(captured, quantizer)
-        with torch.no_grad():
-            for images in batches:
-                prepared(images)
-        converted = convert_pt2e(prepared)
-    except QuantizeError:
-        raise
-    except Exception as e:
-        raise QuantizeError(f'the int8 quantizer failed on {type(model).__name__} ({describe(e, 200)})') from None
+    captured = pt2e.capture(folded, example, dynamic=True)
+    fp32_run = torch_runner(model) if validation is not None else None
+    converted, accuracy, kept = pt2e.quantize_with_accuracy(captured, _x86_quantizer(folded), batches, validation,
+                                                            fp32_run, max_drop, thresholds)
     report = quantization_report(converted)
     if not report['int8']:
         raise QuantizeError(f'{type(model).__name__}: the quantizer found no convolution or linear layer '
@@ -168,4 +183,4 @@ def quantize(
     fast_path = replace(select_fast_path('cpu', compile=compile, precision='fp32'), channels_last=True)
     compiled = torch.compile(converted) if fast_path.compile else None
     _logger.info('int8: %s in int8, fp32 left: %s', dict(report['int8']), dict(report['fp32']) or 'nothing')
-    return QuantizedModel(converted, fast_path, compiled, report, model)
+    return QuantizedModel(converted, fast_path, compiled, report, model, accuracy, kept)

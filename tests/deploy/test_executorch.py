@@ -33,9 +33,28 @@ def test_export_and_predict_a_trained_folder(trained_run, image_dataset, tmp_pat
             assert p == pytest.approx(q, abs=1e-4)
 
 
+def test_int8_export_is_checked_on_held_out_images(trained_run, image_dataset, tmp_path, capsys):
+    """--int8 with --val-data: XNNPACK's quantizer, every op still in the delegate, the accuracy of the written
+    program on the run's held-out images in the record and the card, and predict runs it."""
+    out = tmp_path / 'et8'
+    assert main(['export', str(trained_run), '--format', 'executorch', '--int8', '--calib-data', str(trained_run),
+                 '--val-data', str(trained_run), '--max-drop', '100', '-o', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'int8' in printed and 'every op in the XNNPACK delegate' in printed and 'top-1 on 12 images' in printed
+    record = json.loads((out / 'config.json').read_text())['export']
+    assert record['precision'] == 'int8' and record['ops_outside_delegate'] == {}
+    assert record['calibration']['images'] == 24 and record['accuracy']['images'] == 12
+    assert 'max_rel_diff_fp32' not in record  # int8 is judged by its accuracy, not against fp32 logits
+    assert "int8 by ExecuTorch's XNNPACKQuantizer" in (out / 'README.md').read_text()
+    images = sorted(str(p) for p in (image_dataset / 'val').rglob('*.png'))
+    ours = predict(str(out), images, top_k=1)
+    reference = predict(str(trained_run), images, top_k=1, precision='fp32')
+    same = sum(a['labels'][0][0] == b['labels'][0][0] for a, b in zip(ours, reference))
+    assert same / len(images) * 100 == pytest.approx(record['accuracy']['agreement'])
+
+
 def test_mistakes_get_one_sentence(tmp_path, capsys):
-    assert main(['export', 'fishnet_s64', '--format', 'executorch', '--int8', '--calib-data', 'digits',
-                 '-o', str(tmp_path / 'x')]) == 2
-    assert '--int8 is not available for --format executorch yet' in capsys.readouterr().err
+    assert main(['export', 'fishnet_s64', '--format', 'executorch', '--int8', '-o', str(tmp_path / 'x')]) == 2
+    assert '--int8 needs --calib-data' in capsys.readouterr().err
     with pytest.raises(ExportError, match='--precision bf16 is for --format openvino'):
         export_folder(timm.create_model('fishnet_s64'), tmp_path / 'y', 'executorch', precision='bf16')

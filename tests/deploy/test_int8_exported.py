@@ -12,7 +12,7 @@ from PIL import Image
 from fishzoo.cli import main
 from fishzoo.hub import save_pretrained
 from fishzoo.predict import predict
-from tests.helpers.models import set_bn_statistics
+from tests.helpers.models import ColourNet, colour_data, set_bn_statistics
 
 pytestmark = pytest.mark.deploy
 
@@ -155,38 +155,12 @@ def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_
     assert all(prob >= thresholds[LABELS.index(label)] for label, prob in picked)  # the folder's thresholds
 
 
-class _ColourNet(torch.nn.Module):
-    """Tells red, green and blue images apart through a 1x1 convolution, a ReLU, a second 1x1 convolution,
-    average pooling and a linear head. One channel of the first convolution sits near 1000 and the second ignores it
-    (zero weights): fp32 does not change, but a single int8 scale for that activation leaves the colour
-    channels a level or two, so only keeping the layers around it in fp32 restores the accuracy."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 4, 1)
-        self.conv2 = torch.nn.Conv2d(4, 3, 1)
-        self.head = torch.nn.Linear(3, 3)  # robust: stays int8
-        self.pretrained_cfg, self.num_classes = {}, 3
-        with torch.no_grad():
-            self.conv1.weight.zero_()
-            self.conv1.bias.copy_(torch.tensor([1000.0, 0.0, 0.0, 0.0]))
-            for c in range(3):
-                self.conv1.weight[c + 1, c] = 1.0
-            self.conv2.weight.copy_(torch.tensor([[0.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]).view(3, 4, 1, 1))
-            self.conv2.bias.zero_()
-            self.head.weight.copy_(torch.eye(3))
-            self.head.bias.zero_()
-
-    def forward(self, x):
-        return self.head(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
-
-
 def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
     from fishzoo.deploy.export import export_onnx
     from fishzoo.deploy.int8_exported import onnx_int8
     from fishzoo.deploy.runtime import onnx_runner
-    model = _ColourNet().eval()
-    images, labels, data = _colour_data()
+    model = ColourNet().eval()
+    images, labels, data = colour_data()
     with torch.no_grad():
         assert (model(images).argmax(1) == labels).all()
     src = export_onnx(model, tmp_path / 'colour.onnx', (3, 8, 8))
@@ -199,23 +173,14 @@ def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):
     assert searched.quantized_layers == searched.total_layers - len(searched.layers_in_fp32)
 
 
-def _colour_data():
-    from fishzoo.deploy.calibration import LabelledImages
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(60) % 3
-    images = torch.rand(60, 3, 8, 8, generator=g) * 0.6
-    images[torch.arange(60), labels] += 1.0  # the label's colour is the brightest
-    return images, labels, LabelledImages(torch.utils.data.TensorDataset(images, labels), multilabel=False)
-
-
 def test_openvino_accuracy_control_restores_the_crushed_layers(tmp_path):
     import openvino as ov
 
     from fishzoo.deploy.export import export_openvino
     from fishzoo.deploy.int8_exported import openvino_int8
     from fishzoo.deploy.runtime import openvino_runner
-    model = _ColourNet().eval()
-    _, _, data = _colour_data()
+    model = ColourNet().eval()
+    _, _, data = colour_data()
     ov.save_model(export_openvino(model, (3, 8, 8)), str(tmp_path / 'fp32.xml'))
     fp32 = openvino_runner(tmp_path / 'fp32.xml', precision='f32')
     _, plain = openvino_int8(ov.Core().read_model(str(tmp_path / 'fp32.xml')), data, data, fp32, max_drop=100)
