@@ -7,6 +7,12 @@ fp32 fast path; the CPU's features head the table, and the convolution kernels t
 ran (AMX tiles or not) are named from oneDNN's verbose output and OpenVINO's per-layer profile.
 
     python benchmarks/deploy.py [--quick] [--models fishnet150 ...] [--json out.json] [--markdown docs/deployment.md]
+    python benchmarks/deploy.py --mobile [--json out.json] [--markdown docs/deployment.md]
+
+``--mobile`` measures the phone runtimes on this CPU instead: batch-1 latency (median, p90) of ExecuTorch and
+LiteRT, fp32 and int8, as ``fishzoo export`` writes them, against the torch eager model and the fp32 fast
+path, for mobilenetv2_dual_050 at 224 and fishnet_s64 at 64 (about 15 minutes; needs
+``pip install 'fishzoo[deploy,mobile,litert]'``).
 
 Random weights: these rows are about speed; int8 accuracy on trained models is ``studies/int8_accuracy.py``,
 bf16 accuracy ``studies/precision.py``. Needs ``pip install 'fishzoo[deploy,onnx]'``. The full run takes
@@ -45,6 +51,9 @@ AUTO = 'optimize_for_inference() (auto: {})'
 OV_DEFAULTS = 'OpenVINO compile_model, defaults ({})'
 OV_INT8_HAND = 'OpenVINO int8 (nncf.quantize defaults)'
 MODELS = {'fishnet150': 224, 'mobilenetv2_dual_100': 224, 'fishnet_s64': 64}
+MOBILE_MODELS = {'mobilenetv2_dual_050': 224, 'fishnet_s64': 64}
+MOBILE_START, MOBILE_END = '<!-- mobile-benchmark:start -->', '<!-- mobile-benchmark:end -->'
+EAGER = 'torch eager (model.eval(), fp32)'
 
 
 @dataclass
@@ -60,7 +69,8 @@ class Row:
 
     def as_dict(self) -> Dict:
         return dict(model=self.model, name=self.name, by=self.by, setup_seconds=self.setup_seconds,
-                    kernels=self.kernels, throughput=self.throughput, img_per_s=statistics.median(self.throughput),
+                    kernels=self.kernels, throughput=self.throughput,
+                    img_per_s=statistics.median(self.throughput) if self.throughput else None,
                     latency_median_ms=statistics.median(self.latency_ms),
                     latency_p90_ms=float(np.percentile(self.latency_ms, 90)))
 
@@ -246,9 +256,105 @@ def targets(rows: List[Dict], amx_bf16: bool) -> List[Dict]:
     return [dict(target=t, measured=m, met=(m >= v if higher else m <= v)) for t, m, v, higher in checks]
 
 
+def build_mobile_rows(name: str, size: int, calib_images: int, work: Path) -> List[Row]:
+    """The phone runtimes' exports, fp32 and int8 (calibrated on random images: these rows are about speed),
+    and the two torch rows they are measured against."""
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    calib = _images(calib_images, size, 1)
+    one = torch.randn(1, 3, size, size).numpy()
+    rows = []
+
+    def add(label: str, by: str, build: Callable[[], Callable], note: str = '-'):
+        start = time.perf_counter()
+        run = build()
+        for _ in range(3):
+            run(one)
+        rows.append(Row(name, label, by, run, time.perf_counter() - start, kernels=note))
+        log(f'  {name}: {label} ready in {rows[-1].setup_seconds:.0f} s ({note})')
+
+    add(EAGER, 'by hand', lambda: _torch_run(model))
+    add(BASELINE, 'fishzoo', lambda: _torch_run(optimize_for_inference(model, precision='fp32')))
+    for fmt, runtime in (('executorch', 'ExecuTorch'), ('litert', 'LiteRT')):
+        for int8 in (False, True):
+            folder = work / f'{name}-{fmt}-{"int8" if int8 else "fp32"}'
+            record = export_folder(model, folder, fmt, (3, size, size), int8=int8, calib_data=calib if int8 else None,
+                                   verify=False)
+            outside = record['ops_outside_delegate']
+            note = 'all ops in XNNPACK' if not outside else f'{sum(outside.values())} ops outside XNNPACK'
+            add(f'{runtime} {"int8" if int8 else "fp32"} (fishzoo export --format {fmt}{" --int8" if int8 else ""})',
+                'fishzoo', lambda folder=folder, fmt=fmt: load_runner(folder, fmt), note)
+    return rows
+
+
+def measure_latency(rows: Sequence[Row], size: int, rounds: int, min_seconds: float) -> None:
+    """Interleaved: each round makes batch-1 calls of every row for ``min_seconds``."""
+    one = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    for row in rows:  # convert_pt2e resets dynamo: the compiled fast path compiles again here, untimed
+        row.run(one)
+    for r in range(rounds):
+        for row in rows:
+            start = time.perf_counter()
+            while time.perf_counter() - start < min_seconds:
+                t = time.perf_counter()
+                row.run(one)
+                row.latency_ms.append(1000 * (time.perf_counter() - t))
+        log(f'  round {r + 1}/{rounds} done')
+
+
+def mobile_markdown(result: Dict) -> str:
+    lines = [f"Measured {result['date']} on {result['machine']}; `python3 benchmarks/deploy.py --mobile` "
+             f"(batch-1 calls, {result['rounds']} interleaved rounds of {result['min_seconds']:g} s per path; "
+             f"{result['threads']} threads each). CPU features: {result['cpu_features']}.", '']
+    for model, rows in result['models'].items():
+        eager = next(r for r in rows if r['name'] == EAGER)
+        base = next(r for r in rows if r['name'] == BASELINE)
+        lines += [f"**{model}** at {rows[0]['size']} px", '',
+                  '| path | by | batch-1 median ms | p90 ms | vs torch eager | vs fp32 fast path | delegate |',
+                  '|---|---|---:|---:|---:|---:|---|']
+        for r in rows:
+            lines.append(f"| {r['name']} | {r['by']} | {r['latency_median_ms']:.2f} | {r['latency_p90_ms']:.2f} "
+                         f"| {r['latency_median_ms'] / eager['latency_median_ms']:.2f} "
+                         f"| {r['latency_median_ms'] / base['latency_median_ms']:.2f} | {r.get('kernels', '-')} |")
+        lines.append('')
+    lines += ['| target | measured | met |', '|---|---:|---|']
+    lines += [f"| {t['target']} | {t['measured']:.2f} | {'yes' if t['met'] else 'no'} |" for t in result['targets']]
+    return '\n'.join(lines)
+
+
+def mobile_targets(models: Dict[str, List[Dict]]) -> List[Dict]:
+    """#26's targets, per model: ExecuTorch int8 at most 0.5x ExecuTorch fp32, fp32 at most 1.0x torch eager."""
+    checks = []
+    for model, rows in models.items():
+        def median(prefix, rows=rows):
+            return next(r['latency_median_ms'] for r in rows if r['name'].startswith(prefix))
+        et_fp32, et_int8 = median('ExecuTorch fp32'), median('ExecuTorch int8')
+        checks += [(f'{model}: ExecuTorch int8 / ExecuTorch fp32 batch-1 median, <= 0.5', et_int8 / et_fp32, 0.5),
+                   (f'{model}: ExecuTorch fp32 / torch eager batch-1 median, <= 1.0', et_fp32 / median(EAGER), 1.0)]
+    return [dict(target=t, measured=m, met=m <= v) for t, m, v in checks]
+
+
+def main_mobile(args) -> int:
+    rounds, min_seconds = args.rounds or 5, 2.0
+    result = dict(date=time.strftime('%Y-%m-%d'), machine=machine_summary(), cpu_features=cpu_features().summary(),
+                  rounds=rounds, min_seconds=min_seconds, threads=torch.get_num_threads(), models={})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, size in MOBILE_MODELS.items():
+            log(f'{name} at {size} px: exporting for the phone runtimes')
+            rows = build_mobile_rows(name, size, 32, Path(tmp))
+            measure_latency(rows, size, rounds, min_seconds)
+            result['models'][name] = [dict(r.as_dict(), size=size) for r in rows]
+    result['targets'] = mobile_targets(result['models'])
+    publish(mobile_markdown(result), result, args.json, args.readme, MOBILE_START, MOBILE_END)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='fishnet_s64 alone, short rounds (a smoke run)')
+    parser.add_argument('--mobile', action='store_true',
+                        help='ExecuTorch and LiteRT batch-1 latency against torch eager and the fp32 fast path')
     parser.add_argument('--models', nargs='+', choices=sorted(MODELS), help=f'default: {" ".join(MODELS)}')
     parser.add_argument('--rounds', type=int, help='measurement rounds (default 3; --quick 1)')
     parser.add_argument('--json', help='write the measurements here')
@@ -256,6 +362,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='replace the table between the deploy-benchmark markers in this Markdown file '
                              '(docs/deployment.md)')
     args = parser.parse_args(argv)
+    if args.mobile:
+        return main_mobile(args)
     names = ['fishnet_s64'] if args.quick else args.models or list(MODELS)
     batch, rounds, min_seconds = (8, 1, 0.5) if args.quick else (8, 3, 3.0)
     rounds = args.rounds or rounds

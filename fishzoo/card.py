@@ -312,7 +312,8 @@ def export_card(config: dict) -> str:
     record = config['export']
     arch = config.get('architecture', 'model')
     fmt, precision = record['format'], record['precision']
-    runtime = {'onnx': 'onnxruntime', 'openvino': 'OpenVINO', 'executorch': "ExecuTorch's XNNPACK delegate"}[fmt]
+    runtime = {'onnx': 'onnxruntime', 'openvino': 'OpenVINO', 'executorch': "ExecuTorch's XNNPACK delegate",
+               'litert': "LiteRT's interpreter (XNNPACK delegate)"}[fmt]
     shape = (f'fixed input {record["input_shape"]} (N, C, H, W)' if 'input_shape' in record
              else 'batch, height and width dynamic')
     cfg = config.get('pretrained_cfg') or {}
@@ -335,8 +336,9 @@ def export_card(config: dict) -> str:
     if 'ops_outside_delegate' in record:
         outside = record['ops_outside_delegate']
         lines += [('Every operator runs in the XNNPACK delegate.' if not outside else
-                   f'{sum(outside.values())} operators run outside the XNNPACK delegate, in ExecuTorch\'s portable '
-                   f'kernels: {", ".join(f"{k} x{v}" for k, v in sorted(outside.items()))}.'), '']
+                   f'{sum(outside.values())} operators run outside the XNNPACK delegate, in '
+                   f'{"LiteRT" if fmt == "litert" else "ExecuTorch"}\'s own kernels: '
+                   f'{", ".join(f"{k} x{v}" for k, v in sorted(outside.items()))}.'), '']
     hint = record.get('inference_precision')
     if fmt == 'openvino' and hint == 'default':
         lines += ["It runs in OpenVINO's default precision for the CPU it runs on: bf16 where the CPU has bf16 "
@@ -347,8 +349,9 @@ def export_card(config: dict) -> str:
     if precision == 'int8':
         calib = record.get('calibration', {})
         how = {'openvino': 'NNCF post-training quantization',
-               'executorch': "ExecuTorch's XNNPACKQuantizer (PT2E; int8 weights per channel, int8 activations)"
-               }.get(fmt, "onnxruntime's quantize_static (QDQ, int8 weights per channel, uint8 activations)")
+               'executorch': "ExecuTorch's XNNPACKQuantizer (PT2E; int8 weights per channel, int8 activations)",
+               'litert': "litert-torch's PT2EQuantizer (int8 weights per channel, int8 activations)"}.get(
+            fmt, "onnxruntime's quantize_static (QDQ, int8 weights per channel, uint8 activations)")
         lines += [f'int8 by {how}, calibrated on {calib.get("images")} images of `{calib.get("source")}`.', '']
         acc = record.get('accuracy')
         if acc:

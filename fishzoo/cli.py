@@ -10,9 +10,9 @@
     fishzoo upgrade FOLDER                    bring a hub folder written by an older fishzoo up to date
     fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B] [--precision P]
                                               labels of images (files, folders, globs) with a folder or model,
-                                              run by torch, onnxruntime, OpenVINO or ExecuTorch
+                                              run by torch, onnxruntime, OpenVINO, ExecuTorch or LiteRT
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
-    fishzoo export MODEL_OR_DIR --format onnx|openvino|executorch [-o DIR] [--img-size H [W]] [--opset N]
+    fishzoo export MODEL_OR_DIR --format onnx|openvino|executorch|litert [-o DIR] [--img-size H [W]] [--opset N]
                    [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
                                               a deployment folder (checked against PyTorch), int8
                                               calibrated and accuracy-checked on request
@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
     p.add_argument('--json', action='store_true', help='print a JSON list, one {image, labels, scores} per image')
     p.add_argument('--backend', choices=BACKENDS,
-                   help='what runs the model: torch (hub folders, timm names), onnx, openvino or executorch (a '
-                        'folder fishzoo export wrote); default: what the folder holds')
+                   help='what runs the model: torch (hub folders, timm names), onnx, openvino, executorch or '
+                        'litert (a folder fishzoo export wrote); default: what the folder holds')
     p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
                    help="auto: torch in bf16 where the CPU has AMX-BF16 (`fishzoo info` says), OpenVINO as "
                         "exported; fp32: exact; bf16: torch and openvino backends")
@@ -261,18 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--port', type=int, default=7860, help='port to serve on')
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser('export', help='export a model to ONNX, OpenVINO or ExecuTorch (fp32 or int8), checked against '
-                                      'PyTorch')
+    p = sub.add_parser('export', help='export a model to ONNX, OpenVINO, ExecuTorch or LiteRT (fp32 or int8), '
+                                      'checked against PyTorch')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
     p.add_argument('--format', choices=FORMATS, default='onnx',
                    help='onnx (onnxruntime), openvino (IR .xml/.bin; pip install "fishzoo[deploy]") or executorch '
                         '(model.pte for the XNNPACK delegate, batch 1 at the export size; '
-                        'pip install "fishzoo[mobile]")')
+                        'pip install "fishzoo[mobile]") or litert (model.tflite, batch 1 at the export size; '
+                        'pip install "fishzoo[litert]")')
     p.add_argument('--output', '-o', metavar='DIR',
                    help='the folder to write (default: MODEL-FORMAT[-int8] here); a FILE.onnx writes one fp32 file')
     p.add_argument('--int8', action='store_true',
                    help='post-training int8 quantization (NNCF for openvino, onnxruntime for onnx, PT2E with '
-                        "XNNPACK's quantizer for executorch)")
+                        "XNNPACK's quantizer for executorch and litert-torch's for litert)")
     p.add_argument('--calib-data', metavar='IMAGES',
                    help='calibration images for --int8: a folder, a CSV with an image column, or "digits" '
                         '(the embedded demo data); up to 300 are used, read with the model\'s eval transform')

@@ -113,9 +113,9 @@ def predict(
         precision: str = 'auto',
 ) -> List[Dict]:
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
-    folders and glob patterns (:func:`expand_images`). ``backend``: 'torch', 'onnx' or 'openvino' (an
-    exported folder); None picks what the folder holds. ``precision``: 'auto', 'fp32' or 'bf16' (torch and
-    OpenVINO; onnxruntime runs fp32)."""
+    folders and glob patterns (:func:`expand_images`). ``backend``: 'torch', 'onnx', 'openvino', 'executorch'
+    or 'litert' (an exported folder); None picks what the folder holds. ``precision``: 'auto', 'fp32' or
+    'bf16' (torch and OpenVINO; the other runtimes run fp32)."""
     if precision not in PRECISIONS:
         raise PredictError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
     images = expand_images(images)
@@ -124,7 +124,7 @@ def predict(
             detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
-    if backend in ('onnx', 'executorch') and precision == 'bf16':
+    if backend in ('onnx', 'executorch', 'litert') and precision == 'bf16':
         raise PredictError(f'--precision bf16 is for the torch and openvino backends: --backend {backend} runs fp32 '
                            'models in fp32 on the CPU')
     if backend == 'torch':

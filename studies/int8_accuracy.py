@@ -6,10 +6,11 @@
 
 FishNet-150 at 64 px and ``fishnet_s64`` at 32 px are trained on the embedded digits with fishzoo-train's
 defaults (the split is fishzoo-train's: 1,437 training and 360 held-out scans), then quantized by
-``fishzoo.quantize`` (torchao, compiled), ``fishzoo export --format onnx --int8`` and ``--format openvino
---int8``, each calibrated on 300 training images. Targets (#13): top-1 within 0.5 points of fp32 and at
-least 99% of the held-out images decided as fp32 decides them. About 12 minutes on 2 CPU cores; exits 1
-when a target is missed. docs/deployment.md's int8 accuracy table is its output.
+``fishzoo.quantize`` (torchao, compiled) and ``fishzoo export --int8`` for onnx, openvino, executorch and
+litert, each calibrated on training images (300; the phone runtimes 256) and accuracy-aware on the held-out
+scans (``val_data`` / ``--val-data``, ``max_drop`` 0.5). Targets (#13, #26): top-1 within 0.5 points of fp32
+and at least 99% of the held-out images decided as fp32 decides them. About 40 minutes on 2 CPU cores; exits
+1 when a target is missed. docs/deployment.md's int8 accuracy table is its output.
 """
 import argparse
 import sys
@@ -64,12 +65,13 @@ def study_model(model_name: str, size: int, epochs: int, work: Path, reuse: bool
                          seconds=seconds, train_seconds=train_seconds, note=note))
 
     start = time.perf_counter()
-    quantized = fishzoo.quantize(model, calibration_images(DIGITS, cfg))
+    quantized = fishzoo.quantize(model, calibration_images(DIGITS, cfg), val_data=val, max_drop=MAX_DROP)
     logits, _ = predict_all(torch_runner(quantized), val)
     fp32_left = sum(quantized.report['fp32'].values())
-    row('fishzoo.quantize (torchao, compiled)', logits, time.perf_counter() - start,
-        f"{sum(quantized.report['int8'].values())} ops int8, {fp32_left} fp32")
-    for fmt in ('onnx', 'openvino'):
+    row('fishzoo.quantize(..., val_data=...) (torchao, compiled)', logits, time.perf_counter() - start,
+        f"{sum(quantized.report['int8'].values())} ops int8, {fp32_left} fp32; "
+        f"{len(quantized.accuracy.layers_in_fp32)} of {quantized.accuracy.total_layers} layers kept fp32")
+    for fmt in ('onnx', 'openvino', 'executorch', 'litert'):
         out = work / f'{model_name}_{size}px-{fmt}-int8'
         start = time.perf_counter()
         record = export_folder(model, out, fmt, tuple(cfg['input_size']), int8=True, calib_data=DIGITS,

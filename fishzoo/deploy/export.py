@@ -1,17 +1,18 @@
-"""``fishzoo export MODEL --format onnx|openvino|executorch [--int8]``: a deployment folder (or one ONNX file),
-checked against PyTorch; ONNX and OpenVINO with dynamic batch and spatial size, ExecuTorch at one fixed shape.
+"""``fishzoo export MODEL --format onnx|openvino|executorch|litert [--int8]``: a deployment folder (or one ONNX
+file), checked against PyTorch; ONNX and OpenVINO with dynamic batch and spatial size, ExecuTorch and LiteRT at
+one fixed shape.
 
 The model is exported BatchNorm-folded (what ``optimize_for_inference`` runs). ONNX goes through torch's
 dynamo exporter (``torch.onnx.export(dynamo=True)``, onnxscript), so data-dependent sizes such as the body's
 up-sampling to its branch's exact size stay symbolic and any input size >= the model's minimum works.
 OpenVINO converts the folded model with ``openvino.convert_model`` (batch, height and width dynamic).
-ExecuTorch lowers the model with its export-time forms to the XNNPACK delegate at batch 1 and the export's
-size (``model.pte``, :mod:`fishzoo.deploy.mobile`); the record counts the ops left outside the delegate.
+ExecuTorch (``model.pte``) and LiteRT (``model.tflite``) get the model in its export-time forms at batch 1 and
+the export's size (:mod:`fishzoo.deploy.mobile`); the record counts the ops left outside XNNPACK.
 
 A folder holds the model file (``model.onnx`` or ``openvino_model.xml``/``.bin``), the source model's
 ``config.json`` (preprocessing, label names, thresholds) with an ``export`` record, and a README card with
 the measured int8 accuracy; ``fishzoo predict FOLDER`` runs it. ``--int8`` quantizes after export (ONNX,
-OpenVINO: :mod:`fishzoo.deploy.int8_exported`) or before lowering (ExecuTorch: PT2E), calibrated on
+OpenVINO: :mod:`fishzoo.deploy.int8_exported`) or before lowering (ExecuTorch, LiteRT: PT2E), calibrated on
 ``--calib-data`` and, with ``--val-data``, accuracy-aware.
 """
 import json
@@ -32,7 +33,7 @@ from fishzoo.errors import ExportError, describe
 
 from .calibration import LabelledImages, calibration_images, validation_images
 from .int8_exported import onnx_int8, openvino_int8
-from .mobile import export_executorch, verify_executorch
+from .mobile import export_executorch, export_litert, verify_executorch, verify_litert
 from .runtime import (
     BACKEND_FILES,
     INPUT_NAME,
@@ -47,7 +48,7 @@ from .runtime import (
 )
 
 DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the issue allows
-FORMATS = ('onnx', 'openvino', 'executorch')
+FORMATS = ('onnx', 'openvino', 'executorch', 'litert')
 
 
 def _require(*modules: str, extra: str = 'onnx', what: str = 'ONNX export') -> None:
@@ -305,17 +306,19 @@ def _openvino_into(model: nn.Module, output_dir: Path, input_size, verify: bool,
     return accuracy
 
 
-def _executorch_into(model: nn.Module, output_dir: Path, input_size, verify: bool, int8: bool, checks: _Checks,
-                     max_drop: float, record: Dict):
-    """``model.pte`` (fp32, or int8 with XNNPACK's quantizer), with its shape and the ops outside the delegate;
-    returns the measured int8 accuracy."""
-    path = output_dir / BACKEND_FILES['executorch']
+def _mobile_into(fmt: str, model: nn.Module, output_dir: Path, input_size, verify: bool, int8: bool,
+                 checks: _Checks, max_drop: float, record: Dict):
+    """``model.pte`` (ExecuTorch) or ``model.tflite`` (LiteRT), fp32 or int8, with its shape and the ops left
+    outside the XNNPACK delegate; returns the measured int8 accuracy."""
+    export, verify_file = {'executorch': (export_executorch, verify_executorch),
+                           'litert': (export_litert, verify_litert)}[fmt]
+    path = output_dir / BACKEND_FILES[fmt]
     record['input_shape'] = [1, *input_size]
-    record['ops_outside_delegate'], accuracy = export_executorch(
+    record['ops_outside_delegate'], accuracy = export(
         model, path, input_size, checks.calibration if int8 else None, checks.validation, max_drop,
         checks.thresholds)
     if verify and not int8:
-        record['max_rel_diff_fp32'] = verify_executorch(path, model, input_size)
+        record['max_rel_diff_fp32'] = verify_file(path, model, input_size)
     return accuracy
 
 
@@ -357,8 +360,8 @@ def export_folder(
             path.unlink(missing_ok=True)
     if fmt == 'onnx':
         accuracy = _onnx_into(model, output_dir, input_size, opset, verify, int8, checks, max_drop, record)
-    elif fmt == 'executorch':
-        accuracy = _executorch_into(model, output_dir, input_size, verify, int8, checks, max_drop, record)
+    elif fmt in ('executorch', 'litert'):
+        accuracy = _mobile_into(fmt, model, output_dir, input_size, verify, int8, checks, max_drop, record)
     else:
         accuracy = _openvino_into(model, output_dir, input_size, verify, int8, checks, max_drop, record, precision)
     record['file'] = BACKEND_FILES[fmt]

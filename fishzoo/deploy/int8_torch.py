@@ -115,7 +115,8 @@ def _x86_quantizer(folded: nn.Module):
             if isinstance(module, nn.Conv2d) and module.in_channels == 1 and module.groups == 1:
                 quantizer.set_module_name_qconfig(name, None)
         for name in excluded:
-            quantizer.set_module_name_qconfig(name, None)
+            if not name.startswith(pt2e.NODE):  # it filters by module only
+                quantizer.set_module_name_qconfig(name, None)
         return quantizer
     return build
 

@@ -60,8 +60,10 @@ def capture(folded: nn.Module, example: torch.Tensor, dynamic: bool) -> torch.fx
                             f'({describe(e, 200)})') from None
 
 
-def convert(captured: torch.fx.GraphModule, quantizer, batches: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
-    """A quantized copy of ``captured``: annotated by ``quantizer``, calibrated on ``batches``, converted."""
+def convert(captured: torch.fx.GraphModule, quantizer, batches: Sequence[torch.Tensor],
+            fold_quantize: bool = True) -> torch.fx.GraphModule:
+    """A quantized copy of ``captured``: annotated by ``quantizer``, calibrated on ``batches``, converted
+    (``fold_quantize=False`` keeps fp32 weights with their quantize ops, as LiteRT's converter reads them)."""
     require('torchao', 'deploy', 'int8 quantization', QuantizeError)
     quiet_torchao()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -70,7 +72,7 @@ def convert(captured: torch.fx.GraphModule, quantizer, batches: Sequence[torch.T
         with torch.no_grad():
             for images in batches:
                 prepared(images)
-        return convert_pt2e(prepared)
+        return convert_pt2e(prepared, fold_quantize=fold_quantize)
     except QuantizeError:
         raise
     except Exception as e:
@@ -97,15 +99,58 @@ def _module_name(node: torch.fx.Node) -> Optional[str]:
     return path[len("L['self']."):] if path.startswith("L['self'].") else path
 
 
+# an op written in a model's own forward (``torch.relu(x)``) comes from no submodule: the search names it by its
+# graph node, which quantizers with a node filter honour and the others ignore
+NODE = 'node:'
+
+
 def outside_modules(excluded: Sequence[str]) -> Callable[[torch.fx.Node], bool]:
-    """A node filter: True for nodes that come from none of the modules ``excluded``."""
+    """A node filter: True for nodes that come from none of the modules ``excluded`` and are not named there."""
     excluded = set(excluded)
 
     def keep(node: torch.fx.Node) -> bool:
         stack = node.meta.get('nn_module_stack') or {}
         paths = (path[len("L['self']."):] if path.startswith("L['self'].") else path for path, _ in stack.values())
-        return not any(path in excluded for path in paths)
+        return NODE + node.name not in excluded and not any(path in excluded for path in paths)
     return keep
+
+
+def without_modules(quantizer, excluded: Sequence[str]):
+    """``quantizer`` with the annotations of the modules ``excluded`` removed: for quantizers that cannot set a
+    module's config to None (LiteRT's). Annotations that share a removed one's parameters (a pooling sharing
+    its input's scale) go with it."""
+    from torchao.quantization.pt2e.quantizer import Quantizer, SharedQuantizationSpec
+    keep = outside_modules(excluded)
+
+    def shares_with(annotation, removed) -> bool:
+        specs = [*annotation.input_qspec_map.values(), annotation.output_qspec]
+        for spec in specs:
+            if isinstance(spec, SharedQuantizationSpec):
+                edge = spec.edge_or_node
+                if any(n in removed for n in (edge if isinstance(edge, tuple) else (edge,))):
+                    return True
+        return False
+
+    class WithoutModules(Quantizer):
+        def transform_for_annotation(self, model):
+            return quantizer.transform_for_annotation(model)
+
+        def annotate(self, model):
+            model = quantizer.annotate(model)
+            removed = {node for node in model.graph.nodes if not keep(node)}
+            while True:
+                for node in removed:
+                    node.meta.pop('quantization_annotation', None)
+                more = {node for node in model.graph.nodes if node not in removed
+                        and 'quantization_annotation' in node.meta
+                        and shares_with(node.meta['quantization_annotation'], removed)}
+                if not more:
+                    return model
+                removed |= more
+
+        def validate(self, model):
+            quantizer.validate(model)
+    return WithoutModules()
 
 
 def _op(node: torch.fx.Node) -> str:
@@ -152,8 +197,8 @@ def activation_damage(converted: torch.fx.GraphModule,
     ranked = []
     for source, dequantized, q in pairs:
         readers = [u for d in q.users for u in d.users]
-        names = [_module_name(n) for n in [source, *readers] if n.op == 'call_function']
-        names = list(dict.fromkeys(n for n in names if n))
+        names = [_module_name(n) or NODE + n.name for n in [source, *readers] if n.op == 'call_function']
+        names = list(dict.fromkeys(names))
         if names:
             ranked.append((_channel_sqnr(recorder.values[source], recorder.values[dequantized]), names))
     ranked.sort(key=lambda item: item[0])
@@ -169,12 +214,17 @@ def quantize_with_accuracy(
         max_drop: float = DEFAULT_MAX_DROP,
         thresholds=0.5,
         runner_for: Callable[[torch.fx.GraphModule], Runner] = graph_runner,
+        converter: Optional[Callable[[Sequence[str]], torch.fx.GraphModule]] = None,
 ) -> Tuple[torch.fx.GraphModule, Optional[Int8Accuracy], List[str]]:
     """The converted graph, its measured accuracy (with ``validation``) and the modules left out of int8.
 
     With ``validation``, when the drop exceeds ``max_drop``, the modules around the most damaged activations
-    stay in floating point, 1, 2, 4, ... activations at a time, until it fits (or every activation is tried)."""
-    converted = convert(captured, quantizer_for(()), batches)
+    stay in floating point, 1, 2, 4, ... activations at a time, until it fits (or every activation is tried).
+    ``converter`` (excluded modules -> converted graph) replaces the default conversion."""
+    if converter is None:
+        def converter(excluded):
+            return convert(captured, quantizer_for(excluded), batches)
+    converted = converter(())
     if validation is None:
         return converted, None, []
     layers = layer_names(captured)
@@ -184,7 +234,7 @@ def quantize_with_accuracy(
         ranked = activation_damage(converted, batches)
         for count in _doubling(len(ranked)):
             excluded = list(dict.fromkeys(name for _, names in ranked[:count] for name in names))
-            converted = convert(captured, quantizer_for(excluded), batches)
+            converted = converter(excluded)
             accuracy = measure(fp32_runner, runner_for(converted), validation, max_drop, thresholds)
             _logger.info('int8: %d activations (%d modules) kept in floating point: drop %.2f points', count,
                          len(excluded), accuracy.drop)

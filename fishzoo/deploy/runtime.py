@@ -1,10 +1,11 @@
 """The bottom layer of deployment: the names an exported folder uses, the optional-module check, and
 running an exported folder (``config.json`` + ``model.onnx`` for onnxruntime, ``openvino_model.xml`` /
-``.bin`` for OpenVINO, or ``model.pte`` for ExecuTorch) with the preprocessing and labels of the model it
-was exported from.
+``.bin`` for OpenVINO, ``model.pte`` for ExecuTorch, ``model.tflite`` for LiteRT) with the preprocessing and
+labels of the model it was exported from.
 
-``fishzoo predict FOLDER --backend onnx|openvino|executorch``, the exports' checks and the int8 accuracy checks call
-models through a :data:`Runner`: a function from a float32 image batch (N, C, H, W) to logits (numpy).
+``fishzoo predict FOLDER --backend onnx|openvino|executorch|litert``, the exports' checks and the int8
+accuracy checks call models through a :data:`Runner`: a function from a float32 image batch (N, C, H, W) to
+logits (numpy).
 Everything else in :mod:`fishzoo.deploy` imports from here; this module imports none of them.
 """
 import importlib.util
@@ -22,8 +23,9 @@ INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'  # the exported graphs' input
 ONNX_FILE = 'model.onnx'
 OPENVINO_FILE = 'openvino_model.xml'  # with openvino_model.bin beside it (optimum-intel's names)
 EXECUTORCH_FILE = 'model.pte'  # an ExecuTorch program, XNNPACK-delegated, fixed input shape (batch 1)
-BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE, 'executorch': EXECUTORCH_FILE}
-BACKENDS = ('torch', 'onnx', 'openvino', 'executorch')
+LITERT_FILE = 'model.tflite'  # a LiteRT (TensorFlow Lite) flatbuffer, fixed input shape (batch 1)
+BACKEND_FILES = {'onnx': ONNX_FILE, 'openvino': OPENVINO_FILE, 'executorch': EXECUTORCH_FILE, 'litert': LITERT_FILE}
+BACKENDS = ('torch', 'onnx', 'openvino', 'executorch', 'litert')
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -188,6 +190,59 @@ def executorch_runner(path: Union[str, Path]) -> Runner:
     return run
 
 
+def litert_interpreter(path: Union[str, Path], threads: Optional[int] = None, error: type = ModelLoadError):
+    """ai-edge-litert's interpreter for ``path`` with its default XNNPACK delegate, tensors allocated."""
+    require('ai_edge_litert', 'litert', 'the litert backend', error)
+    from ai_edge_litert.interpreter import Interpreter
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or torch.get_num_threads())
+        interpreter.allocate_tensors()
+    except Exception as e:
+        raise error(f'{path}: LiteRT cannot load it ({describe(e)})') from None
+    return interpreter
+
+
+def _quantized(x: np.ndarray, tensor: dict) -> np.ndarray:
+    """``x`` in an int8 model's input type (litert-torch's int8 models take int8 images)."""
+    if tensor['dtype'] == np.float32:
+        return x
+    scale, zero_point = tensor['quantization']
+    info = np.iinfo(tensor['dtype'])
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(tensor['dtype'])
+
+
+def _dequantized(y: np.ndarray, tensor: dict) -> np.ndarray:
+    if tensor['dtype'] == np.float32:
+        return y.copy()
+    scale, zero_point = tensor['quantization']
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def litert_runner(path: Union[str, Path], threads: Optional[int] = None) -> Runner:
+    """A LiteRT model (``model.tflite``) through ai-edge-litert's interpreter. Like ExecuTorch's programs its
+    input shape is fixed at export (batch 1): a batch runs image by image; another image size is refused."""
+    interpreter = litert_interpreter(path, threads)
+    source, = interpreter.get_input_details()
+    target = interpreter.get_output_details()[0]
+    expected = tuple(int(d) for d in source['shape'])
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if tuple(images.shape[1:]) != expected[1:]:
+            raise RuntimeFailure(f'{path}: exported for input {list(expected[1:])} (C, H, W), got '
+                                 f'{list(images.shape[1:])}; export again with --img-size for this size')
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        outputs = []
+        try:
+            for i in range(len(images)):
+                interpreter.set_tensor(source['index'], _quantized(images[i:i + 1], source))
+                interpreter.invoke()
+                outputs.append(_dequantized(interpreter.get_tensor(target['index']), target))
+        except Exception as e:
+            raise RuntimeFailure(f'{path}: LiteRT failed ({describe(e)})') from None
+        return np.concatenate(outputs)
+    return run
+
+
 def torch_runner(model: torch.nn.Module) -> Runner:
     model = model.eval()
 
@@ -198,9 +253,9 @@ def torch_runner(model: torch.nn.Module) -> Runner:
 
 
 def load_runner(folder: Union[str, Path], backend: str, precision: Optional[str] = None) -> Runner:
-    """The exported model in ``folder`` for ``backend`` ('onnx' or 'openvino') as a function. An OpenVINO
-    folder runs in the precision its export recorded unless ``precision`` (an INFERENCE_PRECISION_HINT: 'f32',
-    'bf16') says otherwise."""
+    """The exported model in ``folder`` for ``backend`` ('onnx', 'openvino', 'executorch', 'litert') as a
+    function. An OpenVINO folder runs in the precision its export recorded unless ``precision`` (an
+    INFERENCE_PRECISION_HINT: 'f32', 'bf16') says otherwise."""
     folder = Path(folder)
     path = folder / BACKEND_FILES[backend]
     if not path.is_file():
@@ -212,6 +267,8 @@ def load_runner(folder: Union[str, Path], backend: str, precision: Optional[str]
         return onnx_runner(path)
     if backend == 'executorch':
         return executorch_runner(path)
+    if backend == 'litert':
+        return litert_runner(path)
     if precision is None:
         precision = (read_hub_config(folder).get('export') or {}).get('inference_precision')
     return openvino_runner(path, precision=precision if precision in ('f32', 'bf16', 'f16') else None)

@@ -5,12 +5,16 @@ portable kernels and splits the graph into many delegate calls. Measured with ex
 forms: the dual MobileNetV2 (width 0.5) left 207 compute ops outside the delegate in 37 partitions (Mish
 decomposes into ``gt``, ``log1p`` and ``where``), FishNet-s64 left 5 (nearest up-sampling, the body's channel
 sums). :func:`for_xnnpack` swaps them on a folded copy of the model; the model files keep their meaning.
+LiteRT's converter (litert-torch 0.10) left the 3 nearest up-samplings outside as well.
 
 * **Mish** ``x * tanh(softplus(x))`` with ``s = sigmoid(x)``: ``tanh(log(1 + e^x)) = s (2 - s) / (1 + (1 - s)^2)``
   (exact algebra; within 2e-6 of ``F.mish`` in float32 over [-30, 30]); sigmoid, mul, sub, add and div are all
   XNNPACK ops.
-* **nearest 2x up-sampling**: a depthwise transposed convolution with 2x2 kernels of ones, stride 2 (exact);
-  where the branch is not exactly twice the trunk (odd sizes), the interpolation stays.
+* **nearest 2x up-sampling**: for ExecuTorch, a depthwise transposed convolution with 2x2 kernels of ones,
+  stride 2 (exact); for LiteRT, which splits a grouped transposed convolution into one per channel (288
+  slices for FishNet-s64, and a concatenation XNNPACK leaves out), each pixel copied by two concatenations
+  (exact; in ExecuTorch those stay outside the delegate and its int8 program fails to run, so each runtime
+  gets its own form). Where the branch is not exactly twice the trunk (odd sizes), the interpolation stays.
 * **channel sums** (a body stage's shortcut): a 1x1 convolution with 0/1 weights (exact sums, other order).
 * **strided shortcut** of the dual MobileNetV2 (a slice, then a 1x1 convolution): the 1x1 convolution with
   that stride, which is the same thing, so no slice copy is left.
@@ -25,7 +29,7 @@ from timm.models import reparameterize_model
 from fishzoo.models.fishnet import ChannelSqueeze, FishRefineStage
 from fishzoo.models.mobilenetv2_dual import DualPathBlock
 
-__all__ = ['SigmoidMish', 'ChannelSumConv', 'NearestUpsample2x', 'for_xnnpack']
+__all__ = ['SigmoidMish', 'ChannelSumConv', 'NearestUpsample2x', 'ConcatUpsample2x', 'for_xnnpack']
 
 
 class SigmoidMish(nn.Module):
@@ -71,11 +75,27 @@ class NearestUpsample2x(nn.Module):
         return F.interpolate(x, size=like.shape[-2:], mode='nearest')
 
 
-def for_xnnpack(model: nn.Module) -> nn.Module:
-    """A folded (BatchNorm into convolutions), eval-mode copy of ``model`` with the forms above swapped in.
+class ConcatUpsample2x(nn.Module):
+    """Nearest-neighbour resize to ``like``'s size; where that is exactly twice the input, every column and then
+    every row written twice by concatenating the map with itself (4-D reshapes only)."""
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if like.shape[-2] != 2 * x.shape[-2] or like.shape[-1] != 2 * x.shape[-1]:
+            return F.interpolate(x, size=like.shape[-2:], mode='nearest')
+        n, c, h, w = x.shape
+        columns = x.reshape(n, c * h, w, 1)
+        x = torch.cat([columns, columns], dim=3).reshape(n, c * h, 1, 2 * w)
+        return torch.cat([x, x], dim=2).reshape(n, c, 2 * h, 2 * w)
+
+
+def for_xnnpack(model: nn.Module, runtime: str = 'executorch') -> nn.Module:
+    """A folded (BatchNorm into convolutions), eval-mode copy of ``model`` with the forms above swapped in,
+    the up-sampling in ``runtime``'s form ('executorch' or 'litert').
 
     Other models pass through folded and unchanged but for Mish, which any timm model may use.
     """
+    if runtime not in ('executorch', 'litert'):
+        raise ValueError(f"runtime must be 'executorch' or 'litert', got {runtime!r}")
     model = reparameterize_model(copy.deepcopy(model).eval(), inplace=True).eval()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -85,7 +105,7 @@ def for_xnnpack(model: nn.Module) -> nn.Module:
                 first_conv = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
                 setattr(module, child_name, ChannelSumConv(first_conv.in_channels, child.k))
         if isinstance(module, FishRefineStage) and module.upsample:
-            module.resize = NearestUpsample2x(module.out_chs)
+            module.resize = NearestUpsample2x(module.out_chs) if runtime == 'executorch' else ConcatUpsample2x()
         if isinstance(module, DualPathBlock) and module.shortcut_stride > 1:
             module.shortcut.conv.stride = (module.shortcut_stride, module.shortcut_stride)
             module.shortcut_stride = 1

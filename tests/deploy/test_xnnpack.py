@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fishzoo.deploy.xnnpack import ChannelSumConv, NearestUpsample2x, SigmoidMish, for_xnnpack
+from fishzoo.deploy.xnnpack import ChannelSumConv, ConcatUpsample2x, NearestUpsample2x, SigmoidMish, for_xnnpack
 from fishzoo.models.fishnet import ChannelSqueeze
 from tests.helpers.models import set_bn_statistics
 
@@ -22,22 +22,24 @@ def test_sigmoid_mish_is_mish():
 def test_channel_sums_and_upsampling_are_exact():
     x = torch.randn(2, 12, 5, 7)
     torch.testing.assert_close(ChannelSumConv(12, 3)(x), ChannelSqueeze(3)(x), rtol=1e-6, atol=1e-6)
-    up = NearestUpsample2x(12)
-    for like in (torch.empty(1, 1, 10, 14), torch.empty(1, 1, 11, 15)):  # twice the size, and odd (interpolated)
-        expected = F.interpolate(x, size=like.shape[-2:], mode='nearest')
-        torch.testing.assert_close(up(x, like), expected, rtol=0, atol=0)
+    for up in (NearestUpsample2x(12), ConcatUpsample2x()):
+        for like in (torch.empty(1, 1, 10, 14), torch.empty(1, 1, 11, 15)):  # twice the size, and odd (interpolated)
+            expected = F.interpolate(x, size=like.shape[-2:], mode='nearest')
+            torch.testing.assert_close(up(x, like), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('name, size', [('fishnet_s64', 64), ('fishnet_s64', 37), ('fishnet99', 64),
-                                        ('mobilenetv2_dual_050', 64)])
-def test_swapped_model_computes_the_same(name, size):
+@pytest.mark.parametrize('name, size, runtime', [
+    ('fishnet_s64', 64, 'executorch'), ('fishnet_s64', 37, 'executorch'), ('fishnet99', 64, 'executorch'),
+    ('mobilenetv2_dual_050', 64, 'executorch'), ('fishnet_s64', 64, 'litert'), ('fishnet_s64', 37, 'litert')])
+def test_swapped_model_computes_the_same(name, size, runtime):
     model = set_bn_statistics(timm.create_model(name, num_classes=7), affine=True).eval()
-    swapped = for_xnnpack(model)
+    swapped = for_xnnpack(model, runtime)
     kinds = collections.Counter(type(m).__name__ for m in swapped.modules())
     assert not kinds['Mish'] and not any(isinstance(m, ChannelSqueeze) and m.k > 1 for m in swapped.modules())
     if name.startswith('fishnet'):
         # every body stage up-samples; the two that narrow the trunk sum channel pairs (the first keeps its width)
-        assert kinds['ChannelSumConv'] == 2 and kinds['NearestUpsample2x'] == 3
+        upsampling = 'NearestUpsample2x' if runtime == 'executorch' else 'ConcatUpsample2x'
+        assert kinds['ChannelSumConv'] == 2 and kinds[upsampling] == 3
     else:
         assert kinds['SigmoidMish'] and all(b.shortcut_stride == 1 for b in swapped.modules()
                                             if hasattr(b, 'shortcut_stride'))
