@@ -166,7 +166,7 @@ def _quantize_onnx(src: Path, dst: Path, batches: List[np.ndarray], exclude: Seq
         root.setLevel(level)
 
 
-def _channel_sqnr(pre: Sequence[np.ndarray], post: Sequence[np.ndarray]) -> float:
+def channel_sqnr(pre: Sequence[np.ndarray], post: Sequence[np.ndarray]) -> float:
     """Mean over channels of each channel's signal-to-quantization-noise ratio (dB). A tensor-wide SQNR
     misses the usual int8 failure: one channel with a large range sets the scale and the other channels are
     left a few levels, while the large channel still dominates the tensor's signal."""
@@ -209,7 +209,7 @@ def _activation_damage(quantized: Path, batches: List[np.ndarray]) -> List[str]:
     for batch in batches[:8]:
         for name, value in zip(names, session.run(names, {INPUT_NAME: batch})):
             collected[name].append(value)
-    damage = sorted((_channel_sqnr(collected[pre], collected[post]), pre) for pre, post in pairs)
+    damage = sorted((channel_sqnr(collected[pre], collected[post]), pre) for pre, post in pairs)
     return [name for _, name in damage]
 
 
@@ -230,7 +230,7 @@ def _nodes_around(graph, producers: Dict, tensor: str) -> List[str]:
     return nodes
 
 
-def _doubling(n: int) -> List[int]:
+def doubling(n: int) -> List[int]:
     """1, 2, 4, ... up to and including ``n``."""
     counts = [1]
     while counts[-1] < n:
@@ -260,7 +260,7 @@ def onnx_int8(src: Union[str, Path], dst: Union[str, Path], calibration: Labelle
     if accuracy.drop > max_drop:
         ranked = _activation_damage(dst, batches)
         producers = {out: node for node in graph.node for out in node.output}
-        for count in _doubling(len(ranked)):
+        for count in doubling(len(ranked)):
             exclude = list(dict.fromkeys(n for t in ranked[:count] for n in _nodes_around(graph, producers, t)))
             _quantize_onnx(src, dst, batches, exclude)
             accuracy = measure(fp32_runner, onnx_runner(dst), validation, max_drop, thresholds)

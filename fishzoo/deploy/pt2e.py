@@ -21,7 +21,7 @@ import torch.nn as nn
 from fishzoo.errors import QuantizeError, describe
 
 from .calibration import LabelledImages
-from .int8_exported import DEFAULT_MAX_DROP, Int8Accuracy, _channel_sqnr, _doubling, measure
+from .int8_exported import DEFAULT_MAX_DROP, Int8Accuracy, channel_sqnr, doubling, measure
 from .runtime import Runner, require
 
 _logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def activation_damage(converted: torch.fx.GraphModule,
         names = [_module_name(n) or NODE + n.name for n in [source, *readers] if n.op == 'call_function']
         names = list(dict.fromkeys(names))
         if names:
-            ranked.append((_channel_sqnr(recorder.values[source], recorder.values[dequantized]), names))
+            ranked.append((channel_sqnr(recorder.values[source], recorder.values[dequantized]), names))
     ranked.sort(key=lambda item: item[0])
     return ranked
 
@@ -232,7 +232,7 @@ def quantize_with_accuracy(
     excluded: List[str] = []
     if accuracy.drop > max_drop:
         ranked = activation_damage(converted, batches)
-        for count in _doubling(len(ranked)):
+        for count in doubling(len(ranked)):
             excluded = list(dict.fromkeys(name for _, names in ranked[:count] for name in names))
             converted = converter(excluded)
             accuracy = measure(fp32_runner, runner_for(converted), validation, max_drop, thresholds)

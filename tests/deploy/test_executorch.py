@@ -34,8 +34,9 @@ def test_export_and_predict_a_trained_folder(trained_run, image_dataset, tmp_pat
 
 
 def test_int8_export_is_checked_on_held_out_images(trained_run, image_dataset, tmp_path, capsys):
-    """--int8 with --val-data: XNNPACK's quantizer, every op still in the delegate, the accuracy of the written
-    program on the run's held-out images in the record and the card, and predict runs it."""
+    """--int8 with --val-data: XNNPACK's quantizer, every op of the FishNet still in the delegate (int8
+    convolutions, adds and concatenations, and the fp32 ops between them), the accuracy of the written program
+    on the run's held-out images in the record and the card, and predict runs it."""
     out = tmp_path / 'et8'
     assert main(['export', str(trained_run), '--format', 'executorch', '--int8', '--calib-data', str(trained_run),
                  '--val-data', str(trained_run), '--max-drop', '100', '-o', str(out)]) == 0

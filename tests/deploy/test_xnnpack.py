@@ -66,19 +66,3 @@ def test_every_op_runs_in_xnnpack(name, size):
                                 for n in lowered.exported_program().graph_module.graph.nodes
                                 if n.op == 'call_function' and 'getitem' not in str(n.target))
     assert dict(calls) == {'executorch_call_delegate': 1}, dict(calls)
-
-
-@pytest.mark.deploy
-@pytest.mark.slow
-def test_every_int8_op_runs_in_xnnpack(tmp_path):
-    """Quantized with XNNPACK's quantizer, the whole program still lowers into one delegate call: the int8
-    convolutions, adds and concatenations, and the fp32 ops between them. (The dual MobileNetV2 does too, but
-    quantizing its 500 activations takes two minutes here: benchmarks/deploy.py --mobile reports its count.)"""
-    from fishzoo.deploy.calibration import LabelledImages
-    from fishzoo.deploy.mobile import export_executorch
-
-    images = torch.randn(4, 3, 64, 64)
-    calibration = LabelledImages(torch.utils.data.TensorDataset(images, torch.zeros(4)), multilabel=False)
-    model = set_bn_statistics(timm.create_model('fishnet_s64', num_classes=7), affine=True).eval()
-    outside, accuracy = export_executorch(model, tmp_path / 'm.pte', (3, 64, 64), calibration)
-    assert outside == {} and accuracy is None
