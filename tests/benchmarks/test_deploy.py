@@ -83,3 +83,19 @@ def test_onednn_kernels_are_read_from_torch():
         kernels = measure.onednn_conv_kernels(lambda: conv(x))
     assert sum(kernels.values()) >= 1, kernels
     assert all(key.endswith(' f32') for key in kernels), kernels  # the source data type is read too
+
+
+def test_mobile_targets_and_table():
+    """--mobile: ExecuTorch int8 against ExecuTorch fp32, ExecuTorch fp32 against torch eager, per model."""
+    def row(name, latency, note='-'):
+        return dict(_row(name, 'fishzoo', 0.0, latency, note), model='fishnet_s64', size=64, throughput=[],
+                    img_per_s=None)
+    rows = [row(deploy.EAGER, 16.0), row(deploy.BASELINE, 6.0), row('ExecuTorch fp32 (x)', 4.0, 'all ops in XNNPACK'),
+            row('ExecuTorch int8 (x)', 3.0), row('LiteRT fp32 (x)', 3.5), row('LiteRT int8 (x)', 2.5)]
+    targets = deploy.mobile_targets({'fishnet_s64': rows})
+    assert [(t['measured'], t['met']) for t in targets] == [(pytest.approx(0.75), False), (pytest.approx(0.25), True)]
+    result = dict(date='2026-12-03', machine='test', cpu_features='VNNI', rounds=5, min_seconds=2.0, threads=2,
+                  models={'fishnet_s64': rows}, targets=targets)
+    table = deploy.mobile_markdown(result)
+    assert '| ExecuTorch fp32 (x) | fishzoo | 4.00 | 4.40 | 0.25 | 0.67 | all ops in XNNPACK |' in table
+    assert '| fishnet_s64: ExecuTorch int8 / ExecuTorch fp32 batch-1 median, <= 0.5 | 0.75 | no |' in table
