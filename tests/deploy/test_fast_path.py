@@ -109,7 +109,7 @@ def test_grayscale_model_stays_compiled_across_batch_sizes(precision):
     assert not fast.channels_last
     with warnings.catch_warnings():
         warnings.simplefilter('error', RuntimeWarning)  # no fallback to eager
-        for batch in (8, 5, 3):
+        for batch in (8, 3):  # the second size is where it fell back
             x = torch.randn(batch, 1, 32, 32)
             out = fast(x)
             with torch.no_grad():
