@@ -18,8 +18,9 @@ MobileNetV2. Its int8 is litert-torch's own PT2E quantizer (int8 weights per cha
 calibrated and searched as above.
 """
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,7 +30,7 @@ from fishzoo.errors import ExportError, describe
 from . import pt2e
 from .calibration import LabelledImages
 from .int8_exported import DEFAULT_MAX_DROP, Int8Accuracy
-from .runtime import executorch_runner, litert_interpreter, litert_runner, require, torch_runner
+from .runtime import Runner, executorch_runner, litert_interpreter, litert_runner, require, torch_runner
 from .xnnpack import for_xnnpack
 
 CALIBRATION_IMAGES = 256  # batch-1 graphs calibrate image by image
@@ -73,6 +74,40 @@ def _lower(graph: nn.Module, example: torch.Tensor) -> Tuple[bytes, Dict[str, in
     return lowered.to_executorch().buffer, dict(outside)
 
 
+@dataclass
+class _MobileRuntime:
+    """How one phone runtime is written, run and quantized."""
+    name: str  # for_xnnpack's runtime
+    write: Callable[[nn.Module, torch.Tensor, Path, bool], Dict[str, int]]  # (graph, example, path, int8) -> outside
+    runner: Callable[[Path], Runner]
+    quantizer_for: pt2e.QuantizerFactory
+    fold_quantize: bool = True
+
+
+def _export(runtime: _MobileRuntime, model: nn.Module, path, input_size, calibration, validation, max_drop,
+            thresholds) -> Tuple[Dict[str, int], Optional[Int8Accuracy]]:
+    swapped = for_xnnpack(model, runtime=runtime.name)
+    example = torch.randn(1, *input_size)
+    path = Path(path)
+    if calibration is None:
+        return runtime.write(swapped, example, path, False), None
+    captured = pt2e.capture(swapped, example, dynamic=False)
+    batches = list(calibration.batches(1))[:CALIBRATION_IMAGES]
+    written = {}  # each candidate is measured as the file its runtime runs: XNNPACK rounds unlike PT2E's graph
+
+    def written_runner(graph):
+        written['outside'] = runtime.write(graph, example, path, True)
+        return runtime.runner(path)
+
+    fp32_run = torch_runner(model) if validation is not None else None
+    graph, accuracy, _ = pt2e.quantize_with_accuracy(captured, runtime.quantizer_for, batches, validation, fp32_run,
+                                                     max_drop, thresholds, runner_for=written_runner,
+                                                     fold_quantize=runtime.fold_quantize)
+    if validation is None:
+        written['outside'] = runtime.write(graph, example, path, True)
+    return written['outside'], accuracy
+
+
 def export_executorch(
         model: nn.Module,
         path: Union[str, Path],
@@ -87,26 +122,9 @@ def export_executorch(
     outside the delegate by name (``{}``: everything runs in XNNPACK) and the int8 accuracy measured on the
     written program (with ``validation``)."""
     require('executorch', 'mobile', 'ExecuTorch export', ExportError)
-    swapped = for_xnnpack(model)
-    example = torch.randn(1, *input_size)
-    path = Path(path)
-    if calibration is None:
-        outside = _lower_into(swapped, example, path)
-        return outside, None
-    captured = pt2e.capture(swapped, example, dynamic=False)
-    batches = list(calibration.batches(1))[:CALIBRATION_IMAGES]
-    lowered = {}  # each candidate is measured as the program XNNPACK runs: its kernels round unlike PT2E's
-
-    def program_runner(graph):
-        lowered['outside'] = _lower_into(graph, example, path)
-        return executorch_runner(path)
-
-    fp32_run = torch_runner(model) if validation is not None else None
-    graph, accuracy, _ = pt2e.quantize_with_accuracy(captured, xnnpack_quantizer, batches, validation, fp32_run,
-                                                     max_drop, thresholds, runner_for=program_runner)
-    if validation is None:
-        lowered['outside'] = _lower_into(graph, example, path)
-    return lowered['outside'], accuracy
+    return _export(_MobileRuntime('executorch', lambda graph, example, path, int8: _lower_into(graph, example, path),
+                                  executorch_runner, xnnpack_quantizer),
+                   model, path, input_size, calibration, validation, max_drop, thresholds)
 
 
 def _lower_into(graph: nn.Module, example: torch.Tensor, path: Path) -> Dict[str, int]:
@@ -195,33 +213,17 @@ def export_litert(
     to LiteRT's kernels by name and the int8 accuracy measured on the written model."""
     require('litert_torch', 'litert', 'LiteRT export', ExportError)
     pt2e.quiet_torchao()
-    swapped = for_xnnpack(model, runtime='litert')
-    example = torch.randn(1, *input_size)
-    path = Path(path)
-    if calibration is None:
-        return _litert_into(swapped, example, path), None
-    captured = pt2e.capture(swapped, example, dynamic=False)
-    batches = list(calibration.batches(1))[:CALIBRATION_IMAGES]
     base = _litert_quantizer()
-    written = {}
+
+    def write(graph, example, path, int8):
+        return _litert_into(graph, example, path, base if int8 else None)
 
     def quantizer_for(excluded):
         return pt2e.without_modules(base, excluded) if excluded else base
 
-    def convert(excluded):
-        return pt2e.convert(captured, quantizer_for(excluded), batches, fold_quantize=False)
-
-    def model_runner(graph):
-        written['outside'] = _litert_into(graph, example, path, base)
-        return litert_runner(path)
-
-    fp32_run = torch_runner(model) if validation is not None else None
-    graph, accuracy, _ = pt2e.quantize_with_accuracy(captured, quantizer_for, batches, validation, fp32_run,
-                                                     max_drop, thresholds, runner_for=model_runner,
-                                                     converter=convert)
-    if validation is None:
-        written['outside'] = _litert_into(graph, example, path, base)
-    return written['outside'], accuracy
+    # litert-torch reads fp32 weights with their quantize ops (fold_quantize=False)
+    return _export(_MobileRuntime('litert', write, litert_runner, quantizer_for, fold_quantize=False),
+                   model, path, input_size, calibration, validation, max_drop, thresholds)
 
 
 def verify_litert(path: Path, model: nn.Module, input_size: Tuple[int, int, int],

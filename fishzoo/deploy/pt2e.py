@@ -214,16 +214,15 @@ def quantize_with_accuracy(
         max_drop: float = DEFAULT_MAX_DROP,
         thresholds=0.5,
         runner_for: Callable[[torch.fx.GraphModule], Runner] = graph_runner,
-        converter: Optional[Callable[[Sequence[str]], torch.fx.GraphModule]] = None,
+        fold_quantize: bool = True,
 ) -> Tuple[torch.fx.GraphModule, Optional[Int8Accuracy], List[str]]:
     """The converted graph, its measured accuracy (with ``validation``) and the modules left out of int8.
 
     With ``validation``, when the drop exceeds ``max_drop``, the modules around the most damaged activations
     stay in floating point, 1, 2, 4, ... activations at a time, until it fits (or every activation is tried).
-    ``converter`` (excluded modules -> converted graph) replaces the default conversion."""
-    if converter is None:
-        def converter(excluded):
-            return convert(captured, quantizer_for(excluded), batches)
+    ``fold_quantize`` is :func:`convert`'s."""
+    def converter(excluded):
+        return convert(captured, quantizer_for(excluded), batches, fold_quantize)
     converted = converter(())
     if validation is None:
         return converted, None, []
