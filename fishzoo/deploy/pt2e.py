@@ -1,6 +1,6 @@
-"""PT2E int8, shared by ``fishzoo.quantize`` (x86 CPUs: torchao's ``X86InductorQuantizer``) and the ExecuTorch
-export (phones: ExecuTorch's ``XNNPACKQuantizer``): capture a folded model with ``torch.export``, annotate it
-with a quantizer, calibrate, convert; and the accuracy-aware search both use.
+"""PT2E int8, shared by ``fishzoo.quantize`` (x86 CPUs: torchao's ``X86InductorQuantizer``) and the phone
+exports (ExecuTorch's ``XNNPACKQuantizer``, litert-torch's ``PT2EQuantizer``): capture a folded model with
+``torch.export``, annotate it with a quantizer, calibrate, convert; and the accuracy-aware search they all use.
 
 The search is the ONNX export's (:mod:`fishzoo.deploy.int8_exported`) on a PT2E graph: every activation the
 converted graph quantizes is scored by its own quantize/dequantize damage (per-channel SQNR on calibration
@@ -79,24 +79,24 @@ def convert(captured: torch.fx.GraphModule, quantizer, batches: Sequence[torch.T
         raise QuantizeError(f'the int8 quantizer failed ({describe(e, 200)})') from None
 
 
-def graph_runner(graph_module: torch.fx.GraphModule, batch_size: Optional[int] = None) -> Runner:
-    """A converted graph as a runner (exported graphs refuse ``.eval()``: they are called as they are);
-    ``batch_size=1`` for a graph captured at batch 1."""
+def graph_runner(graph_module: torch.fx.GraphModule) -> Runner:
+    """A converted graph as a runner (exported graphs refuse ``.eval()``: they are called as they are)."""
     @torch.no_grad()
     def run(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        chunks = x.split(batch_size) if batch_size else (x,)
-        return torch.cat([graph_module(c) for c in chunks]).float().numpy()
+        return graph_module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).float().numpy()
     return run
 
 
+def _module_paths(node: torch.fx.Node) -> List[str]:
+    """The modules ``node`` comes from, outermost first, as quantizers' module-name filters spell them."""
+    paths = [path for path, _ in (node.meta.get('nn_module_stack') or {}).values()]
+    return [path[len("L['self']."):] if path.startswith("L['self'].") else path for path in paths]
+
+
 def _module_name(node: torch.fx.Node) -> Optional[str]:
-    """The innermost module ``node`` comes from, as quantizers' module-name filters spell it."""
-    stack = node.meta.get('nn_module_stack') or {}
-    if not stack:
-        return None
-    path = list(stack.values())[-1][0]
-    return path[len("L['self']."):] if path.startswith("L['self'].") else path
+    """The innermost module ``node`` comes from."""
+    paths = _module_paths(node)
+    return paths[-1] if paths else None
 
 
 # an op written in a model's own forward (``torch.relu(x)``) comes from no submodule: the search names it by its
@@ -109,9 +109,7 @@ def outside_modules(excluded: Sequence[str]) -> Callable[[torch.fx.Node], bool]:
     excluded = set(excluded)
 
     def keep(node: torch.fx.Node) -> bool:
-        stack = node.meta.get('nn_module_stack') or {}
-        paths = (path[len("L['self']."):] if path.startswith("L['self'].") else path for path, _ in stack.values())
-        return NODE + node.name not in excluded and not any(path in excluded for path in paths)
+        return NODE + node.name not in excluded and not any(path in excluded for path in _module_paths(node))
     return keep
 
 
