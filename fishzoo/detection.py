@@ -21,14 +21,14 @@ import torch
 import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.layers import freeze_batch_norm_2d
-from timm.models._features import FeatureGetterNet
-from timm.models._manipulate import group_modules
+from timm.models import group_modules
 from timm.utils.model import freeze
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from fishzoo._timm import FeatureGetterNet
 from fishzoo.errors import ConfigError
 from fishzoo.loading import load_model, resolve_source
 

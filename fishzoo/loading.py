@@ -23,7 +23,7 @@ from fishzoo.errors import (
     PretrainedWeightsUnavailable,
     describe,
 )
-from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
+from fishzoo.hub.folder import checked_folder, hub_repo_folder
 
 LOCAL_DIR, HF_HUB = 'local-dir:', 'hf-hub:'
 
@@ -92,14 +92,14 @@ def load_model(spec: str, *, pretrained: Optional[bool] = None, label: Optional[
         raise ModelLoadError(f'{label}: could not load the model: no such folder '
                              '(a Hugging Face Hub repo is written hf-hub:OWNER/NAME)')
     try:
-        if source.kind == 'folder':
-            if not source.folder.is_dir():
-                raise HubFolderError(f'{source.folder}: no such directory')
-            check_hub_folder(source.folder)
-        elif source.kind == 'hf-hub':
-            # validated before timm reads its model_args (timm calls the constructor with them)
-            check_hub_folder(hub_repo_folder(source.location))
-        return timm.create_model(source.timm_name, pretrained=pretrained, **kwargs)
+        if source.kind == 'timm':
+            return timm.create_model(source.timm_name, pretrained=pretrained, **kwargs)
+        if source.kind == 'folder' and not source.folder.is_dir():
+            raise HubFolderError(f'{source.folder}: no such directory')
+        # checked before timm reads its model_args (timm calls the constructor with them); the build inside
+        # does not check it a second time
+        with checked_folder(source.folder if source.kind == 'folder' else hub_repo_folder(source.location)):
+            return timm.create_model(source.timm_name, pretrained=pretrained, **kwargs)
     except (HubFolderError, CheckpointError, PretrainedWeightsUnavailable) as e:
         raise ModelLoadError(f'{label}: {e}') from None
     except pickle.UnpicklingError as e:

@@ -18,13 +18,11 @@ from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-# private to timm: pyproject pins timm to the minor release these are tested with
-from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
-
+from fishzoo._timm import resolve_pretrained_source
 from fishzoo.errors import CheckpointError, PretrainedWeightsUnavailable, describe
-from fishzoo.hub_folder import check_hub_folder, hub_repo_folder
+from fishzoo.hub.folder import check_hub_folder, hub_repo_folder
 
 __all__ = ['build_model', 'validate_state_dict', 'CheckpointError', 'PretrainedWeightsUnavailable']
 
@@ -80,7 +78,7 @@ def _weights_to_download(variant: str, kwargs: dict) -> Optional[Tuple[str, str]
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
         pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
-    load_from, location = _resolve_pretrained_source(cfg.to_dict())
+    load_from, location = resolve_pretrained_source(cfg.to_dict())
     if load_from == 'file' and not os.path.isfile(location):
         # timm raises an empty FileNotFoundError here
         raise FileNotFoundError(f'{location}: no such checkpoint file (given as pretrained_cfg file= for {variant})')
@@ -114,7 +112,7 @@ def _load_source(variant: str, kwargs: dict):
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
         pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
-    return _resolve_pretrained_source(cfg.to_dict())
+    return resolve_pretrained_source(cfg.to_dict())
 
 
 def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):

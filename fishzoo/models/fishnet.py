@@ -67,7 +67,8 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 # private to timm: pyproject pins timm to the minor release this is tested with
-from timm.models._features import feature_take_indices
+from fishzoo._timm import feature_take_indices
+from fishzoo.hub.schema import NAME, Choice, Float, Int, Ints, declare_model_args
 
 from ._builder import CheckpointError, build_model, validate_state_dict
 from ._layers import (
@@ -78,7 +79,6 @@ from ._layers import (
     init_weights,
     split_frozen_norm,
 )
-from ._model_args import NAME, Choice, Float, Int, Ints, declare_model_args
 
 __all__ = ['FishNet', 'FishStageSpec', 'fish_layout']
 
@@ -921,7 +921,7 @@ def fishnet_l64(pretrained: bool = False, **kwargs) -> FishNet:
     return _create_fishnet('fishnet_l64', pretrained, **{**LARGE_LOWRES_DEPTHS, **LOWRES_ARGS, **kwargs})
 
 
-# what a hub folder's config.json may set (fishzoo.models._model_args): up to 6 down-sampling steps
+# what a hub folder's config.json may set (fishzoo.hub.schema): up to 6 down-sampling steps
 declare_model_args(
     ('fishnet99', 'fishnet150', 'fishnet201', 'fishnext150', 'fishnet_s64', 'fishnet_m64', 'fishnet_l64'),
     dict(stage_chs=Ints(1, 4096, 19), depths=Ints(0, 64, 19), transfer_depths=Ints(0, 64, 12),

@@ -51,11 +51,11 @@ from timm.layers import (
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 # private to timm: pyproject pins timm to the minor release this is tested with
-from timm.models._features import feature_take_indices
+from fishzoo._timm import feature_take_indices
+from fishzoo.hub.schema import NAME, Arg, Float, Int, declare_model_args
 
 from ._builder import build_model, validate_state_dict
 from ._layers import FoldableConvNormAct, check_input, check_output_stride, init_weights, split_frozen_norm
-from ._model_args import NAME, Arg, Float, Int, declare_model_args
 
 torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
 
@@ -102,8 +102,8 @@ class DualPathBlock(nn.Module):
         )
         if stride != 1 or in_chs != out_chs:
             # A 1x1 conv with stride s equals subsampling by s, then the conv at stride 1. It is written that
-            # way because torch 2.14's oneDNN backward of a strided 1x1 conv with a channels_last input and a
-            # contiguous gradient corrupts the heap (seen with 8 input channels at 56-112 px).
+            # way because oneDNN's backward of a strided 1x1 conv with a channels_last input and a contiguous
+            # gradient corrupted the heap (test_channels_last_training_keeps_the_heap_intact guards it).
             self.shortcut = FoldableConvNormAct(in_chs, out_chs, 1, **linear)
         else:
             self.shortcut = nn.Identity()
@@ -345,7 +345,7 @@ def mobilenetv2_dual_050(pretrained: bool = False, **kwargs) -> MobileNetV2Dual:
     return _create_mobilenetv2_dual('mobilenetv2_dual_050', pretrained, **dict(dict(width=0.5), **kwargs))
 
 
-# what a hub folder's config.json may set (fishzoo.models._model_args)
+# what a hub folder's config.json may set (fishzoo.hub.schema)
 declare_model_args(
     ('mobilenetv2_dual_100', 'mobilenetv2_dual_050'),
     dict(width=Float(0.05, 8), arch=Arg('int_rows', 1, 4096, max_len=16), stem_chs=Int(1, 1024),

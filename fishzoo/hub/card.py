@@ -1,5 +1,4 @@
 """The model card (``README.md``) of a hub folder: YAML front matter the Hub reads, and the text a person reads."""
-import copy
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -7,7 +6,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from huggingface_hub import EvalResult, ModelCardData
 
-from fishzoo.info import count_gmacs
+from fishzoo.complexity import complexity
 
 # the snippets of a folder not (yet) on the Hub; push_to_hub rewrites them to hf-hub:REPO_ID / REPO_ID
 LOCAL_PATH = 'path/to/this/folder'
@@ -38,21 +37,6 @@ def _metric_title(name: str) -> str:
 def _card_value(name: str, value: float) -> float:
     """Percent, 2 decimals: what the Hub's leaderboards and model pages show."""
     return round(float(value) * (100.0 if name in PERCENT_OF_FRACTION else 1.0), 2)
-
-
-def _complexity(model: torch.nn.Module, input_size) -> Tuple[float, float]:
-    """(GMACs, activations in millions) of one image, counted on a meta copy: nothing is allocated.
-
-    Activations are the output elements of every convolution and linear layer, the measure timm's
-    model cards give."""
-    meta = copy.deepcopy(model).to('meta').eval()
-    outputs = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
-             for m in meta.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    gmacs = count_gmacs(meta, input_size)
-    for hook in hooks:
-        hook.remove()
-    return gmacs, sum(outputs) / 1e6
 
 
 def retarget_card(text: str, repo_id: str) -> str:
@@ -191,7 +175,7 @@ def _usage(model: torch.nn.Module, hub_config: dict, cfg: dict, ref: str, is_fis
 def _details(model: torch.nn.Module, arch: str, cfg: dict, facts: CardFacts, license: Optional[str]) -> List[str]:
     """Architecture, size, input, classes, dataset, lineage, paper and license."""
     params = sum(p.numel() for p in model.parameters())
-    gmacs, activations = _complexity(model, cfg['input_size'])
+    gmacs, activations = complexity(model, cfg['input_size'])
     _, height, width = cfg['input_size']
     lines = [
         '## Model details', '',
@@ -303,68 +287,4 @@ def model_card(model: torch.nn.Module, hub_config: Optional[dict] = None, facts:
     if arch.startswith(('fishnet', 'fishnext')):
         lines += ['', '## Citation', '', '```bibtex', FISHNET_CITATION, '```']
     lines.append('')
-    return '\n'.join(lines)
-
-
-def export_card(config: dict) -> str:
-    """The README.md of an exported folder (``fishzoo export``): what it holds, how to run it, and the int8
-    accuracy measured against the fp32 model when the export was checked on held-out images."""
-    record = config['export']
-    arch = config.get('architecture', 'model')
-    fmt, precision = record['format'], record['precision']
-    runtime = {'onnx': 'onnxruntime', 'openvino': 'OpenVINO', 'executorch': "ExecuTorch's XNNPACK delegate",
-               'litert': "LiteRT's interpreter (XNNPACK delegate)"}[fmt]
-    shape = (f'fixed input {record["input_shape"]} (N, C, H, W)' if 'input_shape' in record
-             else 'batch, height and width dynamic')
-    cfg = config.get('pretrained_cfg') or {}
-    lines = [
-        '---', 'library_name: ' + fmt,
-        f'tags: [image-classification, fishzoo, {fmt}' + (', int8' if precision == 'int8' else '') + ']', '---', '',
-        f'# {arch} ({fmt}, {precision})', '',
-        f'`{arch}` exported by `fishzoo export` for {runtime}: `{record["file"]}`, {shape}, '
-        f'BatchNorm folded. `config.json` is the source model\'s (preprocessing, {config.get("num_classes")} '
-        'labels) with an `export` record of how this folder was made.', '',
-        '```bash', f'fishzoo predict path/to/this/folder image.jpg --backend {fmt}', '```', '',
-        f"Input: {cfg.get('input_size')}, mean {cfg.get('mean')}, std {cfg.get('std')}, "
-        f"{cfg.get('interpolation')} resize to 1/{cfg.get('crop_pct')} then center crop.", '',
-    ]
-    if 'max_rel_diff_fp32' in record:
-        worst = max(record['max_rel_diff_fp32'].values())
-        ran = record.get('checked_in', 'f32')  # folders exported before it was recorded ran in f32
-        lines += [f'The fp32 export, run in {ran}, matches PyTorch within {worst:.1e} (relative, at '
-                  f'{", ".join(record["max_rel_diff_fp32"])}).', '']
-    if 'ops_outside_delegate' in record:
-        outside = record['ops_outside_delegate']
-        lines += [('Every operator runs in the XNNPACK delegate.' if not outside else
-                   f'{sum(outside.values())} operators run outside the XNNPACK delegate, in '
-                   f'{"LiteRT" if fmt == "litert" else "ExecuTorch"}\'s own kernels: '
-                   f'{", ".join(f"{k} x{v}" for k, v in sorted(outside.items()))}.'), '']
-    hint = record.get('inference_precision')
-    if fmt == 'openvino' and hint == 'default':
-        lines += ["It runs in OpenVINO's default precision for the CPU it runs on: bf16 where the CPU has bf16 "
-                  'units (AMX or AVX512-BF16; logits within about 1% of fp32, several times faster), f32 elsewhere. '
-                  'Export with `--precision fp32`, or predict with `--precision fp32`, for exact f32.', '']
-    elif fmt == 'openvino' and hint:
-        lines += [f'It runs in {hint} (`--precision` at export; `fishzoo predict --precision` overrides).', '']
-    if precision == 'int8':
-        calib = record.get('calibration', {})
-        how = {'openvino': 'NNCF post-training quantization',
-               'executorch': "ExecuTorch's XNNPACKQuantizer (PT2E; int8 weights per channel, int8 activations)",
-               'litert': "litert-torch's PT2EQuantizer (int8 weights per channel, int8 activations)"}.get(
-            fmt, "onnxruntime's quantize_static (QDQ, int8 weights per channel, uint8 activations)")
-        lines += [f'int8 by {how}, calibrated on {calib.get("images")} images of `{calib.get("source")}`.', '']
-        acc = record.get('accuracy')
-        if acc:
-            name = 'top-1 (%)' if acc['metric'] == 'top1' else 'micro-F1 (%)'
-            kept = (f'{len(acc["layers_in_fp32"])} of {acc["total_layers"]} convolutions kept in fp32 by the '
-                    f'accuracy-aware search' if acc['layers_in_fp32'] else
-                    f'{acc["quantized_layers"]} of {acc["total_layers"]} convolution/linear layers in int8')
-            lines += [f'Measured on {acc["images"]} held-out images of `{acc["source"]}`:', '',
-                      '| | fp32 | int8 | drop (points) | allowed | same decision as fp32 |',
-                      '|---|---:|---:|---:|---:|---:|',
-                      f'| {name} | {acc["fp32"]:.2f} | {acc["int8"]:.2f} | {acc["drop"]:.2f} | {acc["max_drop"]:g} '
-                      f'| {acc["agreement"]:.2f}% |', '', kept + '.', '']
-        else:
-            lines += ['Accuracy not measured: export with `--val-data` to check int8 against fp32 on held-out '
-                      'images (and to keep the most sensitive layers in fp32 until the drop fits `--max-drop`).', '']
     return '\n'.join(lines)
