@@ -1,10 +1,7 @@
-"""What this machine's CPU offers for 16-bit and 8-bit arithmetic, and the precision that pays on it.
+"""What this machine's CPU offers for 16-bit and 8-bit arithmetic: AMX-BF16, AMX-INT8, AVX512-BF16, VNNI.
 
-Which precision is fastest on a CPU depends on its matrix units, by a factor of 2-4: with AMX (Intel
-Sapphire Rapids and later, as on some of the machines this project is measured on) oneDNN runs bf16
-convolutions on tiles, 4x fp32 on FishNet-150 (``benchmarks/deploy.py``); with AVX512-BF16 alone its bf16
-convolutions are *slower* than fp32 (0.65x on FishNet-150, measured with oneDNN limited to AVX512-BF16,
-``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``), so ``'auto'`` means bf16 exactly where AMX-BF16 is present.
+Which precision is fastest on a CPU depends on these units (by a factor of 2-4, docs/performance.md);
+:mod:`fishzoo.precision` decides from them, and every benchmark table names them.
 
 The flags come from ``/proc/cpuinfo`` where there is one (Linux names AMX-BF16 and AMX-INT8 apart) and
 otherwise from torch's own CPU queries (``torch.cpu._is_amx_tile_supported`` and friends).
@@ -16,9 +13,6 @@ from typing import Optional, Set
 
 import torch
 
-from fishzoo.errors import ConfigError
-
-PRECISIONS = ('auto', 'fp32', 'bf16')
 CPUINFO = '/proc/cpuinfo'
 
 
@@ -39,19 +33,6 @@ class CpuFeatures:
     def summary(self) -> str:
         """'AMX-BF16, AMX-INT8, AVX512-BF16, VNNI', or what is missing: the line benchmark tables carry."""
         return ', '.join(self.names) if self.names else 'no AMX, AVX512-BF16 or VNNI'
-
-    @property
-    def fast_precision(self) -> str:
-        """The precision ``'auto'`` picks for inference and CPU training: bf16 where AMX-BF16 is present."""
-        return 'bf16' if self.amx_bf16 else 'fp32'
-
-    def why(self) -> str:
-        """One sentence on why :attr:`fast_precision` is what it is."""
-        if self.amx_bf16:
-            return 'this CPU has AMX-BF16 (bf16 matrix units: about 4x fp32 convolutions)'
-        if self.avx512_bf16:
-            return 'this CPU has AVX512-BF16 but no AMX, where bf16 convolutions are slower than fp32'
-        return 'this CPU has no bf16 matrix units'
 
 
 def _cpuinfo_flags() -> Optional[Set[str]]:
@@ -84,15 +65,3 @@ def cpu_features() -> CpuFeatures:
     amx = _torch_query('_is_amx_tile_supported')
     return CpuFeatures(amx_bf16=amx, amx_int8=amx, avx512_bf16=_torch_query('_is_avx512_bf16_supported'),
                        vnni=_torch_query('_is_vnni_supported'), source='torch')
-
-
-def check_precision(precision: str, what: str = 'precision') -> None:
-    """One sentence for a ``precision`` that is not 'auto', 'fp32' or 'bf16'."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f'{what} must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-
-
-def resolve_precision(precision: str, what: str = 'precision') -> str:
-    """``'fp32'`` or ``'bf16'`` for ``precision`` ('auto', 'fp32' or 'bf16') on this CPU."""
-    check_precision(precision, what)
-    return cpu_features().fast_precision if precision == 'auto' else precision
