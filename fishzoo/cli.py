@@ -10,12 +10,13 @@
     fishzoo upgrade FOLDER                    bring a hub folder written by an older fishzoo up to date
     fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B] [--precision P]
                                               labels of images (files, folders, globs) with a folder or model,
-                                              run by torch, onnxruntime, OpenVINO, ExecuTorch or LiteRT
+                                              run by torch or an exported folder's runtime
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
-    fishzoo export MODEL_OR_DIR --format onnx|openvino|executorch|litert [-o DIR] [--img-size H [W]] [--opset N]
+    fishzoo export MODEL_OR_DIR --format FORMAT [-o DIR] [--img-size H [W]] [--opset N]
                    [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
                                               a deployment folder (checked against PyTorch), int8
-                                              calibrated and accuracy-checked on request
+                                              calibrated and accuracy-checked on request; the formats are
+                                              fishzoo.deploy.formats.FORMATS (onnx, openvino, executorch, litert)
 
 A user's mistake ends the command with one line on stderr and exit status 2, never a traceback. The
 benchmarks live in a checkout's ``benchmarks/`` folder (``python benchmarks/peers.py``), not in the package.
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import fishzoo
-from fishzoo.cpu_features import PRECISIONS
-from fishzoo.deploy.export import DEFAULT_OPSET, FORMATS
-from fishzoo.deploy.runtime import BACKENDS
+from fishzoo.deploy.formats import BACKENDS, FORMATS
+from fishzoo.deploy.onnx import DEFAULT_OPSET
 from fishzoo.errors import FishzooError, UserError
 from fishzoo.images import refuse_bombs_quietly
+from fishzoo.precision import PRECISIONS, RUNTIME_DEFAULT, for_runtime
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -112,7 +113,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fishzoo.hub_folder import check_hub_folder
+    from fishzoo.hub import check_hub_folder
     from fishzoo.loading import resolve_source
     try:
         import gradio  # noqa: F401
@@ -132,10 +133,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from fishzoo.deploy.export import check_output_dir, export_and_verify, export_folder
+    from fishzoo.deploy.formats import get_format
     from fishzoo.loading import load_model, resolve_source
+    fmt = get_format(args.format)
+    for_runtime(args.precision, fmt.name, runtime_name=fmt.runtime, log=False)  # a refusal before any loading
     source = resolve_source(args.model)
-    output = Path(args.output or f'{source.display_name}-{args.format}{"-int8" if args.int8 else ""}')
-    if output.suffix != '.onnx':  # before the model is loaded: a refusal should not wait for it
+    output = Path(args.output or f'{source.display_name}-{fmt.name}{"-int8" if args.int8 else ""}')
+    single_file = bool(args.output) and output.suffix == '.onnx'
+    if single_file and (fmt.single_file != output.suffix or args.int8):
+        raise UserError(f'-o {args.output}: a .onnx file holds an fp32 ONNX export; --int8 and the other formats '
+                        'write a folder (give -o DIR)')
+    if not single_file:  # before the model is loaded: a refusal should not wait for it
         check_output_dir(output, args.overwrite, source.folder)
     model = load_model(args.model, pretrained=args.pretrained or source.has_weights).eval()
     input_size = tuple(model.pretrained_cfg.get('input_size', (3, 224, 224)))
@@ -144,39 +152,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if len(size) != 2 or min(size) < 1:
             raise UserError(f'--img-size takes one or two positive numbers (H [W]), got {args.img_size}')
         input_size = (input_size[0], *size)
-    single_file = args.output and args.output.endswith('.onnx')
-    if args.precision == 'bf16' and args.format != 'openvino':
-        raise UserError('--precision bf16 is for --format openvino: onnxruntime runs fp32 models in fp32 on the CPU')
-    if single_file and (args.format != 'onnx' or args.int8):
-        raise UserError(f'-o {args.output}: a .onnx file holds an fp32 ONNX export; --int8 and --format '
-                        'openvino write a folder (give -o DIR)')
     if single_file:  # one self-contained file, as before folders: labels and preprocessing in its metadata
-        result = export_and_verify(model, args.output, input_size, opset=args.opset, dynamic=not args.static,
+        result = export_and_verify(model, output, input_size, opset=args.opset, dynamic=not args.static,
                                    verify=not args.no_verify)
         shape = ('dynamic batch and spatial size' if not args.static
                  else f'fixed input 2x{"x".join(map(str, input_size))}')
-        print(f"wrote {args.output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
+        print(f"wrote {output} (opset {args.opset}, {shape}) in {result['seconds']:.1f} s")
         for size, rel in result.get('max_rel_diff', {}).items():
-            print(f'  onnxruntime vs PyTorch at {size}: {rel:.1e} relative')
+            print(f'  {fmt.runtime} vs PyTorch at {size}: {rel:.1e} relative')
         return 0
     if args.static:
         raise UserError('--static applies to a single .onnx file (-o FILE.onnx); folders are exported dynamic')
-    record = export_folder(model, output, args.format, input_size, int8=args.int8, calib_data=args.calib_data,
+    record = export_folder(model, output, fmt.name, input_size, int8=args.int8, calib_data=args.calib_data,
                            val_data=args.val_data, max_drop=args.max_drop, opset=args.opset,
                            source_folder=source.folder, verify=not args.no_verify, overwrite=args.overwrite,
                            precision=args.precision)
-    hint = record.get('inference_precision')  # OpenVINO folders only
-    runs_in = ('' if hint is None else ", runs in OpenVINO's default precision (bf16 on CPUs with bf16 units)"
-               if hint == 'default' else f', runs in {hint}')
+    compute = record['compute']
+    runs_in = (f", runs in {fmt.runtime}'s default precision for the CPU" if compute == RUNTIME_DEFAULT
+               else f', runs in {compute}')
     shape = (f"input {'x'.join(map(str, record['input_shape']))}" if 'input_shape' in record
              else 'dynamic batch and spatial size')
-    print(f"wrote {output}/ ({record['file']}, {record['precision']}{runs_in}, {shape}) in {record['seconds']:.1f} s")
+    print(f"wrote {output}/ ({record['file']}, {record['weights']}{runs_in}, {shape}) in {record['seconds']:.1f} s")
     if 'ops_outside_delegate' in record:
         outside = record['ops_outside_delegate']
         print('  every op in the XNNPACK delegate' if not outside else
               f"  {sum(outside.values())} ops outside the XNNPACK delegate: {outside}")
     for size, rel in record.get('max_rel_diff_fp32', {}).items():
-        print(f"  {args.format} ({record.get('checked_in', 'fp32')}) vs PyTorch at {size}: {rel:.1e} relative")
+        print(f"  {fmt.name} ({record.get('checked_in', 'fp32')}) vs PyTorch at {size}: {rel:.1e} relative")
     accuracy = record.get('accuracy')
     if accuracy:
         name = 'top-1' if accuracy['metric'] == 'top1' else 'micro-F1'
@@ -188,14 +190,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(f"fishzoo export: the int8 drop stays above --max-drop {accuracy['max_drop']:g}", file=sys.stderr)
             return 1
     return 0
-
-
-def _precision(value: str) -> str:
-    """--precision's value; f32 (OpenVINO's name) is fp32."""
-    value = {'f32': 'fp32'}.get(value.lower(), value.lower())
-    if value not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f'expected one of {", ".join(PRECISIONS)}, got {value!r}')
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,11 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output', metavar='CSV', help='also write image,rank,label,probability rows')
     p.add_argument('--json', action='store_true', help='print a JSON list, one {image, labels, scores} per image')
     p.add_argument('--backend', choices=BACKENDS,
-                   help='what runs the model: torch (hub folders, timm names), onnx, openvino, executorch or '
-                        'litert (a folder fishzoo export wrote); default: what the folder holds')
-    p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
-                   help="auto: torch in bf16 where the CPU has AMX-BF16 (`fishzoo info` says), OpenVINO as "
-                        "exported; fp32: exact; bf16: torch and openvino backends")
+                   help=f'what runs the model: torch (hub folders, timm names) or {", ".join(FORMATS)} (a folder '
+                        'fishzoo export wrote); default: what the folder holds')
+    p.add_argument('--precision', default='auto', metavar='{' + ','.join(PRECISIONS) + '}',
+                   help="auto: torch in the precision that pays on this CPU (`fishzoo info` says), an exported "
+                        "folder as exported; fp32: exact; bf16: torch and openvino backends")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser('demo', help='a web page to drop an image on and see the labels (Gradio)')
@@ -265,15 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       'checked against PyTorch')
     p.add_argument('model', metavar='MODEL_OR_DIR', help='timm name, hub folder, local-dir:PATH or hf-hub:REPO_ID')
     p.add_argument('--format', choices=FORMATS, default='onnx',
-                   help='onnx (onnxruntime), openvino (IR .xml/.bin; pip install "fishzoo[deploy]") or executorch '
-                        '(model.pte for the XNNPACK delegate, batch 1 at the export size; '
-                        'pip install "fishzoo[mobile]") or litert (model.tflite, batch 1 at the export size; '
-                        'pip install "fishzoo[litert]")')
+                   help='; '.join(f.help for f in FORMATS.values()))
     p.add_argument('--output', '-o', metavar='DIR',
                    help='the folder to write (default: MODEL-FORMAT[-int8] here); a FILE.onnx writes one fp32 file')
     p.add_argument('--int8', action='store_true',
-                   help='post-training int8 quantization (NNCF for openvino, onnxruntime for onnx, PT2E with '
-                        "XNNPACK's quantizer for executorch and litert-torch's for litert)")
+                   help='post-training int8 quantization: ' + '; '.join(f'{f.name}: {f.int8_method}'
+                                                                        for f in FORMATS.values()))
     p.add_argument('--calib-data', metavar='IMAGES',
                    help='calibration images for --int8: a folder, a CSV with an image column, or "digits" '
                         '(the embedded demo data); up to 300 are used, read with the model\'s eval transform')
@@ -288,12 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset, >= 17 (default {DEFAULT_OPSET})')
     p.add_argument('--static', action='store_true', help='with -o FILE.onnx: fix batch and spatial size')
     p.add_argument('--no-verify', action='store_true', help='skip the check against PyTorch')
-    p.add_argument('--precision', type=_precision, default='auto', metavar='{auto,fp32,bf16}',
-                   help="what an OpenVINO folder runs in: auto = OpenVINO's default (bf16 on CPUs with bf16 "
-                        "units, f32 elsewhere), fp32 (alias f32) = exact, bf16; ONNX folders run fp32")
+    p.add_argument('--precision', default='auto', metavar='{' + ','.join(PRECISIONS) + '}',
+                   help="what the folder computes in: auto = the runtime's own choice where it makes one "
+                        "(OpenVINO: bf16 on CPUs with bf16 units, f32 elsewhere), fp32 (alias f32) = exact, "
+                        "bf16 (OpenVINO); the other runtimes run fp32")
     p.add_argument('--overwrite', action='store_true',
-                   help='export into a folder that holds files (its README.md, config.json and model files '
-                        'are replaced)')
+                   help='export into a folder that holds files (its contents are replaced, whole)')
     p.set_defaults(func=_cmd_export)
     return parser
 

@@ -2,9 +2,9 @@
 their thresholds) with the folder's label names and data config.
 
 MODEL_OR_DIR is a hub folder (what fishzoo-train and fishzoo convert write), ``local-dir:PATH``,
-``hf-hub:REPO_ID`` or a timm name with pretrained weights, or a folder ``fishzoo export`` wrote (run by
-onnxruntime or OpenVINO, ``--backend``). ``--precision auto`` runs torch models in bf16 autocast where the
-CPU has AMX-BF16 (fp32 elsewhere, and on request) and OpenVINO folders in the precision their export chose.
+``hf-hub:REPO_ID`` or a timm name with pretrained weights, or a folder ``fishzoo export`` wrote (run by its
+format's runtime, :mod:`fishzoo.deploy.formats`). ``--precision`` is :mod:`fishzoo.precision`'s: 'auto' runs
+torch models as that policy decides for this CPU, and exported folders as their export recorded.
 """
 import csv
 import glob
@@ -14,30 +14,27 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from fishzoo.cpu_features import PRECISIONS, resolve_precision
+from fishzoo import precision as precision_policy
 from fishzoo.data import eval_transform
-from fishzoo.deploy.runtime import (
+from fishzoo.deploy.formats import (
     BACKENDS,
-    OPENVINO_HINTS,
+    TORCH,
     detect_backend,
+    get_format,
     load_runner,
-    onnx_file_config,
-    onnx_runner,
+    runtime_precision,
+    single_file_format,
 )
 from fishzoo.errors import DataError, PredictError, first_line
-from fishzoo.hub_folder import class_count_problem, read_hub_config
+from fishzoo.hub.config import read_hub_config
+from fishzoo.hub.schema import class_count_problem
 from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
 from fishzoo.loading import load_model, resolve_source
 
 
-def _is_onnx_file(model_or_dir) -> bool:
-    """The single file ``fishzoo export -o FILE.onnx`` writes, rather than a folder or a model name."""
-    return str(model_or_dir).endswith('.onnx') and Path(model_or_dir).is_file()
-
-
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
     """Per-class decision thresholds of a multi-label folder (config.json 'thresholds'), if any."""
-    if _is_onnx_file(model_or_dir):
+    if single_file_format(model_or_dir) is not None:
         return None  # a single exported file: its metadata has labels and preprocessing only
     folder = resolve_source(model_or_dir).folder
     path = folder / 'config.json' if folder is not None else None
@@ -74,11 +71,15 @@ def expand_images(items: Sequence[Union[str, Path]]) -> List[str]:
 
 
 def _exported(model_or_dir: str, backend: str, precision: str):
-    """(logits function, config.json) of an exported folder for ``backend``, or of a single ``.onnx`` file
+    """(logits function, config.json) of an exported folder for ``backend``, or of a single exported file
     (``fishzoo export -o FILE.onnx``), whose metadata holds the labels and preprocessing."""
-    if backend == 'onnx' and _is_onnx_file(model_or_dir):
-        run = onnx_runner(model_or_dir)
-        return (lambda batch: torch.from_numpy(run(batch.numpy()))), onnx_file_config(model_or_dir)
+    fmt = get_format(backend, '--backend')
+    single = single_file_format(model_or_dir)
+    if single is not None and single.name == fmt.name:
+        decided = runtime_precision(fmt, precision, {})  # a single file records no precision: decided first
+        config = single.file_config(Path(model_or_dir))
+        run = fmt.runner(Path(model_or_dir), decided)
+        return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
     folder = resolve_source(model_or_dir).folder
     if folder is None or not folder.is_dir():
         raise PredictError(f'{model_or_dir}: --backend {backend} runs an exported folder '
@@ -87,19 +88,19 @@ def _exported(model_or_dir: str, backend: str, precision: str):
     problem = class_count_problem(config)
     if problem:
         raise PredictError(f'{folder / "config.json"}: {problem}')
-    # OpenVINO: 'auto' keeps what the export recorded (its default, or f32 when exported with --precision fp32)
-    run = load_runner(folder, backend, precision=OPENVINO_HINTS[precision])
+    run = load_runner(folder, backend, precision)
     return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
 
 
 def _torch_model(model_or_dir: str, precision: str):
-    """(logits function, model) of a torch model, in bf16 autocast where ``precision`` resolves to bf16."""
+    """(logits function, model) of a torch model, in the precision :func:`fishzoo.precision.for_torch` decides."""
+    decided = precision_policy.for_torch(precision, 'cpu')
     model = load_model(model_or_dir, pretrained=True).eval()
-    if resolve_precision(precision, '--precision') == 'fp32':
+    if decided.autocast_dtype is None:
         return model, model
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast('cpu', dtype=torch.bfloat16):
+        with decided.autocast():
             return model(batch).float()
     return run, model
 
@@ -113,21 +114,19 @@ def predict(
         precision: str = 'auto',
 ) -> List[Dict]:
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
-    folders and glob patterns (:func:`expand_images`). ``backend``: 'torch', 'onnx', 'openvino', 'executorch'
-    or 'litert' (an exported folder); None picks what the folder holds. ``precision``: 'auto', 'fp32' or
-    'bf16' (torch and OpenVINO; the other runtimes run fp32)."""
-    if precision not in PRECISIONS:
-        raise PredictError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    folders and glob patterns (:func:`expand_images`). ``backend``: 'torch' or a format of
+    :data:`fishzoo.deploy.formats.FORMATS` (an exported folder); None picks what the folder holds.
+    ``precision``: 'auto', 'fp32' or 'bf16' (:mod:`fishzoo.precision`: torch and OpenVINO; the other runtimes
+    run fp32)."""
+    precision = precision_policy.parse(precision)
     images = expand_images(images)
     if backend is None:
-        backend = 'onnx' if _is_onnx_file(model_or_dir) else \
+        single = single_file_format(model_or_dir)
+        backend = single.name if single is not None else \
             detect_backend(resolve_source(model_or_dir).folder or model_or_dir)
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
-    if backend in ('onnx', 'executorch', 'litert') and precision == 'bf16':
-        raise PredictError(f'--precision bf16 is for the torch and openvino backends: --backend {backend} runs fp32 '
-                           'models in fp32 on the CPU')
-    if backend == 'torch':
+    if backend == TORCH:
         model, loaded = _torch_model(model_or_dir, precision)
         num_classes, cfg = loaded.num_classes, loaded.pretrained_cfg
     else:

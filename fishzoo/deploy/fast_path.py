@@ -6,11 +6,11 @@ the blocks' ``reparameterize()``), channels_last, and ``torch.compile`` by induc
 ReLU and residual adds into the convolutions) and its C++ wrapper. Freezing is an inductor *config*
 setting read when the graph is compiled, i.e. at the first call and at every recompilation:
 ``torch.compile(options={'freezing': True})`` does not reach it (measured: no weight is packed), so the
-config is patched around each call instead. ``precision='auto'`` runs in bf16 autocast where the CPU has
-AMX-BF16 (4x the fp32 img/s on FishNet-150, logits within about 1%; :mod:`fishzoo.cpu_features`) and in
-fp32 elsewhere, where bf16 convolutions are slower. On CUDA: channels_last, bf16 autocast (fp16 where bf16
-is not supported) and the same compile. Where compilation is unavailable or fails (no C++ compiler, an
-unsupported platform), the folded eager model runs instead, with one warning. Outputs are fp32 either way.
+config is patched around each call instead. The precision is :mod:`fishzoo.precision`'s (``'auto'``: bf16
+autocast where the CPU's bf16 units pay, fp32 elsewhere; on CUDA bf16, fp16 where bf16 is not supported).
+On CUDA: channels_last, the autocast and the same compile. Where compilation is unavailable or fails (no C++
+compiler, an unsupported platform), the folded eager model runs instead, with one warning. Outputs are fp32
+either way.
 
 ``select_fast_path`` holds the device decisions, so they are tested on machines without the device.
 """
@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from timm.models import reparameterize_model
 
-from fishzoo.cpu_features import check_precision, cpu_features, resolve_precision
-from fishzoo.errors import ConfigError, describe
+from fishzoo.errors import describe
+from fishzoo.precision import for_torch
 
 _logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def retain_freed_memory() -> bool:
 
     glibc hands big blocks (activations of a few MB and more) back to the kernel when they are freed, so
     every forward pass faults all of its activation pages in again; on a virtual machine each fresh page
-    is a trip to the hypervisor. Serving them from the heap instead and never trimming it measured +15-20%
-    eager FishNet-150 throughput on the 2-core VM this project is benchmarked on (``benchmarks/peers.py``).
+    is a trip to the hypervisor. Serving them from the heap instead and never trimming it makes eager
+    FishNets faster on the virtual machines this project is benchmarked on (``benchmarks/peers.py`` measures it).
     The price: the process keeps its peak memory until it exits. Returns whether the setting is in effect.
     """
     global _retaining
@@ -73,7 +73,7 @@ def _cpu_compiler_available() -> bool:
 class FastPath:
     """How a model runs fastest on one device (what ``optimize_for_inference`` and the benchmark apply)."""
     device: str
-    precision: str  # 'fp32' | 'bf16' | 'fp16': what the convolutions compute in
+    precision: str  # 'fp32' | 'bf16' | 'fp16': what the convolutions compute in (fishzoo.precision decides)
     channels_last: bool
     autocast_dtype: Optional[torch.dtype]
     compile: bool
@@ -94,33 +94,24 @@ class FastPath:
 
 
 def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = True,
-                     precision: str = 'auto') -> FastPath:
-    """The fast-path settings for ``device`` and ``precision`` ('auto', 'fp32' or 'bf16'); reads device
-    capabilities (CPU features, CUDA's bf16 support) but allocates nothing on the device."""
+                     precision: str = 'auto', log: bool = False) -> FastPath:
+    """The fast-path settings for ``device`` and ``precision`` ('auto', 'fp32' or 'bf16', decided by
+    :func:`fishzoo.precision.for_torch`, logged with ``log``); reads device capabilities (CPU features, CUDA's
+    bf16 support) but allocates nothing on the device."""
     device = torch.device(device)
-    check_precision(precision)
+    decided = for_torch(precision, device, flag='precision', log=log)
+    chosen = dict(precision=decided.compute, autocast_dtype=decided.autocast_dtype)
     if device.type == 'cuda':
-        # Tensor cores want channels_last and 16-bit inputs; bf16 keeps fp32's range, fp16 is the fallback
-        # on GPUs older than Ampere. The C++ wrapper only pays off where Python overhead is the cost (CPU).
-        dtype = None if precision == 'fp32' else \
-            torch.bfloat16 if precision == 'bf16' or torch.cuda.is_bf16_supported() else torch.float16
-        return FastPath('cuda', _precision_name(dtype), channels_last=True, autocast_dtype=dtype, compile=compile,
-                        freezing=True, cpp_wrapper=False, retain_freed_memory=False)
+        # Tensor cores want channels_last; the C++ wrapper only pays off where Python overhead is the cost (CPU)
+        return FastPath('cuda', **chosen, channels_last=True, compile=compile, freezing=True, cpp_wrapper=False,
+                        retain_freed_memory=False)
     if device.type == 'cpu':
         compiles = compile and _cpu_compiler_available()
-        # bf16 only where the CPU has AMX-BF16: elsewhere bf16 convolutions are slower than fp32
-        dtype = torch.bfloat16 if resolve_precision(precision) == 'bf16' else None
-        return FastPath('cpu', _precision_name(dtype), channels_last=True, autocast_dtype=dtype, compile=compiles,
-                        freezing=True, cpp_wrapper=compiles, retain_freed_memory=True)
-    if precision == 'bf16':
-        raise ConfigError(f"precision='bf16' is for CPU and CUDA devices; on {device.type} use 'fp32' or 'auto'")
+        return FastPath('cpu', **chosen, channels_last=True, compile=compiles, freezing=True, cpp_wrapper=compiles,
+                        retain_freed_memory=True)
     # mps, xpu and others: layout and compile support vary, so only the folding is applied
-    return FastPath(device.type, 'fp32', channels_last=False, autocast_dtype=None, compile=False, freezing=False,
-                    cpp_wrapper=False, retain_freed_memory=False)
-
-
-def _precision_name(dtype: Optional[torch.dtype]) -> str:
-    return {None: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}[dtype]
+    return FastPath(device.type, **chosen, channels_last=False, compile=False, freezing=False, cpp_wrapper=False,
+                    retain_freed_memory=False)
 
 
 class InferenceModel(nn.Module):
@@ -188,15 +179,14 @@ def optimize_for_inference(
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else 'cpu'
-    fast_path = select_fast_path(device, compile=compile, precision=precision)
-    _logger.info('optimize_for_inference: %s on %s%s', fast_path.precision, fast_path.device,
-                 _why(fast_path, precision))
+    fast_path = select_fast_path(device, compile=compile, precision=precision, log=True)
     if channels_last is not None:
         fast_path = replace(fast_path, channels_last=channels_last)
     elif fast_path.compile and _input_channels(model) == 1:
-        # torch 2.14: with a one-channel input (the grayscale digits models) inductor's graph for a second,
-        # dynamic batch size expects the stem convolution's output channels_last and gets it NCHW ("expected
-        # stride 1==1024"), so the compiled model fell back to eager; in NCHW it compiles and stays compiled
+        # with a one-channel input (the grayscale digits models) inductor's graph for a second, dynamic batch
+        # size expected the stem convolution's output channels_last and got it NCHW ("expected stride
+        # 1==1024"), so the compiled model fell back to eager; in NCHW it compiles and stays compiled
+        # (test_grayscale_model_stays_compiled_across_batch_sizes guards it)
         fast_path = replace(fast_path, channels_last=False)
     if retain_memory if retain_memory is not None else fast_path.retain_freed_memory:
         retain_freed_memory()
@@ -221,12 +211,3 @@ def _input_channels(model: nn.Module) -> Optional[int]:
         conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         chans = conv.in_channels if conv is not None else None
     return chans
-
-
-def _why(fast_path: FastPath, precision: str) -> str:
-    if precision != 'auto':
-        return f' (precision={precision!r})'
-    if fast_path.device == 'cpu':
-        other = 'fp32' if fast_path.precision == 'bf16' else 'bf16'
-        return f" ({cpu_features().why()}; precision='{other}' overrides)"
-    return ''

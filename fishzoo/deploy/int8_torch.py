@@ -1,6 +1,6 @@
 """``fishzoo.quantize(model, calibration)``: a torch-native int8 model for x86 CPUs (VNNI / AMX).
 
-The PT2E flow of torchao (torch >= 2.10 no longer ships it under ``torch.ao``): BatchNorm folded
+The PT2E flow of torchao (newer torch no longer ships it under ``torch.ao``): BatchNorm folded
 (timm's ``reparameterize_model``), the model captured with ``torch.export`` (batch, height and width
 dynamic), annotated by ``X86InductorQuantizer`` (int8 activations per tensor, weights per channel),
 calibrated on the given images, converted, and compiled by inductor with weight freezing, which turns the
@@ -24,10 +24,10 @@ from timm.models import reparameterize_model
 from fishzoo.errors import QuantizeError
 
 from . import pt2e
+from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy
 from .calibration import LabelledImages, as_batches, validation_images
 from .fast_path import InferenceModel, select_fast_path
-from .int8_exported import DEFAULT_MAX_DROP, Int8Accuracy
-from .runtime import require, torch_runner
+from .runner import require, torch_runner
 
 _logger = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def _x86_quantizer(folded: nn.Module):
     def build(excluded: Sequence[str] = ()):
         quantizer = xiq.X86InductorQuantizer()
         quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-        # a convolution over one input channel (a grayscale stem) compiles to an int8 kernel whose output
-        # layout disagrees with what inductor planned (torch 2.14: "expected stride 1==1024"), so it stays fp32
+        # a convolution over one input channel (a grayscale stem) compiled to an int8 kernel whose output
+        # layout disagreed with what inductor planned ("expected stride 1==1024"), so it stays fp32
+        # (test_grayscale_stem_stays_compiled guards it)
         for name, module in folded.named_modules():
             if isinstance(module, nn.Conv2d) and module.in_channels == 1 and module.groups == 1:
                 quantizer.set_module_name_qconfig(name, None)
@@ -146,7 +147,7 @@ def quantize(
 
     Images must be preprocessed as for the model (its eval transform). ``compile=False`` keeps the converted
     graph eager: same numbers, no int8 speed (useful where no C++ compiler is installed). The first call of a
-    compiled model compiles (about 2 minutes for FishNet-150 on 2 cores).
+    compiled model compiles, which takes minutes for the larger FishNets on a few cores.
 
     With ``val_data`` (labelled images: a class-folder tree, a CSV ``image,labels``, ``'digits'``, or
     :func:`fishzoo.deploy.calibration.validation_images`) it is accuracy-aware, as ``fishzoo export --int8
@@ -156,7 +157,7 @@ def quantize(
     compiled).
 
     torchao's ``convert_pt2e`` traces its conv-BN patterns with torch.export's strict mode, which resets
-    dynamo (torch 2.14): models compiled earlier in the process (``optimize_for_inference``) compile again
+    dynamo: models compiled earlier in the process (``optimize_for_inference``) compile again
     at their next call. Quantize first, or expect that one slow call.
     """
     require('torchao', 'deploy', 'fishzoo.quantize', QuantizeError)

@@ -2,7 +2,7 @@
 exports (ExecuTorch's ``XNNPACKQuantizer``, litert-torch's ``PT2EQuantizer``): capture a folded model with
 ``torch.export``, annotate it with a quantizer, calibrate, convert; and the accuracy-aware search they all use.
 
-The search is the ONNX export's (:mod:`fishzoo.deploy.int8_exported`) on a PT2E graph: every activation the
+The search is :func:`fishzoo.deploy.accuracy.keep_in_fp32_until_it_fits` on a PT2E graph: every activation the
 converted graph quantizes is scored by its own quantize/dequantize damage (per-channel SQNR on calibration
 images), and the layers around the most damaged ones (the op writing the activation and the ops reading it,
 by the module they come from) are left out of int8, 1, 2, 4, ... activations at a time, until the held-out
@@ -20,9 +20,9 @@ import torch.nn as nn
 
 from fishzoo.errors import QuantizeError, describe
 
+from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy, channel_sqnr, count_layers, keep_in_fp32_until_it_fits
 from .calibration import LabelledImages
-from .int8_exported import DEFAULT_MAX_DROP, Int8Accuracy, channel_sqnr, doubling, measure
-from .runtime import Runner, require
+from .runner import Runner, require
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _DEQUANTIZE = ('dequantize_per_tensor',)
 
 
 def quiet_torchao():
-    """torchao registers an Enum with torch's pytree at import, which torch 2.14 logs as deprecated."""
+    """torchao registers an Enum with torch's pytree at import, which newer torch logs as deprecated."""
     pytree_log = logging.getLogger('torch.utils._pytree')
     level = pytree_log.level
     pytree_log.setLevel(logging.ERROR)
@@ -219,29 +219,15 @@ def quantize_with_accuracy(
     With ``validation``, when the drop exceeds ``max_drop``, the modules around the most damaged activations
     stay in floating point, 1, 2, 4, ... activations at a time, until it fits (or every activation is tried).
     ``fold_quantize`` is :func:`convert`'s."""
-    def converter(excluded):
-        return convert(captured, quantizer_for(excluded), batches, fold_quantize)
-    converted = converter(())
+    def quantize_without(excluded):
+        converted = convert(captured, quantizer_for(excluded), batches, fold_quantize)
+        return converted, runner_for(converted)
+
     if validation is None:
-        return converted, None, []
+        return convert(captured, quantizer_for(()), batches, fold_quantize), None, []
+    first = quantize_without([])
+    result = keep_in_fp32_until_it_fits(first, lambda: [names for _, names in activation_damage(first[0], batches)],
+                                        quantize_without, fp32_runner, validation, max_drop, thresholds)
     layers = layer_names(captured)
-    accuracy = measure(fp32_runner, runner_for(converted), validation, max_drop, thresholds)
-    excluded: List[str] = []
-    if accuracy.drop > max_drop:
-        ranked = activation_damage(converted, batches)
-        for count in doubling(len(ranked)):
-            excluded = list(dict.fromkeys(name for _, names in ranked[:count] for name in names))
-            converted = converter(excluded)
-            accuracy = measure(fp32_runner, runner_for(converted), validation, max_drop, thresholds)
-            _logger.info('int8: %d activations (%d modules) kept in floating point: drop %.2f points', count,
-                         len(excluded), accuracy.drop)
-            if accuracy.drop <= max_drop:
-                break
-        else:
-            _logger.warning('int8: the drop stays %.2f points even with every quantized activation in floating '
-                            'point', accuracy.drop)
-    fp32_layers = [name for name in layers if any(name == e or name.startswith(e + '.') for e in excluded)]
-    accuracy.layers_in_fp32 = fp32_layers
-    accuracy.total_layers = len(layers)
-    accuracy.quantized_layers = len(layers) - len(fp32_layers)
-    return converted, accuracy, excluded
+    in_fp32 = [name for name in layers if any(name == e or name.startswith(e + '.') for e in result.excluded)]
+    return result.model, count_layers(result.accuracy, layers, in_fp32), result.excluded

@@ -1,27 +1,25 @@
 """Export-time forms of fishzoo's layers that XNNPACK runs (ExecuTorch's and LiteRT's CPU delegate).
 
 The same functions written with other operators: whatever XNNPACK does not take runs in the runtime's slow
-portable kernels and splits the graph into many delegate calls. Measured with executorch 1.5.1 before these
-forms: the dual MobileNetV2 (width 0.5) left 207 compute ops outside the delegate in 37 partitions (Mish
-decomposes into ``gt``, ``log1p`` and ``where``), FishNet-s64 left 5 (nearest up-sampling, the body's channel
-sums). :func:`for_xnnpack` swaps them on a folded copy of the model; the model files keep their meaning.
-LiteRT's converter (litert-torch 0.10) left the 3 nearest up-samplings outside as well.
+portable kernels and splits the graph into many delegate calls (Mish decomposes into ``gt``, ``log1p`` and
+``where``; nearest up-sampling and the body's channel sums have no XNNPACK op). :func:`for_xnnpack` swaps
+them on a folded copy of the model; the model files keep their meaning. The export tests check that nothing
+is left outside the delegate; docs/deployment.md has the counts before these forms.
 
 * **Mish** ``x * tanh(softplus(x))`` with ``s = sigmoid(x)``: ``tanh(log(1 + e^x)) = s (2 - s) / (1 + (1 - s)^2)``
   (exact algebra; within 2e-6 of ``F.mish`` in float32 over [-30, 30]); sigmoid, mul, sub, add and div are all
   XNNPACK ops.
-* **nearest 2x up-sampling**: for ExecuTorch, each channel copied four times by a grouped 1x1 convolution of
-  ones, then a pixel shuffle (depth-to-space); for LiteRT each pixel copied by two concatenations (both
-  exact). Measured on FishNet-s64 at 64 px, batch 1: a depthwise 2x2 transposed convolution of ones, the
-  first form tried, ran in XNNPACK but made ExecuTorch's program 2.2x slower (7.7 ms against 3.4); the
-  concatenations stay outside ExecuTorch's delegate (and its int8 program then fails to run); in LiteRT they
-  are 10% faster than the shuffle (3.5 ms against 3.9). Where the branch is not exactly twice the trunk (odd
-  sizes), the interpolation stays.
+* **nearest 2x up-sampling**, in the form each runtime runs best (its :class:`fishzoo.deploy.phone.PhoneRuntime`
+  names it): :class:`NearestUpsample2x`, each channel copied four times by a grouped 1x1 convolution of ones,
+  then a pixel shuffle (ExecuTorch, whose delegate leaves concatenations outside); :class:`ConcatUpsample2x`,
+  each pixel copied by two concatenations (LiteRT). Both exact; docs/deployment.md has the forms tried and
+  their times. Where the branch is not exactly twice the trunk (odd sizes), the interpolation stays.
 * **channel sums** (a body stage's shortcut): a 1x1 convolution with 0/1 weights (exact sums, other order).
 * **strided shortcut** of the dual MobileNetV2 (a slice, then a 1x1 convolution): the 1x1 convolution with
   that stride, which is the same thing, so no slice copy is left.
 """
 import copy
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -82,6 +80,9 @@ class ConcatUpsample2x(nn.Module):
     """Nearest-neighbour resize to ``like``'s size; where that is exactly twice the input, every column and then
     every row written twice by concatenating the map with itself (4-D reshapes only)."""
 
+    def __init__(self, channels: int = 0):  # the same signature as NearestUpsample2x's; nothing to hold
+        super().__init__()
+
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if like.shape[-2] != 2 * x.shape[-2] or like.shape[-1] != 2 * x.shape[-1]:
             return F.interpolate(x, size=like.shape[-2:], mode='nearest')
@@ -91,14 +92,12 @@ class ConcatUpsample2x(nn.Module):
         return torch.cat([x, x], dim=2).reshape(n, c, 2 * h, 2 * w)
 
 
-def for_xnnpack(model: nn.Module, runtime: str = 'executorch') -> nn.Module:
+def for_xnnpack(model: nn.Module, upsample: Callable[[int], nn.Module] = NearestUpsample2x) -> nn.Module:
     """A folded (BatchNorm into convolutions), eval-mode copy of ``model`` with the forms above swapped in,
-    the up-sampling in ``runtime``'s form ('executorch' or 'litert').
+    the up-sampling as ``upsample(channels)`` builds it (:class:`NearestUpsample2x` or :class:`ConcatUpsample2x`).
 
     Other models pass through folded and unchanged but for Mish, which any timm model may use.
     """
-    if runtime not in ('executorch', 'litert'):
-        raise ValueError(f"runtime must be 'executorch' or 'litert', got {runtime!r}")
     model = reparameterize_model(copy.deepcopy(model).eval(), inplace=True).eval()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -108,7 +107,7 @@ def for_xnnpack(model: nn.Module, runtime: str = 'executorch') -> nn.Module:
                 first_conv = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
                 setattr(module, child_name, ChannelSumConv(first_conv.in_channels, child.k))
         if isinstance(module, FishRefineStage) and module.upsample:
-            module.resize = NearestUpsample2x(module.out_chs) if runtime == 'executorch' else ConcatUpsample2x()
+            module.resize = upsample(module.out_chs)
         if isinstance(module, DualPathBlock) and module.shortcut_stride > 1:
             module.shortcut.conv.stride = (module.shortcut_stride, module.shortcut_stride)
             module.shortcut_stride = 1

@@ -1,0 +1,120 @@
+"""ExecuTorch: ``model.pte``, a program lowered to the XNNPACK delegate, at batch 1 and one image size as
+phones run it; run here by ExecuTorch's Python runtime. int8 is ExecuTorch's PT2E flow with its
+``XNNPACKQuantizer`` (int8 activations per tensor, weights per channel, symmetric).
+
+The model is lowered with ``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` in its
+XNNPACK forms (:mod:`fishzoo.deploy.phone`); what the delegate does not take is counted by name (for the
+FishNets and the dual MobileNetV2: nothing).
+"""
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fishzoo.errors import ExportError, ModelLoadError, describe
+from fishzoo.precision import Precision
+
+from . import pt2e
+from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy
+from .calibration import LabelledImages
+from .phone import PhoneRuntime, export_file, phone_writer
+from .runner import Format, Runner, RuntimeFailure, fixed_shape_runner, require
+from .xnnpack import NearestUpsample2x
+
+FILE = 'model.pte'
+
+
+def runner(path: Union[str, Path], precision: Optional[Precision] = None) -> Runner:
+    """An ExecuTorch program through ExecuTorch's Python runtime (fp32 or int8, as written). Its input shape is
+    fixed at export (batch 1): a batch runs image by image; another image size is refused."""
+    require('executorch', 'mobile', 'the executorch backend')
+    from executorch.runtime import Runtime
+    try:
+        method = Runtime.get().load_program(Path(path)).load_method('forward')
+    except Exception as e:
+        raise ModelLoadError(f'{path}: ExecuTorch cannot load it ({describe(e)})') from None
+
+    def run_one(image: np.ndarray) -> np.ndarray:
+        try:
+            return method.execute([torch.from_numpy(image)])[0].numpy()
+        except Exception as e:
+            raise RuntimeFailure(f'{path}: ExecuTorch failed ({describe(e)})') from None
+    return fixed_shape_runner(path, tuple(method.metadata.input_tensor_meta(0).sizes()), run_one)
+
+
+def quantizer(excluded=()):
+    """ExecuTorch's XNNPACK quantizer (per-channel weights), leaving the modules ``excluded`` in fp32."""
+    pt2e.quiet_torchao()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    built = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    # its set_module_name takes no None: a filter keeps those modules' nodes out instead. Mish stays fp32 too:
+    # the quantizer would take its multiplications (not its sigmoid, subtraction and division), converting to
+    # and from int8 around each, which is slower than fp32 (benchmarks/deploy.py --mobile)
+    outside = pt2e.outside_modules(excluded)
+    built.set_filter_function(lambda node: outside(node) and not _in_mish(node))
+    return built
+
+
+def _in_mish(node) -> bool:
+    return any(getattr(kind, '__name__', str(kind)).endswith('SigmoidMish')
+               for _, kind in (node.meta.get('nn_module_stack') or {}).values())
+
+
+def edge_op_name(node) -> str:
+    """``aten.upsample_nearest2d.vec`` for an edge-dialect op (``<EdgeOpOverload: aten.x.y>: schema = ...``)."""
+    name = getattr(node.target, '__name__', None) or str(node.target)
+    return name.split(':')[-1].split('>')[0].strip().split('(')[0] if name.startswith('<') else name
+
+
+def _lower(graph: nn.Module, example: torch.Tensor) -> Tuple[bytes, Dict[str, int]]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    with torch.no_grad():
+        program = torch.export.export(graph, (example,))
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    outside = Counter(edge_op_name(n) for n in lowered.exported_program().graph_module.graph.nodes
+                      if n.op == 'call_function' and edge_op_name(n) not in ('executorch_call_delegate', 'getitem'))
+    return lowered.to_executorch().buffer, dict(outside)
+
+
+def _write(graph: nn.Module, example: torch.Tensor, path: Path, int8: bool) -> Dict[str, int]:
+    require('executorch', 'mobile', 'ExecuTorch export', ExportError)
+    try:
+        buffer, outside = _lower(graph, example)
+    except Exception as e:
+        raise ExportError(f'ExecuTorch export failed ({describe(e)})') from None
+    path.write_bytes(buffer)
+    return outside
+
+
+RUNTIME = PhoneRuntime('executorch', 'ExecuTorch', NearestUpsample2x, _write, runner, quantizer)
+
+
+def export_executorch(
+        model: nn.Module,
+        path: Union[str, Path],
+        input_size: Tuple[int, int, int],
+        calibration: Optional[LabelledImages] = None,
+        validation: Optional[LabelledImages] = None,
+        max_drop: float = DEFAULT_MAX_DROP,
+        thresholds=0.5,
+) -> Tuple[Dict[str, int], Optional[Int8Accuracy]]:
+    """Write ``model`` as an ExecuTorch program for the XNNPACK delegate (batch 1, ``input_size``) to ``path``:
+    fp32, or int8 calibrated on ``calibration`` (accuracy-aware with ``validation``). Returns the ops left
+    outside the delegate by name and the int8 accuracy measured on the written program."""
+    require('executorch', 'mobile', 'ExecuTorch export', ExportError)
+    return export_file(RUNTIME, model, path, input_size, calibration, validation, max_drop, thresholds)
+
+
+FORMAT = Format(
+    name='executorch', runtime='ExecuTorch', runs_in="ExecuTorch's XNNPACK delegate", files=(FILE,), extra='mobile',
+    help='executorch (model.pte for the XNNPACK delegate, batch 1 at the export size; '
+         'pip install "fishzoo[mobile]")',
+    int8_method="ExecuTorch's XNNPACKQuantizer (PT2E; int8 weights per channel, int8 activations)",
+    fixed_shape=True, write=phone_writer(RUNTIME, FILE), runner=runner)
