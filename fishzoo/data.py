@@ -21,14 +21,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.utils.misc import natural_key
 
 from fishzoo.errors import DataError, describe
-from fishzoo.images import (  # noqa: F401  (public here too)
-    IMAGE_EXTENSIONS,
-    LimitResize,
-    drop_unreadable,
-    image_files,
-    image_mode,
-    load_image,
-)
+from fishzoo.images import IMAGE_EXTENSIONS, LimitResize, drop_unreadable, image_files, load_image
 
 _logger = logging.getLogger(__name__)
 
@@ -348,6 +341,12 @@ def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = 
 
 
 MAX_MULTI_HOT_VALUES = 200_000_000  # images x classes of the multi-hot targets held in memory (800 MB)
+
+
+def one_hot_targets(targets: Sequence[int], num_classes: int) -> List[np.ndarray]:
+    """Class indices as one-hot vectors: single-label data trained with a multi-label loss (``--multilabel``)."""
+    eye = np.eye(num_classes, dtype=np.float32)
+    return [eye[t] for t in targets]
 
 
 def multi_hot(rows, class_names: List[str], path) -> List[np.ndarray]:

@@ -28,9 +28,8 @@ turned into ``FrozenBatchNorm2d``), ``full`` (everything trains, ``--layer-decay
 Multi-label metrics and threshold tuning live in :mod:`fishzoo.metrics`.
 """
 import logging
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.models import group_parameters
@@ -174,10 +173,3 @@ class GradualUnfreezer:
 
 def _stay_in_eval(module, args):
     module.train(False)
-
-
-# --- multi-label ---------------------------------------------------------------------------------
-
-def one_hot_targets(targets: Sequence[int], num_classes: int) -> List[np.ndarray]:
-    eye = np.eye(num_classes, dtype=np.float32)
-    return [eye[t] for t in targets]

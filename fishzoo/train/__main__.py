@@ -1,6 +1,6 @@
 """``python -m fishzoo.train`` and ``accelerate launch -m fishzoo.train``."""
 import sys
 
-from fishzoo.train.cli import main
+from fishzoo.train.command import main
 
 sys.exit(main())

@@ -61,7 +61,7 @@ class RecipeDefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='fishzoo-train', description='Train a timm model with Accelerate into a hub folder.',
         formatter_class=RecipeDefaultsHelpFormatter, epilog=RECIPE_HELP)
@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad-accum-steps', type=int, default=1, help='batches per optimizer step')
     g.add_argument('--seed', type=int, default=42, help='seed of the split, initialisation and data order')
     g.add_argument('--mixed-precision', choices=('auto', 'no', 'fp16', 'bf16'), default='auto',
-                   help="auto: on the CPU bf16 where it has AMX-BF16 (about 2x fp32; `fishzoo info` says) and "
-                        "fp32 elsewhere, unless accelerate's config asks for fp16/bf16; on GPUs accelerate's config")
+                   help="auto: on the CPU bf16 where it pays (`fishzoo info` says) and fp32 elsewhere, unless "
+                        "accelerate's config asks for fp16/bf16; on GPUs accelerate's config")
     g.add_argument('--amp', action='store_true',
                    help='mixed precision as in timm: --mixed-precision from --amp-dtype (bf16 on CPU)')
     g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'),
@@ -226,7 +226,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
 
 def given_flags(argv: Optional[List[str]]) -> Set[str]:
     """The destinations of the flags ``argv`` sets (a parser whose defaults are all suppressed)."""
-    parser = build_parser()
+    parser = build_train_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     given, _ = parser.parse_known_args(argv)
@@ -236,7 +236,7 @@ def given_flags(argv: Optional[List[str]]) -> Set[str]:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The flags, over the ``--config`` recipe, over the defaults; ``args.given`` names what the user set
     (the situational recipe of :mod:`.recipes` fills in the rest once the data and model are known)."""
-    parser = build_parser()
+    parser = build_train_parser()
     pre, _ = parser.parse_known_args(argv)
     config = load_config(pre.config, parser) if pre.config else {}
     parser.set_defaults(**config)
@@ -259,9 +259,9 @@ INVOCATION_FLAGS = ('config', 'resume', 'overwrite', 'lr_find', 'push_to_hub', '
 
 
 def repeatable_config(config) -> Dict[str, Any]:
-    """Every training flag's final value in a resolved :class:`~.config.RunConfig` (recipe and ``--lr auto``
+    """Every training flag's final value in a resolved :class:`~.run_config.RunConfig` (recipe and ``--lr auto``
     included), keyed as ``--config`` reads them."""
-    flags = {a.dest for a in build_parser()._actions if a.dest != 'help'}
+    flags = {a.dest for a in build_train_parser()._actions if a.dest != 'help'}
     return {dest.replace('_', '-'): value for dest, value in sorted(config.as_dict().items())
             if dest in flags and dest not in INVOCATION_FLAGS and value is not None}
 

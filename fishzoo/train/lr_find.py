@@ -138,7 +138,7 @@ def lr_range_test(
 
 
 def find_lr(run, device='cpu') -> float:
-    """The LR range test on a :class:`~.config.ResolvedRun`'s own model, data, loss, Mixup and optimizer
+    """The LR range test on a :class:`~.resolve.ResolvedRun`'s own model, data, loss, Mixup and optimizer
     (``--lr-find``, ``--lr auto``); writes ``lr_find.json`` / ``.png`` to the output folder (main process) and
     returns the suggested rate. A resumed ``--lr auto`` run returns the rate it started with."""
     config = run.config

@@ -1,9 +1,9 @@
 """The parts of a training run, built from its resolved configuration: data, model, transforms, loaders,
 optimizer, schedule, loss, Mixup and EMA.
 
-Each ``create_*`` / ``load_*`` function reads its settings (a :class:`~.config.RunConfig`, or the argparse
+Each ``create_*`` / ``load_*`` function reads its settings (a :class:`~.run_config.RunConfig`, or the argparse
 namespace in a notebook) and changes none of them. :func:`build_parts` returns the parts of a
-:class:`~.config.ResolvedRun` ready for ``Accelerator.prepare``; the :class:`~fishzoo.train.trainer.Trainer`
+:class:`~.resolve.ResolvedRun` ready for ``Accelerator.prepare``; the :class:`~fishzoo.train.trainer.Trainer`
 takes them as they are, so a test (or a notebook) can hand it parts of its own.
 """
 import logging
@@ -24,9 +24,11 @@ from torchvision import transforms as T
 
 from fishzoo import data
 from fishzoo.errors import CheckpointError, ConfigError, describe
-from fishzoo.finetune import classifier_names, one_hot_targets
+from fishzoo.finetune import classifier_names
+from fishzoo.images import image_mode
 from fishzoo.loading import load_model
 
+from .run_config import RunConfig
 from .schedule import LRSchedule
 
 _logger = logging.getLogger('fishzoo.train')
@@ -35,7 +37,7 @@ _logger = logging.getLogger('fishzoo.train')
 @dataclass
 class TrainingParts:
     """Everything a run trains with, before ``Accelerator.prepare``, and the configuration it was built from."""
-    config: Any  # RunConfig
+    config: RunConfig
     model: nn.Module
     data: data.TrainValData
     data_config: Dict[str, Any]  # input size, interpolation, mean/std, crop: what the hub folder records
@@ -86,40 +88,40 @@ def load_initial_checkpoint(model: nn.Module, path: str) -> None:
             from None
 
 
-def load_data(args) -> data.TrainValData:
+def load_data(config: RunConfig) -> data.TrainValData:
     """The data source the flags name (the embedded digits when none), multi-hot when ``--multilabel``."""
-    mode = data.image_mode(args.in_chans)
-    if args.train_csv:
-        loaded = data.csv_data(args.train_csv, args.val_csv, args.image_root, args.classes, args.val_split,
-                               args.seed, mode, args.strict_images)
-    elif args.dataset:
-        loaded = data.hf_data(args.dataset, args.data_dir, args.val_split, args.seed, mode)
-    elif args.data_dir:
-        loaded = data.image_folder_data(args.data_dir, args.val_split, args.seed, mode, args.strict_images)
+    mode = image_mode(config.in_chans)
+    if config.train_csv:
+        loaded = data.csv_data(config.train_csv, config.val_csv, config.image_root, config.classes, config.val_split,
+                               config.seed, mode, config.strict_images)
+    elif config.dataset:
+        loaded = data.hf_data(config.dataset, config.data_dir, config.val_split, config.seed, mode)
+    elif config.data_dir:
+        loaded = data.image_folder_data(config.data_dir, config.val_split, config.seed, mode, config.strict_images)
     else:
-        classes = [c.strip() for c in args.digits.split(',')] if args.digits else None
-        loaded = data.digits_data(args.val_split or 0.2, args.seed, mode, classes)
+        classes = [c.strip() for c in config.digits.split(',')] if config.digits else None
+        loaded = data.digits_data(config.val_split or 0.2, config.seed, mode, classes)
     for image, reason in loaded.skipped[:5]:
         _logger.warning('skipped %s: %s', image, reason)
     if loaded.skipped:
         _logger.warning('skipped %d unreadable images in all (--strict-images makes this an error)',
                         len(loaded.skipped))
-    if args.num_classes and args.num_classes != len(loaded.class_names):
-        raise ConfigError(f'--num-classes {args.num_classes} does not match the {len(loaded.class_names)} '
+    if config.num_classes and config.num_classes != len(loaded.class_names):
+        raise ConfigError(f'--num-classes {config.num_classes} does not match the {len(loaded.class_names)} '
                           'classes of the data')
-    if args.multilabel and not loaded.multilabel:
+    if config.multilabel and not loaded.multilabel:
         for split in (loaded.train, loaded.val):
-            split.targets = one_hot_targets(split.targets, len(loaded.class_names))
+            split.targets = data.one_hot_targets(split.targets, len(loaded.class_names))
         loaded.multilabel = True
     return loaded
 
 
-def create_model(args, num_classes: int, class_names: Optional[List[str]] = None) -> nn.Module:
+def create_model(config: RunConfig, num_classes: int, class_names: Optional[List[str]] = None) -> nn.Module:
     """The model with a head for ``num_classes``; a pretrained head for other classes is re-initialised."""
-    model = load_model(args.model, pretrained=args.pretrained, label=f'--model {args.model}',
-                       num_classes=num_classes, in_chans=args.in_chans, drop_rate=args.drop,
-                       drop_path_rate=args.drop_path)
-    if args.pretrained:
+    model = load_model(config.model, pretrained=config.pretrained, label=f'--model {config.model}',
+                       num_classes=num_classes, in_chans=config.in_chans, drop_rate=config.drop,
+                       drop_path_rate=config.drop_path)
+    if config.pretrained:
         source_classes = model.pretrained_cfg.get('num_classes')
         source_names = model.pretrained_cfg.get('label_names')
         other_labels = source_names is not None and class_names is not None and \
@@ -130,64 +132,64 @@ def create_model(args, num_classes: int, class_names: Optional[List[str]] = None
             why = f' (labels {",".join(map(str, source_names))} -> {",".join(class_names)})' if other_labels else ''
             _logger.info('replaced the classifier: %s -> %d classes%s; re-initialised %s', source_classes,
                          num_classes, why, ', '.join(classifier_names(model)))
-    if args.initial_checkpoint:
-        load_initial_checkpoint(model, args.initial_checkpoint)
-    if args.grad_checkpointing:
+    if config.initial_checkpoint:
+        load_initial_checkpoint(model, config.initial_checkpoint)
+    if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
 
 
-def build_transforms(args, data_config: Dict[str, Any]):
+def build_transforms(config: RunConfig, data_config: Dict[str, Any]):
     """timm's training (augmenting) and evaluation transforms for the model's data config."""
     train_tf = create_transform(
-        data_config['input_size'], is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
-        train_crop_mode=args.train_crop_mode, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        auto_augment=args.aa, interpolation=data_config['interpolation'], mean=data_config['mean'],
-        std=data_config['std'], re_prob=args.reprob, re_mode=args.remode)
-    if args.rotate and not args.no_aug:
-        train_tf = T.Compose([T.RandomRotation(args.rotate), train_tf])
+        data_config['input_size'], is_training=True, no_aug=config.no_aug, scale=config.scale, ratio=config.ratio,
+        train_crop_mode=config.train_crop_mode, hflip=config.hflip, vflip=config.vflip,
+        color_jitter=config.color_jitter, auto_augment=config.aa, interpolation=data_config['interpolation'],
+        mean=data_config['mean'], std=data_config['std'], re_prob=config.reprob, re_mode=config.remode)
+    if config.rotate and not config.no_aug:
+        train_tf = T.Compose([T.RandomRotation(config.rotate), train_tf])
     val_tf = create_transform(
         data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
         mean=data_config['mean'], std=data_config['std'], crop_pct=data_config['crop_pct'])
     return train_tf, data.bounded_eval_transform(val_tf, data_config)
 
 
-def create_loss(args, multilabel: bool) -> nn.Module:
+def create_loss(config: RunConfig, multilabel: bool) -> nn.Module:
     if multilabel:
         return nn.BCEWithLogitsLoss()
-    if args.mixup > 0 or args.cutmix > 0:
+    if config.mixup > 0 or config.cutmix > 0:
         return SoftTargetCrossEntropy()  # Mixup makes (smoothed) soft targets
-    if args.smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    if config.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=config.smoothing)
     return nn.CrossEntropyLoss()
 
 
-def create_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
+def create_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     try:
-        return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                   momentum=args.momentum, layer_decay=args.layer_decay)
+        return create_optimizer_v2(model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay,
+                                   momentum=config.momentum, layer_decay=config.layer_decay)
     except (ValueError, AssertionError, KeyError) as e:
-        raise ConfigError(f'--opt {args.opt}: {str(e).strip() or "unknown optimizer"} '
-                          f'(with --lr {args.lr}, --momentum {args.momentum}, '
-                          f'--weight-decay {args.weight_decay})') from None
+        raise ConfigError(f'--opt {config.opt}: {str(e).strip() or "unknown optimizer"} '
+                          f'(with --lr {config.lr}, --momentum {config.momentum}, '
+                          f'--weight-decay {config.weight_decay})') from None
 
 
-def create_mixup(args, multilabel: bool, num_classes: int) -> Optional[Mixup]:
+def create_mixup(config: RunConfig, multilabel: bool, num_classes: int) -> Optional[Mixup]:
     """timm's Mixup/CutMix when asked for (single-label only: a mixed multi-hot target is no label set)."""
-    if (args.mixup > 0 or args.cutmix > 0) and not multilabel:
-        return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                     switch_prob=args.mixup_switch_prob, label_smoothing=args.smoothing, num_classes=num_classes)
+    if (config.mixup > 0 or config.cutmix > 0) and not multilabel:
+        return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                     switch_prob=config.mixup_switch_prob, label_smoothing=config.smoothing, num_classes=num_classes)
     return None
 
 
-def create_train_loader(args, dataset) -> torch.utils.data.DataLoader:
+def create_train_loader(config: RunConfig, dataset) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
-        persistent_workers=args.workers > 0)
+        dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.workers, drop_last=True,
+        persistent_workers=config.workers > 0)
 
 
 def build_parts(run, num_processes: int = 1) -> TrainingParts:
-    """Every part of a :class:`~.config.ResolvedRun` (its ``lr`` settled: see :func:`.lr_find.find_lr`);
+    """Every part of a :class:`~.resolve.ResolvedRun` (its ``lr`` settled: see :func:`.lr_find.find_lr`);
     ``num_processes`` splits the batches and the schedule."""
     config, loaded, model = run.config, run.data, run.model
     if config.lr == 'auto':

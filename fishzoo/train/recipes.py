@@ -147,14 +147,14 @@ def min_positives(targets: Sequence) -> Optional[int]:
     return int(np.stack([np.asarray(t) for t in targets]).sum(axis=0).min())
 
 
-def recipe_settings(settings, recipe: Recipe) -> Dict[str, Any]:
-    """The recipe values for every setting the user did not give (``settings.given``), logged with why.
+def recipe_settings(config, recipe: Recipe) -> Dict[str, Any]:
+    """The recipe values for every setting the user did not give (``config.given``), logged with why.
 
     The AdamW rates are not applied to another ``--opt``: that optimizer then runs with the flags' own
-    defaults, as in timm. ``settings`` is read, not changed.
+    defaults, as in timm. ``config`` is read, not changed.
     """
-    given = set(getattr(settings, 'given', ()))
-    other_opt = 'opt' in given and str(settings.opt).lower() != recipe.values['opt']
+    given = set(getattr(config, 'given', ()))
+    other_opt = 'opt' in given and str(config.opt).lower() != recipe.values['opt']
     applied = {key: value for key, value in recipe.values.items()
                if key not in given and not (other_opt and key in ADAMW_KEYS)}
     _logger.info('recipe for %s (flags you give win; every value is in train_config.yaml):',
@@ -166,10 +166,10 @@ def recipe_settings(settings, recipe: Recipe) -> Dict[str, Any]:
         _logger.info('  %s: %s', ', '.join(values), reason)
     kept = sorted(k for k in recipe.values if k in given)
     if kept:
-        _logger.info('  yours: %s', ', '.join(f'{k.replace("_", "-")} {_show(getattr(settings, k))}' for k in kept))
+        _logger.info('  yours: %s', ', '.join(f'{k.replace("_", "-")} {_show(getattr(config, k))}' for k in kept))
     if other_opt:
         _logger.info('  --opt %s: the recipe LR and weight decay are for AdamW; using --lr %s, --weight-decay %s',
-                     settings.opt, _show(settings.lr), _show(settings.weight_decay))
+                     config.opt, _show(config.lr), _show(config.weight_decay))
     return applied
 
 

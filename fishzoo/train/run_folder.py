@@ -26,9 +26,9 @@ import matplotlib
 import torch.nn as nn
 from accelerate import PartialState
 
-from fishzoo.atomic import staged_folder
 from fishzoo.errors import ConfigError
 from fishzoo.hub import HUB_FILES, push_to_hub, write_hub_folder
+from fishzoo.hub.atomic import staged_folder
 
 matplotlib.use('Agg')  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -194,7 +194,7 @@ class RunFolder:
                 extra_config: Optional[dict], dataset: Optional[str], description: str, epoch: int,
                 base_model: Optional[str] = None, push_to: Optional[str] = None, commit_message: str = '',
                 **card_facts) -> None:
-        """The hub folder (weights, config, card: ``card_facts`` are more :class:`fishzoo.card.CardFacts`),
+        """The hub folder (weights, config, card: ``card_facts`` are more :class:`fishzoo.hub.card.CardFacts`),
         ``metrics.json`` and the curves, replaced together (a kill at any instant leaves the previous set or this
         one; a full disk leaves the previous one and says so), and, with ``push_to``, the upload."""
         with staged_folder(self.path, PUBLISHED_FILES, order=('model.safetensors', 'config.json')) as stage:

@@ -25,9 +25,9 @@ from fishzoo.loading import resolve_source
 from fishzoo.metrics import multilabel_metrics, tune_thresholds
 
 from .checkpoints import CheckpointStore
-from .config import RunConfig
 from .evaluation import metrics_of, predict_loader
 from .parts import TrainingParts
+from .run_config import RunConfig
 from .run_folder import RunFolder, format_record
 from .signals import StopSignals
 

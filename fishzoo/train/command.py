@@ -21,11 +21,12 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from fishzoo.data import write_split
 from fishzoo.errors import FishzooError, TrainingStopped
 from fishzoo.images import refuse_bombs_quietly
+from fishzoo.precision import for_training
 
 from .args import parse_args, write_train_config
-from .config import mixed_precision_setting, resolve_run, settled_lr
 from .lr_find import find_lr
 from .parts import build_parts
+from .resolve import resolve_run, settled_lr
 from .run_folder import OutputDirLock, prepare_output_dir
 from .trainer import Trainer
 
@@ -41,6 +42,13 @@ def distributed_on_cpu() -> bool:
     return launched and not torch.cuda.is_available()
 
 
+def mixed_precision(asked: Optional[str], device: torch.device) -> Optional[str]:
+    """``Accelerator(mixed_precision=...)`` for ``--mixed-precision asked`` on ``device``: the precision policy's
+    decision (:func:`fishzoo.precision.for_training`), None where Accelerate's own configuration decides."""
+    decided = for_training(asked, device)
+    return None if decided is None else decided.mixed_precision
+
+
 def create_accelerator(args: argparse.Namespace) -> Accelerator:
     """The Accelerator the flags ask for (mixed precision, accumulation, trackers, compile), seeded."""
     # gradual unfreezing switches requires_grad after DDP is built: frozen parameters are "unused"
@@ -48,7 +56,7 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
     accelerator = Accelerator(
         kwargs_handlers=[ddp_kwargs],
         gradient_accumulation_steps=args.grad_accum_steps,
-        mixed_precision=mixed_precision_setting(args.mixed_precision, PartialState().device),
+        mixed_precision=mixed_precision(args.mixed_precision, PartialState().device),
         log_with=None if args.report_to == 'none' else args.report_to,
         project_dir=str(args.output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
