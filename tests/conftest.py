@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # tests never reach the network: huggingface_hub and timm resolve hub names offline only
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -59,3 +60,39 @@ def trained_run(image_dataset, tmp_path_factory):
     assert main(['--data-dir', str(image_dataset), '--output-dir', str(out), '--epochs', '3',
                  '--keep-checkpoints', '2', *TRAIN_ARGS]) == 0
     return out
+
+
+# --- hub folders and hostile inputs ------------------------------------------------------------------
+
+@pytest.fixture(scope='session')
+def saved_hub_folder(tmp_path_factory):
+    """A small hub folder (fishnet_s64, 3 classes), saved once; tests that change it take ``hub_folder``."""
+    import timm
+
+    from fishzoo.hub import save_pretrained
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    return model, save_pretrained(model, tmp_path_factory.mktemp('hub') / 'hub', label_names=['a', 'b', 'c'])
+
+
+@pytest.fixture
+def hub_folder(saved_hub_folder, tmp_path):
+    """(model, a copy of the saved hub folder of this test's own)."""
+    import shutil
+    model, folder = saved_hub_folder
+    return model, Path(shutil.copytree(folder, tmp_path / 'hub'))
+
+
+@pytest.fixture
+def marker(tmp_path):
+    """Where a pickle payload would leave its mark; the test fails if it does."""
+    path = tmp_path / 'PAYLOAD_RAN'
+    yield path
+    assert not path.exists(), 'a checkpoint executed code'
+
+
+@pytest.fixture(scope='session')
+def bombs(tmp_path_factory):
+    """Past PIL's own limit (it raises), and between PIL's warning and its limit (it would decode 100 Mpx)."""
+    from tests.helpers.images import write_png_bomb
+    root = tmp_path_factory.mktemp('bombs')
+    return [write_png_bomb(root / 'bomb.png'), write_png_bomb(root / 'big.png', 10000, 10000)]

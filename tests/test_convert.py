@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -11,9 +10,11 @@ from huggingface_hub import ModelCard
 
 import fishzoo  # noqa: F401
 from fishzoo.cli import main
+from tests.helpers.hostile import (
+    REPO,
+    evil_checkpoint,
+)
 from tests.models.test_fishnet_weights import authors_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -85,3 +86,13 @@ def test_convert_and_push(checkpoint, tmp_path, monkeypatch):
                  '--push-to-hub', 'me/fishnet99.in1k']) == 0
     assert sorted(sent) == ['README.md', 'app.py', 'config.json', 'model.safetensors', 'requirements.txt']
     assert "timm.create_model('hf-hub:me/fishnet99.in1k', pretrained=True)" in (out / 'README.md').read_text()
+
+
+def test_payload_via_convert_script(tmp_path, marker):
+    path = evil_checkpoint(tmp_path / 'evil.tar', marker)
+    proc = subprocess.run([sys.executable, str(REPO / 'scripts' / 'convert_fishnet.py'), 'fishnet99', str(path),
+                           '--output-dir', str(tmp_path / 'out')], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and 'weights_only' in lines[0]
+    assert not (tmp_path / 'out' / 'model.safetensors').exists()

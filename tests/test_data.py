@@ -1,11 +1,31 @@
 """fishzoo.data: image conversion, every data source, splits, and clear errors for bad data."""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
+import timm
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+import fishzoo
 from fishzoo import data
-from fishzoo.data import DataError, load_image
+from fishzoo.cli import main as cli_main
+from fishzoo.data import DataError
+from fishzoo.hub import save_pretrained
+from fishzoo.images import load_image
+from fishzoo.train import main as train_main
+from tests.conftest import TRAIN_ARGS
+from tests.helpers.hostile import (
+    class_tree,
+    one_line,
+    walk_in_a_subprocess,
+)
 from tests.helpers.images import FORMATS, class_image, make_image_folder, make_multilabel_csv, make_train_val
 
 
@@ -124,3 +144,111 @@ def test_hf_imagefolder(tmp_path):
     assert image.mode == 'RGB' and target in (0, 1, 2)
     with pytest.raises(DataError, match='--dataset imagefolder needs --data-dir'):
         data.hf_data('imagefolder')
+
+
+def test_image_bombs_in_training_data_are_skipped_and_counted(bombs, tmp_path, capsys, caplog):
+    from tests.helpers.images import make_multilabel_csv, make_train_val
+    root = make_train_val(tmp_path / 'ds')
+    for bomb in bombs:
+        shutil.copy(bomb, root / 'train' / 'cat' / bomb.name)
+    with caplog.at_level('WARNING', logger='fishzoo'):
+        assert train_main(['--data-dir', str(root), '--output-dir', str(tmp_path / 'o'), '--epochs', '1',
+                     *TRAIN_ARGS]) == 0
+    assert 'skipped 2 unreadable images in all' in caplog.text
+    assert 'bomb.png: refused as a decompression bomb' in caplog.text
+    assert train_main(['--data-dir', str(root), '--output-dir', str(tmp_path / 's'), '--strict-images',
+                       *TRAIN_ARGS]) == 2
+    one_line(capsys, 'refused as a decompression bomb')
+
+    csv_path = make_multilabel_csv(tmp_path / 'csv', rows=12)
+    for bomb in bombs:
+        shutil.copy(bomb, csv_path.parent / 'images' / bomb.name)
+    csv_path.write_text(csv_path.read_text() + 'images/bomb.png,red\nimages/big.png,blue\n')
+    loaded = data.csv_data(csv_path, val_fraction=0.25)
+    assert len(loaded.train) + len(loaded.val) == 12
+    assert sorted(Path(p).name for p, _ in loaded.skipped) == ['big.png', 'bomb.png']
+    assert all('decompression bomb' in reason for _, reason in loaded.skipped)
+
+
+def test_csv_duplicate_rows(tmp_path, caplog):
+    from tests.helpers.images import make_multilabel_csv
+    csv_path = make_multilabel_csv(tmp_path, rows=8)
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text('\n'.join(lines + [lines[3], lines[4].split(',')[0] + ',red green blue']) + '\n')
+    with caplog.at_level('WARNING', logger='fishzoo.data'):
+        rows = data.read_label_csv(csv_path)
+    assert len(rows) == 8
+    assert 'listed again with other labels; keeping the first row' in caplog.text
+
+
+csv_cells = st.text(alphabet=st.characters(blacklist_categories=('Cs',)), max_size=15)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(csv_cells, csv_cells), max_size=6),
+       header=st.sampled_from(['image,labels', 'labels,image', 'file,tags', '', 'image']),
+       raw=st.binary(max_size=60))
+def test_fuzz_csv_reader(tmp_path, rows, header, raw):
+    folder = tmp_path / 'csvfuzz'
+    (folder / 'img').mkdir(parents=True, exist_ok=True)
+    (folder / 'img' / 'a.png').write_bytes(b'')
+    path = folder / 'labels.csv'
+    import csv as csv_module
+    import io
+    buffer = io.StringIO()
+    writer = csv_module.writer(buffer)
+    if header:
+        buffer.write(header + '\n')
+    for image, labels in rows:
+        writer.writerow([image, labels])
+    path.write_bytes(buffer.getvalue().encode('utf-8', 'surrogatepass') + raw)
+    try:
+        parsed = data.read_label_csv(path)
+    except data.DataError as e:
+        assert str(path) in str(e)
+    else:
+        assert all(Path(image).is_file() for image, _ in parsed)
+
+
+def test_class_folder_walks_skip_special_files_and_stay_in_the_root(tmp_path):
+    root = class_tree(tmp_path / 'data', per_class=4)
+    os.mkfifo(root / 'cat' / 'evil.png')  # opening it would block forever
+    os.symlink('..', root / 'cat' / 'l1')  # two links to .. made the walk exponential
+    os.symlink('..', root / 'cat' / 'l2')
+    os.symlink('.', root / 'dog' / 'self')  # loaded the folder again as a phantom class 'self'
+    outside = class_tree(tmp_path / 'elsewhere', classes=('secret',))
+    os.symlink(outside / 'secret', root / 'secret')  # a class from outside the data root
+    os.symlink(outside / 'secret' / '0.png', root / 'dog' / 'stolen.png')
+    assert walk_in_a_subprocess(root) == [8, ['cat', 'dog']]
+
+
+@pytest.mark.slow
+def test_training_on_a_folder_with_a_fifo_finishes(tmp_path):
+    root = class_tree(tmp_path / 'data', per_class=6)
+    os.mkfifo(root / 'dog' / 'evil.png')
+    proc = subprocess.run(['fishzoo-train', '--data-dir', str(root), '--output-dir', str(tmp_path / 'run'),
+                           '--epochs', '1', *TRAIN_ARGS], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_image_format_pil_reads_is_found(tmp_path, capsys):
+    """WebP and BMP files were silently left out of class folders and predict folders."""
+    root = class_tree(tmp_path / 'mixed', formats=('jpg', 'png', 'webp', 'bmp'), per_class=8)
+    assert walk_in_a_subprocess(root) == [16, ['cat', 'dog']]
+    folder = save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'm', label_names=['a', 'b'])
+    assert cli_main(['predict', str(folder), str(root), '--json']) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 16
+
+
+def test_a_csv_with_a_label_per_row_is_refused_before_gigabytes_are_allocated(tmp_path):
+    """10^5 distinct labels made a 40 GB multi-hot table (numpy's _ArrayMemoryError)."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    rows = ['image,labels']
+    for i in range(20_000):
+        (images / f'{i}.png').touch()
+        rows.append(f'images/{i}.png,caption-{i}')
+    (tmp_path / 'labels.csv').write_text('\n'.join(rows) + '\n')
+    with pytest.raises(fishzoo.FishzooError, match=r'labels.csv: 20,000 distinct labels in 20,000 rows would take '
+                                                    r'1.6 GB of targets; the labels column holds label names'):
+        data.csv_data(tmp_path / 'labels.csv', val_fraction=0.2)

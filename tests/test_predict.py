@@ -1,8 +1,14 @@
 """fishzoo predict: labels and probabilities from a trained hub folder, CSV output, clear errors."""
 import csv
+import json
+
+import pytest
+import timm
 
 from fishzoo.cli import main
+from fishzoo.hub import save_pretrained
 from fishzoo.predict import predict
+from tests.helpers.hostile import one_line
 
 
 def test_predict_uses_label_names_and_data_config(trained_run, image_dataset):
@@ -77,10 +83,8 @@ def test_precision_auto_follows_the_cpu(trained_run, image_dataset, fake_cpu, ca
         assert bf16['labels'][0][0] == fp32['labels'][0][0]
         assert bf16['labels'][0][1] == pytest.approx(fp32['labels'][0][1], abs=0.03)
     assert any(b['labels'] != f['labels'] for b, f in zip(results[True], exact))  # bf16 really ran
-    with pytest.raises(SystemExit) as exited:
-        main(['predict', str(trained_run), str(images[0]), '--precision', 'fp16'])
-    assert exited.value.code == 2
-    assert "--precision: expected one of auto, fp32, bf16, got 'fp16'" in capsys.readouterr().err
+    assert main(['predict', str(trained_run), str(images[0]), '--precision', 'fp16']) == 2
+    assert "--precision must be one of auto, fp32, bf16, got 'fp16'" in capsys.readouterr().err
     assert main(['predict', str(trained_run), str(images[0]), '--precision', 'F32']) == 0  # OpenVINO's name
 
 
@@ -88,4 +92,58 @@ def test_onnx_has_no_bf16(tmp_path, capsys):
     model = tmp_path / 'm.onnx'
     model.write_bytes(b'')
     assert main(['predict', str(model), str(tmp_path / 'x.png'), '--backend', 'onnx', '--precision', 'bf16']) == 2
-    assert '--precision bf16 is for the torch and openvino backends' in capsys.readouterr().err
+    assert '--precision bf16 is for torch and OpenVINO' in capsys.readouterr().err
+
+
+def test_image_bombs_in_predict(hub_folder, bombs, capsys):
+    _, folder = hub_folder
+    for bomb in bombs:
+        assert main(['predict', str(folder), str(bomb)]) == 2
+        one_line(capsys, f'{bomb}: refused as a decompression bomb')
+
+
+def _exported_onnx_folder(tmp_path):
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    folder = save_pretrained(model, tmp_path / 'model', label_names=['a', 'b', 'c'])
+    assert main(['export', str(folder), '--format', 'onnx', '-o', str(tmp_path / 'onnx')]) == 0
+    from PIL import Image
+    Image.new('RGB', (70, 60), (10, 120, 200)).save(tmp_path / 'x.png')
+    return tmp_path / 'onnx', tmp_path / 'x.png'
+
+
+def test_exported_models_that_disagree_or_fail_get_one_sentence(tmp_path, capsys, monkeypatch):
+    """An export whose outputs do not match its labels gave an IndexError; onnxruntime failing at run time
+    gave its traceback."""
+    folder, image = _exported_onnx_folder(tmp_path)
+    capsys.readouterr()
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps({**config, 'label_names': ['a', 'b', 'c', 'd'], 'num_classes': 4,
+                                                    'pretrained_cfg': {**config['pretrained_cfg'], 'num_classes': 4}}))
+    assert main(['predict', str(folder), str(image)]) == 2
+    one_line(capsys, f'{folder}: the model gives [3] scores per image but 4 labels are named')
+    (folder / 'config.json').write_text(json.dumps(config))
+
+    import onnxruntime
+
+    def fails(self, *args, **kwargs):
+        raise onnxruntime.capi.onnxruntime_pybind11_state.RuntimeException('simulated kernel failure')
+    monkeypatch.setattr(onnxruntime.InferenceSession, 'run', fails)
+    assert main(['predict', str(folder), str(image)]) == 2
+    one_line(capsys, f'{folder / "model.onnx"}: onnxruntime failed on a batch of shape [1, 3, 64, 64] '
+                      '(RuntimeException: simulated kernel failure)')
+
+
+def test_predict_with_the_single_onnx_file_export_wrote(tmp_path, capsys):
+    """`fishzoo export -o FILE.onnx` then `fishzoo predict FILE.onnx IMG` said "no such folder"."""
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    folder = save_pretrained(model, tmp_path / 'model', label_names=['cat', 'dog', 'fish'])
+    assert main(['export', str(folder), '-o', str(tmp_path / 'm.onnx')]) == 0
+    from PIL import Image
+    Image.new('RGB', (70, 60), (10, 120, 200)).save(tmp_path / 'x.png')
+    capsys.readouterr()
+    assert main(['predict', str(folder), str(tmp_path / 'x.png'), '--json', '--precision', 'fp32']) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main(['predict', str(tmp_path / 'm.onnx'), str(tmp_path / 'x.png'), '--json']) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got[0]['labels'] == expected[0]['labels']
+    assert got[0]['scores'] == pytest.approx(expected[0]['scores'], abs=1e-4)

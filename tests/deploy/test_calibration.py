@@ -79,3 +79,18 @@ def test_as_batches():
     assert [b.shape[0] for b in as_batches(torch.zeros(40, 3, 8, 8), batch_size=16)] == [16, 16, 8]
     with pytest.raises(QuantizeError, match='no calibration images'):
         as_batches(torch.zeros(0, 3, 8, 8))
+
+
+def test_calibration_csv_paths_are_read_as_written(tmp_path):
+    """Documented (docs/safety.md): a CSV's image paths are relative to --image-root or the CSV's folder;
+    absolute paths and '..' are read as written, since the CSV is the user's own file."""
+    from PIL import Image
+
+    from fishzoo.deploy.calibration import calibration_images
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+    Image.new('RGB', (40, 40)).save(outside / 'a.png')
+    (tmp_path / 'csvdir').mkdir()
+    (tmp_path / 'csvdir' / 'c.csv').write_text(f'image,labels\n{outside / "a.png"},x\n../elsewhere/a.png,x\n')
+    cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bilinear', crop_pct=1.0)
+    assert len(calibration_images(tmp_path / 'csvdir' / 'c.csv', cfg)) == 2

@@ -1,73 +1,148 @@
-"""ONNX export: dynamic batch and spatial size, opset >= 17, onnxruntime agrees with PyTorch within 1e-4."""
+"""fishzoo export: folders for every format, int8 checked on held-out images, mistakes in one sentence, and the folder
+written whole."""
 import json
+from pathlib import Path
 
-import onnx
 import pytest
 import timm
+import torch
+from PIL import Image
 
 from fishzoo.cli import main
-from fishzoo.deploy.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_session, verify_onnx
-from tests.helpers.models import set_bn_statistics
+from fishzoo.hub import save_pretrained
+from fishzoo.predict import predict
+from tests.deploy.conftest import LABELS
+from tests.helpers.hostile import one_line
 
 pytestmark = pytest.mark.deploy
 
 
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    model = set_bn_statistics(timm.create_model('fishnet_s64', num_classes=7).eval())  # the export folds them
-    path = export_onnx(model, tmp_path_factory.mktemp('onnx') / 'fishnet_s64.onnx', (3, 64, 64))
-    return model, path
-
-
-def test_dynamic_axes_and_opset(exported):
-    _, path = exported
-    graph = onnx.load(str(path))
-    onnx.checker.check_model(graph)
-    assert max(o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')) >= 17
-    (inp,), (out,) = graph.graph.input, graph.graph.output
-    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
-    dims = inp.type.tensor_type.shape.dim
-    assert [d.dim_param for d in dims] == ['batch', '', 'height', 'width']
-    assert dims[1].dim_value == 3
-    assert out.type.tensor_type.shape.dim[0].dim_param == 'batch'
-    meta = {e.key: json.loads(e.value) for e in graph.metadata_props}
-    assert meta['architecture'] == 'fishnet_s64' and meta['num_classes'] == 7
-    assert meta['mean'] == [0.485, 0.456, 0.406] and meta['input_size'] == [3, 64, 64]
-
-
-@pytest.mark.parametrize('shape', [(1, 3, 64, 64), (5, 3, 96, 64), (2, 3, 65, 97), (1, 3, 33, 47)])
-def test_onnxruntime_matches_pytorch(exported, shape):
-    model, path = exported
-    errors = verify_onnx(path, model, [shape])
-    assert list(errors.values())[0] <= 1e-4
-
-
-def test_verify_catches_a_different_model(exported):
-    model, path = exported
-    other = timm.create_model('fishnet_s64', num_classes=7).eval()
-    with pytest.raises(ExportError, match='onnxruntime differs from PyTorch by .* more than 0.0001'):
-        verify_onnx(path, other, [(1, 3, 64, 64)])
-
-
-def test_onnx_session_threads(exported):
-    _, path = exported
-    session = onnx_session(path, threads=1)
-    assert session.get_inputs()[0].name == INPUT_NAME
+@pytest.mark.parametrize('fmt, model_file', [('onnx', 'model.onnx'), ('openvino', 'openvino_model.xml')])
+@pytest.mark.slow
+def test_int8_export_checked_on_held_out_images(trained, fmt, model_file, capsys):
+    out = trained['root'] / f'{fmt}-int8'
+    calib = trained['images'] if fmt == 'onnx' else trained['csv']  # a folder, or a CSV's image column
+    code = main(['export', str(trained['folder']), '--format', fmt, '--int8', '--calib-data', str(calib),
+                 '--val-data', str(trained['val']), '--max-drop', '100', '-o', str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (out / model_file).is_file() and not (out / 'model.safetensors').exists()
+    config = json.loads((out / 'config.json').read_text())
+    record = config['export']
+    assert config['label_names'] == LABELS and 'weights_sha256' not in config
+    assert record['format'] == fmt and record['weights'] == 'int8' and record['file'] == model_file
+    assert record['calibration']['images'] == 48
+    acc = record['accuracy']
+    assert acc['metric'] == 'top1' and acc['images'] == 48 and acc['fp32'] == 100.0
+    assert acc['int8'] == pytest.approx(acc['agreement'])  # labels are fp32's decisions
+    assert 0 < acc['quantized_layers'] <= acc['total_layers']
+    assert f"fp32 100.00, int8 {acc['int8']:.2f}" in printed
+    card = (out / 'README.md').read_text()
+    assert '| top-1 (%) | 100.00 |' in card and f'--backend {fmt}' in card
+    # the folder runs with the source model's preprocessing and labels, as the torch folder does
+    exported = predict(str(out), [str(p) for p in trained['paths'][:8]], top_k=1, backend=fmt)
+    reference = predict(str(trained['folder']), [str(p) for p in trained['paths'][:8]], top_k=1)
+    assert [r['image'] for r in exported] == [r['image'] for r in reference]
+    agree = sum(e['labels'][0][0] == r['labels'][0][0] for e, r in zip(exported, reference))
+    assert agree >= 6
+    assert predict(str(out), [str(trained['paths'][0])], top_k=3)[0]['labels'][0][0] in LABELS  # auto-detected
 
 
 @pytest.mark.slow
-def test_cli_export(tmp_path, capsys):
-    out = tmp_path / 'mnv2.onnx'
-    assert main(['export', 'mobilenetv2_dual_050', '--format', 'onnx', '-o', str(out), '--img-size', '64']) == 0
-    printed = capsys.readouterr().out
-    assert out.is_file() and 'dynamic batch and spatial size' in printed
-    assert printed.count('onnxruntime vs PyTorch at') == 3
+def test_multilabel_export_is_judged_by_micro_f1_at_its_thresholds(trained, tmp_path):
+    from fishzoo.data import eval_transform
+    from fishzoo.images import load_image
+    model = trained['model']
+    transform = eval_transform(model.pretrained_cfg)
+    with torch.no_grad():
+        probs = model(torch.stack([transform(load_image(p)) for p in trained['paths']])).sigmoid()
+    # half the images carry each label; the threshold sits between two images, none on it
+    thresholds = probs.sort(0).values[23:25].mean(0).tolist()
+    folder = save_pretrained(model, tmp_path / 'multilabel', label_names=LABELS,
+                             extra_config=dict(multilabel=True, thresholds=thresholds))
+    rows = ['image,labels'] + [f'images/{p.name},'
+                               + ' '.join(LABELS[c] for c in range(3) if probs[i, c] >= thresholds[c])
+                               for i, p in enumerate(trained['paths'])]
+    csv = trained['root'] / 'multilabel.csv'
+    csv.write_text('\n'.join(rows) + '\n')
+    out = tmp_path / 'exported'
+    assert main(['export', str(folder), '--format', 'onnx', '--int8', '--calib-data', str(trained['images']),
+                 '--val-data', str(csv), '--max-drop', '100', '-o', str(out)]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    acc = config['export']['accuracy']
+    assert acc['metric'] == 'f1_micro' and acc['fp32'] == pytest.approx(100.0)
+    assert config['thresholds'] == thresholds and 'micro-F1 (%)' in (out / 'README.md').read_text()
+    picked = predict(str(out), [str(trained['paths'][0])], backend='onnx')[0]['labels']
+    assert all(prob >= thresholds[LABELS.index(label)] for label, prob in picked)  # the folder's thresholds
 
 
-def test_cli_export_mistakes(tmp_path, capsys):
-    assert main(['export', 'fishnet_s64', '--opset', '13', '-o', str(tmp_path / 'x.onnx')]) == 2
-    assert '--opset must be 17 or later, got 13' in capsys.readouterr().err
-    assert main(['export', 'no_such_model', '-o', str(tmp_path / 'x.onnx')]) == 2
-    assert 'no_such_model' in capsys.readouterr().err
-    assert main(['export', 'fishnet_s64', '--img-size', '1', '2', '3']) == 2
-    assert '--img-size takes one or two positive numbers' in capsys.readouterr().err
+def test_mistakes_get_one_sentence(trained, tmp_path, capsys):
+    folder = str(trained['folder'])
+    cases = [
+        (['--int8'], '--int8 needs --calib-data'),
+        (['--int8', '--calib-data', str(tmp_path / 'none')], 'expected a folder of images, a CSV'),
+        (['--val-data', str(trained['val'])], '--val-data checks an int8 export'),
+        (['--int8', '--calib-data', str(trained['images']), '--max-drop', '-1'], '--max-drop is in points'),
+        (['-o', str(tmp_path / 'x.onnx'), '--int8'], 'a .onnx file holds an fp32 ONNX export'),
+    ]
+    for extra, message in cases:
+        argv = ['export', folder, '--format', 'onnx', *extra]
+        if '-o' not in extra:
+            argv += ['-o', str(tmp_path / 'out')]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count('\n') == 1, err
+    unreadable = tmp_path / 'broken'
+    unreadable.mkdir()
+    for i in range(3):
+        (unreadable / f'{i}.jpg').write_bytes(b'not an image')
+    assert main(['export', folder, '--int8', '--calib-data', str(unreadable), '-o', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert 'none of its 3 images could be read' in err and err.count('\n') == 1
+    other = tmp_path / 'other'
+    (other / 'horse').mkdir(parents=True)
+    Image.new('RGB', (8, 8)).save(other / 'horse' / 'a.png')
+    assert main(['export', folder, '--int8', '--calib-data', str(trained['images']), '--val-data', str(other),
+                 '-o', str(tmp_path / 'out')]) == 2
+    assert 'class folders the model has no label for: horse' in capsys.readouterr().err
+
+
+def test_predict_backend_mistakes(trained, tmp_path, capsys):
+    image = str(trained['paths'][0])
+    assert main(['predict', str(trained['folder']), image, '--backend', 'onnx']) == 2
+    assert 'no model.onnx for --backend onnx' in capsys.readouterr().err
+    assert main(['predict', 'fishnet_s64', image, '--backend', 'openvino']) == 2
+    assert 'runs an exported folder' in capsys.readouterr().err
+
+
+def test_a_run_folder_calibrates_and_validates_on_its_own_split(trained_run, image_dataset, tmp_path, capsys):
+    """--val-data could not use the run's held-out images (only digits could): a run writes its split, and
+    --calib-data / --val-data RUN_FOLDER read its training and validation images."""
+    import csv as csv_module
+
+    from fishzoo.images import image_files
+    rows = list(csv_module.DictReader((trained_run / 'val_images.csv').open()))
+    assert sorted(Path(r['image']).relative_to(image_dataset / 'val').as_posix() for r in rows) == \
+        sorted(p.relative_to(image_dataset / 'val').as_posix() for p in image_files(image_dataset / 'val'))
+    assert {r['label'] for r in rows} == {'cat', 'dog', 'fish'}
+    out = tmp_path / 'ov'
+    assert main(['export', str(trained_run), '--format', 'openvino', '--int8', '--calib-data', str(trained_run),
+                 '--val-data', str(trained_run), '-o', str(out)]) == 0
+    record = json.loads((out / 'config.json').read_text())['export']
+    assert record['calibration']['images'] == 24 and record['accuracy']['images'] == 12
+    assert record['accuracy']['source'] == str(trained_run)
+
+
+def test_export_into_a_folder_holding_files_is_refused(hub_folder, tmp_path, capsys):
+    """README.md and config.json of the folder were silently overwritten, model files unlinked."""
+    _, folder = hub_folder
+    other = save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'other')
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    assert main(['export', str(folder), '--format', 'onnx', '-o', str(other)]) == 2
+    line = one_line(capsys, f'-o {other}: holds README.md, app.py, config.json, model.safetensors')
+    assert '--overwrite' in line
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before  # untouched
+    assert main(['export', str(folder), '--format', 'onnx', '-o', str(folder), '--overwrite']) == 2
+    one_line(capsys, 'is the folder of the model being exported')
+    assert main(['export', str(folder), '--format', 'onnx', '-o', str(other), '--overwrite']) == 0
+    assert (other / 'model.onnx').is_file()

@@ -14,36 +14,13 @@ from tests.helpers.models import ColourNet, colour_data
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 
-def test_export_and_predict_a_trained_folder(trained_run, image_dataset, tmp_path, capsys):
-    """fp32: every op in XNNPACK, checked against PyTorch, predict gives the torch backend's labels and
-    probabilities with the folder's preprocessing."""
-    out = tmp_path / 'lrt'
-    assert main(['export', str(trained_run), '--format', 'litert', '-o', str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert 'model.tflite' in printed and 'every op in the XNNPACK delegate' in printed
-    record = json.loads((out / 'config.json').read_text())['export']
-    assert record['format'] == 'litert' and record['ops_outside_delegate'] == {}
-    assert record['input_shape'] == [1, 3, 32, 32] and max(record['max_rel_diff_fp32'].values()) < 1e-4
-    card = (out / 'README.md').read_text()
-    assert "LiteRT's interpreter" in card and '--backend litert' in card
-    images = sorted(str(p) for p in (image_dataset / 'val').rglob('*.png'))[:5]
-    ours = predict(str(out), images, top_k=3)
-    reference = predict(str(trained_run), images, top_k=3, precision='fp32')
-    for a, b in zip(ours, reference):
-        assert [label for label, _ in a['labels']] == [label for label, _ in b['labels']]
-        for (_, p), (_, q) in zip(a['labels'], b['labels']):
-            assert p == pytest.approx(q, abs=1e-4)
-    assert main(['predict', str(out), images[0], '--backend', 'litert', '--precision', 'bf16']) == 2
-    assert '--precision bf16 is for the torch and openvino backends' in capsys.readouterr().err
-
-
 def test_int8_export_is_checked_on_held_out_images(trained_run, image_dataset, tmp_path, capsys):
     out = tmp_path / 'lrt8'
     assert main(['export', str(trained_run), '--format', 'litert', '--int8', '--calib-data', str(trained_run),
                  '--val-data', str(trained_run), '--max-drop', '100', '-o', str(out)]) == 0
     assert 'top-1 on 12 images' in capsys.readouterr().out
     record = json.loads((out / 'config.json').read_text())['export']
-    assert record['precision'] == 'int8' and record['ops_outside_delegate'] == {}
+    assert record['weights'] == 'int8' and record['ops_outside_delegate'] == {}
     assert "int8 by litert-torch's PT2EQuantizer" in (out / 'README.md').read_text()
     images = sorted(str(p) for p in (image_dataset / 'val').rglob('*.png'))
     ours = predict(str(out), images, top_k=1)  # int8 input and output, (de)quantized by the runner
@@ -54,7 +31,7 @@ def test_int8_export_is_checked_on_held_out_images(trained_run, image_dataset, t
 
 def test_int8_search_keeps_the_crushed_layers_in_fp32(tmp_path):
     """litert-torch's quantizer cannot leave a module out (no None config): its annotations are removed."""
-    from fishzoo.deploy.mobile import export_litert
+    from fishzoo.deploy.litert import export_litert
     model = ColourNet().eval()
     _, _, data = colour_data()
     _, plain = export_litert(model, tmp_path / 'plain.tflite', (3, 8, 8), data, data, max_drop=100)
@@ -74,10 +51,10 @@ class _Upsampler(nn.Module):
 
 def test_outside_ops_are_counted(tmp_path):
     """LiteRT's XNNPACK delegate has no nearest resize: the counter names it (the export-time forms avoid it)."""
-    from fishzoo.deploy.mobile import _litert_into, litert_outside_ops
-    from fishzoo.deploy.runtime import litert_runner
+    from fishzoo.deploy.litert import convert_into, outside_ops
+    from fishzoo.deploy.litert import runner as litert_runner
     x, model = torch.randn(1, 3, 8, 8), _Upsampler().eval()
-    outside = _litert_into(model, x, tmp_path / 'up.tflite')
-    assert outside == {'RESIZE_NEAREST_NEIGHBOR': 1} == litert_outside_ops(tmp_path / 'up.tflite')
+    outside = convert_into(model, x, tmp_path / 'up.tflite')
+    assert outside == {'RESIZE_NEAREST_NEIGHBOR': 1} == outside_ops(tmp_path / 'up.tflite')
     with torch.no_grad():
         np.testing.assert_allclose(litert_runner(tmp_path / 'up.tflite')(x.numpy()), model(x).numpy(), atol=1e-5)

@@ -51,8 +51,8 @@ def test_damage_ranks_the_wide_activation_first():
 
 @pytest.mark.slow
 def test_executorch_int8_search_measures_the_program(tmp_path):
-    from fishzoo.deploy.mobile import export_executorch
-    from fishzoo.deploy.runtime import executorch_runner
+    from fishzoo.deploy.executorch import export_executorch
+    from fishzoo.deploy.executorch import runner as executorch_runner
     model = ColourNet().eval()
     images, labels, data = colour_data()
     outside, plain = export_executorch(model, tmp_path / 'plain.pte', (3, 8, 8), data, data, max_drop=100)

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fishzoo.deploy import executorch, litert
 from fishzoo.deploy.xnnpack import ChannelSumConv, ConcatUpsample2x, NearestUpsample2x, SigmoidMish, for_xnnpack
 from fishzoo.models.fishnet import ChannelSqueeze
 from tests.helpers.models import set_bn_statistics
@@ -33,7 +34,7 @@ def test_channel_sums_and_upsampling_are_exact():
     ('mobilenetv2_dual_050', 64, 'executorch'), ('fishnet_s64', 64, 'litert'), ('fishnet_s64', 37, 'litert')])
 def test_swapped_model_computes_the_same(name, size, runtime):
     model = set_bn_statistics(timm.create_model(name, num_classes=7), affine=True).eval()
-    swapped = for_xnnpack(model, runtime)
+    swapped = for_xnnpack(model, {'executorch': executorch.RUNTIME, 'litert': litert.RUNTIME}[runtime].upsample)
     kinds = collections.Counter(type(m).__name__ for m in swapped.modules())
     assert not kinds['Mish'] and not any(isinstance(m, ChannelSqueeze) and m.k > 1 for m in swapped.modules())
     if name.startswith('fishnet'):

@@ -234,3 +234,20 @@ def test_other_channel_counts_get_their_own_mean_and_std(caplog):
         config = timm.data.resolve_model_data_config(model)
     assert config['mean'] == (0.449,) and 'does not match' not in caplog.text
     assert timm.create_model('fishnet_s64').pretrained_cfg['mean'] == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize('name', ['fishnet_s64', 'fishnet99', 'mobilenetv2_dual_050'])
+@pytest.mark.parametrize('shape, message', [
+    ((1, 1, 64, 64), 'expected 3 input channels, got 1'),
+    ((64, 64), 'expected a 4-D image batch'),
+    ((1, 1, 3, 64, 64), 'expected a 4-D image batch'),
+])
+def test_bad_model_inputs(name, shape, message):
+    model = timm.create_model(name, num_classes=2).eval()
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(*shape))
+    too_small = model.min_input_size - 1
+    with pytest.raises(ValueError, match=f'at least {model.min_input_size}x{model.min_input_size} px'):
+        model(torch.randn(1, 3, too_small, 64))
+    with pytest.raises(ValueError, match='expected 3 input channels'):
+        model.forward_intermediates(torch.randn(1, 4, 64, 64))

@@ -1,15 +1,19 @@
 """fishzoo.train.args: flags, YAML recipes and their precedence, bad config files."""
-from pathlib import Path
-
 import pytest
 
-from fishzoo.train import DIGITS_RECIPE, ConfigError, build_parser, load_config, parse_args
-
-REPO = Path(__file__).resolve().parents[2]
+from fishzoo.train import (
+    DIGITS_RECIPE,
+    ConfigError,
+    build_train_parser,
+    load_config,
+    parse_args,
+)
+from fishzoo.train import main as train_main
+from tests.helpers.hostile import REPO
 
 
 def test_no_options_is_the_digits_recipe_of_configs():
-    assert load_config(str(REPO / 'configs' / 'digits.yaml'), build_parser()) == DIGITS_RECIPE
+    assert load_config(str(REPO / 'configs' / 'digits.yaml'), build_train_parser()) == DIGITS_RECIPE
     args = parse_args([])
     assert (args.model, args.img_size, args.in_chans, args.epochs, args.hflip) == ('fishnet_s64', 32, 1, 8, 0.0)
 
@@ -44,10 +48,10 @@ def test_every_recipe_parses():
 
 
 def test_every_flag_has_help():
-    undocumented = [a.option_strings[-1] for a in build_parser()._actions
+    undocumented = [a.option_strings[-1] for a in build_train_parser()._actions
                     if a.option_strings and a.dest != 'help' and not a.help]
     assert undocumented == []
-    text = ' '.join(build_parser().format_help().split())
+    text = ' '.join(build_train_parser().format_help().split())
     # flags a recipe sets show their default as the one used where no recipe applies
     for shown in ('0.05 where no recipe sets it)', '(default: 30)', '0.0001 where no recipe sets it)',
                   '(default: output/train)'):
@@ -75,3 +79,12 @@ def test_val_split_is_a_fraction_or_a_split_name():
         'validation'
     with pytest.raises(ConfigError, match='--val-split validation: a split name is for --dataset'):
         parse_args(['--data-dir', 'd', '--val-split', 'validation'])
+
+
+def test_help_says_the_recipe_sets_its_flags(capsys):
+    """--help listed SGD, 0.05 as the defaults where the recipe trains with AdamW at 3e-3."""
+    with pytest.raises(SystemExit):
+        train_main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert "--opt OPT timm optimizer name ('sgd', 'adamw', 'lamb', ...) (default: the recipe's choice for your " \
+           'data, named in the log; sgd where no recipe sets it)' in text

@@ -1,6 +1,8 @@
 """fishzoo.train.checkpoints: finding the newest complete checkpoint; a run killed with -9 and resumed
 equals an uninterrupted one."""
 import json
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from fishzoo import train
-from fishzoo.train import STATE_FILE, ConfigError, main
+from fishzoo.train import STATE_FILE, ConfigError, checkpoint_dirs, main
+from fishzoo.train import main as train_main
 from tests.conftest import TRAIN_ARGS
+from tests.helpers.hostile import (
+    Payload,
+    one_line,
+    start_training,
+)
 
 
 def test_resume_auto_takes_the_newest_complete_checkpoint(tmp_path):
@@ -56,3 +64,46 @@ def test_killed_and_resumed_run_matches_uninterrupted(image_dataset, tmp_path):
     for key in reference:
         assert torch.equal(resumed[key], reference[key]), key
     assert [r['epoch'] for r in json.loads((killed / 'metrics.json').read_text())] == [0, 1, 2, 3]
+
+
+@pytest.fixture
+def checkpointed_run(trained_run, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(trained_run, run)
+    return run
+
+
+@pytest.mark.parametrize('victim', ['optimizer.bin', 'random_states_0.pkl', STATE_FILE])
+def test_payload_via_resume(checkpointed_run, image_dataset, marker, capsys, victim):
+    newest = checkpoint_dirs(checkpointed_run)[-1]
+    torch.save({'payload': Payload(marker)}, newest / victim)
+    assert train_main(['--data-dir', str(image_dataset), '--output-dir', str(checkpointed_run), *TRAIN_ARGS,
+                 '--epochs', '4', '--resume', 'auto']) == 2
+    line = one_line(capsys, f'--resume {newest}: refused a file that is not plain tensors')
+    assert 'Traceback' not in line
+
+
+@pytest.mark.slow
+def test_repeated_kill_9(image_dataset, tmp_path):
+    """kill -9 at random moments (during saves too), resumed with --resume auto each time: the final weights
+    equal an uninterrupted run's."""
+    # 12 short epochs (~0.6 s each after a ~3 s start): three kills 3.3-4.8 s into each attempt always land
+    # before the run could finish, at random points of start-up, training, validation or saving
+    args = ['--data-dir', str(image_dataset), '--epochs', '12', *TRAIN_ARGS]
+    straight = tmp_path / 'straight'
+    assert train_main([*args, '--output-dir', str(straight)]) == 0
+    out = tmp_path / 'killed'
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(3):
+        proc = start_training(args + (['--resume', 'auto'] if attempt else []), out)
+        time.sleep(rng.uniform(3.3, 4.8))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+    assert kills == 3 and not (out / 'model.safetensors').exists()
+    assert train_main([*args, '--output-dir', str(out), '--resume', 'auto']) == 0
+    resumed, reference = load_file(out / 'model.safetensors'), load_file(straight / 'model.safetensors')
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from fishzoo.train import main, parse_args
-from fishzoo.train.args import RECIPE_HELP, build_parser, given_flags
-from fishzoo.train.config import RunConfig
+from fishzoo.train.args import RECIPE_HELP, build_train_parser, given_flags
 from fishzoo.train.recipes import RECIPE_KEYS, Situation, choose_recipe, min_positives, recipe_settings
+from fishzoo.train.run_config import RunConfig
 
 SCRATCH = Situation(finetuning=False, multilabel=False, train_images=1437, input_size=32, epochs=8, global_batch=64)
 
@@ -98,7 +98,7 @@ def test_embedded_digits_keep_their_recipe():
 
 
 def test_every_recipe_key_is_a_flag_named_in_the_help():
-    dests = {a.dest for a in build_parser()._actions}
+    dests = {a.dest for a in build_train_parser()._actions}
     situations = [dict(), dict(finetuning=True), dict(multilabel=True), dict(input_size=224, train_images=100_000),
                   dict(batch_given=False)]
     chosen = set().union(*(_recipe(**s) for s in situations))

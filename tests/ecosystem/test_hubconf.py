@@ -5,7 +5,7 @@ import torch
 
 import fishzoo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_model_has_an_entry_point():

@@ -55,21 +55,21 @@ def test_build_parts_wants_the_lr_found_first(image_dataset, tmp_path):
 def test_mixed_precision_auto(monkeypatch, fake_cpu, caplog, amx, env, device, expected):
     import torch
 
-    from fishzoo.train.config import mixed_precision_setting
+    from fishzoo.train.command import mixed_precision
     fake_cpu('amx' if amx else 'avx512_bf16')
     if env is None:
         monkeypatch.delenv('ACCELERATE_MIXED_PRECISION', raising=False)
     else:
         monkeypatch.setenv('ACCELERATE_MIXED_PRECISION', env)
     with caplog.at_level('INFO', logger='fishzoo'):
-        assert mixed_precision_setting('auto', torch.device(device)) == expected
+        assert mixed_precision('auto', torch.device(device)) == expected
     if expected == 'bf16':
         assert 'mixed precision: bf16 autocast on the CPU, as this CPU has AMX-BF16' in caplog.text
         assert '--mixed-precision no overrides' in caplog.text
     if expected == 'no':
         assert 'none (fp32)' in caplog.text and 'AVX512-BF16 but no AMX' in caplog.text
     for explicit in ('no', 'bf16', 'fp16'):  # the flag always wins
-        assert mixed_precision_setting(explicit, torch.device(device)) == explicit
+        assert mixed_precision(explicit, torch.device(device)) == explicit
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_the_accelerator_trains_in_the_chosen_precision(monkeypatch, fake_cpu, t
     import torch
     from accelerate.state import AcceleratorState
 
-    from fishzoo.train.cli import create_accelerator
+    from fishzoo.train.command import create_accelerator
 
     class Probe(torch.nn.Linear):
         """Records the autocast state its forward pass runs in."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SITE_PACKAGES = Path(timm.__file__).resolve().parents[1]
 
 CREATE = ("import sys; assert 'fishzoo' not in sys.modules and 'timm' not in sys.modules; "

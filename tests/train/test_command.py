@@ -3,20 +3,26 @@ the hub upload, and one line for every bad input."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
 import fishzoo  # noqa: F401
-from fishzoo import train
+from fishzoo import data, train
+from fishzoo.hub import save_pretrained
 from fishzoo.train import main
+from fishzoo.train import main as train_main
 from tests.conftest import TRAIN_ARGS
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.hostile import (
+    REPO,
+    evil_checkpoint,
+    one_line,
+)
 
 
 def test_end_to_end_outputs(trained_run, image_dataset):
@@ -68,7 +74,6 @@ def test_training_options(image_dataset, tmp_path, extra):
 
 
 def test_pretrained_head_is_replaced_and_logged(image_dataset, tmp_path, caplog):
-    from fishzoo.hub import save_pretrained
     source = tmp_path / 'pretrained'
     save_pretrained(timm.create_model('fishnet_s64', num_classes=5), source)
     with caplog.at_level('INFO', logger='fishzoo.train'):
@@ -79,7 +84,6 @@ def test_pretrained_head_is_replaced_and_logged(image_dataset, tmp_path, caplog)
 
 def test_pretrained_head_for_other_labels_is_replaced(trained_run, image_dataset, tmp_path, caplog):
     """Same number of classes, other label names: the old head would silently map old classes to new ones."""
-    import shutil
     renamed = tmp_path / 'renamed'
     shutil.copytree(image_dataset, renamed)
     for split in ('train', 'val'):
@@ -139,7 +143,6 @@ def test_output_dir_with_another_run_is_refused(trained_run, capsys):
 
 
 def test_strict_images(image_dataset, tmp_path, capsys):
-    import shutil
     data = tmp_path / 'ds'
     shutil.copytree(image_dataset, data)
     (data / 'train' / 'cat' / 'broken.png').write_bytes(b'\x89PNG not really')
@@ -212,7 +215,6 @@ def test_training_from_a_worker_thread(image_dataset, tmp_path):
 
 def test_finetune_from_a_folder_loads_its_weights_and_channels(image_dataset, tmp_path, caplog):
     """No --pretrained, no --in-chans: a folder model brings its weights and its 1 input channel."""
-    from safetensors.torch import load_file
 
     from fishzoo.hub import save_pretrained
     source = tmp_path / 'gray'
@@ -251,7 +253,6 @@ def test_initial_checkpoint(image_dataset, tmp_path, capsys):
 
 
 def test_val_split_names_a_dataset_split(image_dataset):
-    from fishzoo import data
     loaded = data.hf_data('imagefolder', image_dataset, 'validation')
     assert len(loaded.val) == 12
     with pytest.raises(data.DataError, match='--val-split nope: --dataset imagefolder has no such split'):
@@ -275,3 +276,12 @@ def test_card_of_a_class_folder_run(trained_run, image_dataset):
     assert card.data.datasets is None and card.data.license is None and 'none chosen' in card.text
     assert 'Top-5' not in card.text and '`cat`, `dog`, `fish`' in card.text
     assert 'Trained on 24 images (a small data set); measured on 12 validation images (the val/ folder' in card.text
+
+
+def test_payload_via_model_local_dir_in_training(hub_folder, image_dataset, tmp_path, marker, capsys):
+    _, folder = hub_folder
+    (folder / 'model.safetensors').unlink()
+    evil_checkpoint(folder / 'pytorch_model.bin', marker)
+    assert train_main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), *TRAIN_ARGS,
+                 '--model', f'local-dir:{folder}', '--pretrained']) == 2
+    one_line(capsys, f'--model local-dir:{folder}')
