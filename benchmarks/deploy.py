@@ -36,10 +36,13 @@ import torch
 import fishzoo  # noqa: F401  (registers the models)
 from fishzoo.cpu_features import cpu_features
 from fishzoo.deploy.calibration import LabelledImages
-from fishzoo.deploy.export import export_folder, export_onnx
+from fishzoo.deploy.export import export_folder
 from fishzoo.deploy.fast_path import optimize_for_inference, select_fast_path
+from fishzoo.deploy.formats import load_runner
 from fishzoo.deploy.int8_torch import quantize
-from fishzoo.deploy.runtime import load_runner, onnx_runner, openvino_precision
+from fishzoo.deploy.onnx import export_onnx
+from fishzoo.deploy.onnx import runner as onnx_runner
+from fishzoo.deploy.openvino import compiled_precision
 from fishzoo.info import machine_summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,7 +149,7 @@ def build_rows(name: str, size: int, batch: int, calib_images: int, work: Path) 
 
     def ov_kernels(ov_model, config=None):
         return lambda run: describe_kernels(openvino_conv_kernels(ov_model, x.numpy(), config))
-    ov_default = openvino_precision(core.compile_model(ov_model, 'CPU'))
+    ov_default = compiled_precision(core.compile_model(ov_model, 'CPU'))
     add(OV_DEFAULTS.format(f'{ov_default} here'), 'by hand', lambda: _ov_call(core.compile_model(ov_model, 'CPU')),
         ov_kernels(ov_model))
     f32 = {'INFERENCE_PRECISION_HINT': 'f32'}

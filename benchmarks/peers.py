@@ -237,7 +237,8 @@ class CaseBuilder:
         if not self.cfg.onnx or self.device.type != 'cpu':
             return
         from fishzoo.deploy.export import export_onnx
-        from fishzoo.deploy.runtime import INPUT_NAME, onnx_session
+        from fishzoo.deploy.onnx import session as onnx_session
+        from fishzoo.deploy.runner import INPUT_NAME
         size = self.cfg.img_size
         try:
             path = export_onnx(self.model, self.work_dir / f'{self.cfg.model}.onnx', (3, size, size))

@@ -26,6 +26,7 @@ import torch
 import fishzoo  # noqa: F401  (registers the models)
 from fishzoo.cpu_features import cpu_features
 from fishzoo.info import machine_summary
+from fishzoo.precision import cpu_auto
 from fishzoo.train import main as train_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -98,7 +99,7 @@ def step_benchmark(models: Sequence[str], batch: int = 16, size: int = 224, roun
     rows = [dict(model=c['model'], precision=c['precision'], img_per_s=statistics.median(c['img_per_s']),
                  rounds=c['img_per_s']) for c in cases]
     return dict(date=time.strftime('%Y-%m-%d'), machine=machine_summary(), cpu_features=cpu_features().summary(),
-                auto=cpu_features().fast_precision, batch=batch, size=size, rounds=rounds, rows=rows)
+                auto=cpu_auto(), batch=batch, size=size, rounds=rounds, rows=rows)
 
 
 def step_table(result: Dict) -> str:

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 import fishzoo
+from fishzoo.deploy.accuracy import predict_all
 from fishzoo.deploy.calibration import DIGITS, calibration_images, validation_images
 from fishzoo.deploy.export import export_folder
-from fishzoo.deploy.int8_exported import predict_all
-from fishzoo.deploy.runtime import torch_runner
+from fishzoo.deploy.runner import torch_runner
 from fishzoo.info import machine_summary
 from fishzoo.metrics import agreement, score
 from fishzoo.train import main as train_main
@@ -76,7 +76,7 @@ def study_model(model_name: str, size: int, epochs: int, work: Path, reuse: bool
         start = time.perf_counter()
         record = export_folder(model, out, fmt, tuple(cfg['input_size']), int8=True, calib_data=DIGITS,
                                val_data=DIGITS, max_drop=MAX_DROP, source_folder=folder)
-        from fishzoo.deploy.runtime import load_runner
+        from fishzoo.deploy.formats import load_runner
         logits, _ = predict_all(load_runner(out, fmt), val)
         acc = record['accuracy']
         row(f'fishzoo export --format {fmt} --int8 --val-data', logits, time.perf_counter() - start,

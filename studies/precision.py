@@ -31,9 +31,9 @@ import torch
 
 import fishzoo
 from fishzoo.cpu_features import cpu_features
+from fishzoo.deploy.accuracy import predict_all
 from fishzoo.deploy.calibration import DIGITS, validation_images
-from fishzoo.deploy.int8_exported import predict_all
-from fishzoo.deploy.runtime import torch_runner
+from fishzoo.deploy.runner import torch_runner
 from fishzoo.info import machine_summary
 from fishzoo.metrics import agreement, score
 
