@@ -44,6 +44,12 @@ _RUNTIMES_THAT_CHOOSE = {'openvino': "OpenVINO's default for the CPU it runs on:
 _OPENVINO_HINTS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}
 
 
+def autocast(device_type: str, dtype: Optional[torch.dtype]):
+    """torch's autocast to ``dtype`` on ``device_type``, or nothing for None (fp32): how every torch path
+    applies a decided precision."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
 def parse(value: str, flag: str = '--precision') -> str:
     """'auto', 'fp32' or 'bf16' for what a user typed (any case; OpenVINO's 'f32' and torch's 'float32' /
     'bfloat16' too); anything else is one sentence naming ``flag``."""
@@ -71,10 +77,7 @@ class Precision:
     def autocast(self, device_type: Optional[str] = None):
         """The context a torch model runs in: autocast to :attr:`autocast_dtype` on ``device_type`` (default:
         where this precision was decided), or nothing."""
-        dtype = self.autocast_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type or self.where, dtype=dtype)
+        return autocast(device_type or self.where, self.autocast_dtype)
 
     @property
     def openvino_hint(self) -> Optional[str]:

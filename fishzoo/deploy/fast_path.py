@@ -14,7 +14,6 @@ either way.
 
 ``select_fast_path`` holds the device decisions, so they are tested on machines without the device.
 """
-import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -30,7 +29,7 @@ import torch.nn as nn
 from timm.models import reparameterize_model
 
 from fishzoo.errors import describe
-from fishzoo.precision import for_torch
+from fishzoo.precision import autocast, for_torch
 
 _logger = logging.getLogger(__name__)
 
@@ -83,9 +82,7 @@ class FastPath:
 
     def autocast(self):
         """The context the model runs in: autocast to ``autocast_dtype``, or nothing."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def inductor_config(self, **overrides):
         """Inductor's settings for this path, as a context around compiled calls (they compile lazily)."""
