@@ -18,9 +18,7 @@ from fishzoo.errors import ExportError, ModelLoadError, describe
 from fishzoo.precision import Precision
 
 from . import pt2e
-from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy
-from .calibration import LabelledImages
-from .phone import PhoneRuntime, export_file, phone_writer
+from .phone import PhoneRuntime, phone_writer
 from .runner import Format, Runner, RuntimeFailure, fixed_shape_runner, require
 from .xnnpack import NearestUpsample2x
 
@@ -93,23 +91,8 @@ def _write(graph: nn.Module, example: torch.Tensor, path: Path, int8: bool) -> D
     return outside
 
 
-RUNTIME = PhoneRuntime('executorch', 'ExecuTorch', NearestUpsample2x, _write, runner, quantizer)
-
-
-def export_executorch(
-        model: nn.Module,
-        path: Union[str, Path],
-        input_size: Tuple[int, int, int],
-        calibration: Optional[LabelledImages] = None,
-        validation: Optional[LabelledImages] = None,
-        max_drop: float = DEFAULT_MAX_DROP,
-        thresholds=0.5,
-) -> Tuple[Dict[str, int], Optional[Int8Accuracy]]:
-    """Write ``model`` as an ExecuTorch program for the XNNPACK delegate (batch 1, ``input_size``) to ``path``:
-    fp32, or int8 calibrated on ``calibration`` (accuracy-aware with ``validation``). Returns the ops left
-    outside the delegate by name and the int8 accuracy measured on the written program."""
-    require('executorch', 'mobile', 'ExecuTorch export', ExportError)
-    return export_file(RUNTIME, model, path, input_size, calibration, validation, max_drop, thresholds)
+RUNTIME = PhoneRuntime('executorch', 'ExecuTorch', 'executorch', 'mobile', NearestUpsample2x, _write, runner,
+                       quantizer)
 
 
 FORMAT = Format(

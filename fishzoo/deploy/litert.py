@@ -6,7 +6,7 @@ int8 file takes and returns int8 tensors, which the runner quantizes and dequant
 """
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -16,9 +16,7 @@ from fishzoo.errors import ExportError, ModelLoadError, describe
 from fishzoo.precision import Precision
 
 from . import pt2e
-from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy
-from .calibration import LabelledImages
-from .phone import PhoneRuntime, export_file, phone_writer
+from .phone import PhoneRuntime, phone_writer
 from .runner import Format, Runner, RuntimeFailure, fixed_shape_runner, require
 from .xnnpack import ConcatUpsample2x
 
@@ -125,23 +123,8 @@ def _write(graph: nn.Module, example: torch.Tensor, path: Path, int8: bool) -> D
 
 
 # litert-torch reads fp32 weights with their quantize ops (fold_quantize=False)
-RUNTIME = PhoneRuntime('litert', 'LiteRT', ConcatUpsample2x, _write, runner, quantizer, fold_quantize=False)
-
-
-def export_litert(
-        model: nn.Module,
-        path: Union[str, Path],
-        input_size: Tuple[int, int, int],
-        calibration: Optional[LabelledImages] = None,
-        validation: Optional[LabelledImages] = None,
-        max_drop: float = DEFAULT_MAX_DROP,
-        thresholds=0.5,
-) -> Tuple[Dict[str, int], Optional[Int8Accuracy]]:
-    """Write ``model`` as a LiteRT model (batch 1, ``input_size``, NCHW input as in PyTorch) to ``path``: fp32,
-    or int8 calibrated on ``calibration`` (accuracy-aware with ``validation``). Returns the ops XNNPACK leaves
-    to LiteRT's kernels by name and the int8 accuracy measured on the written model."""
-    require('litert_torch', 'litert', 'LiteRT export', ExportError)
-    return export_file(RUNTIME, model, path, input_size, calibration, validation, max_drop, thresholds)
+RUNTIME = PhoneRuntime('litert', 'LiteRT', 'litert_torch', 'litert', ConcatUpsample2x, _write, runner, quantizer,
+                       fold_quantize=False)
 
 
 FORMAT = Format(

@@ -10,12 +10,13 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from fishzoo.errors import ExportError
 from fishzoo.precision import for_runtime
 
 from . import pt2e
 from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy
 from .calibration import LabelledImages
-from .runner import ExportRequest, Runner, check_against_torch, check_shapes, torch_runner
+from .runner import ExportRequest, Runner, check_against_torch, check_shapes, require, torch_runner
 from .xnnpack import for_xnnpack
 
 CALIBRATION_IMAGES = 256  # batch-1 graphs calibrate image by image
@@ -26,12 +27,26 @@ class PhoneRuntime:
     """How one phone runtime is written, run and quantized."""
     name: str  # the format's name ('executorch', 'litert')
     title: str  # in sentences: 'ExecuTorch'
+    module: str  # the converter's module, and the extra that brings it
+    extra: str
     upsample: Callable[[int], nn.Module]  # the nearest 2x up-sampling form it runs best (fishzoo.deploy.xnnpack)
     # (graph, example input, path, int8) -> the ops left outside the XNNPACK delegate, by name
     write: Callable[[nn.Module, torch.Tensor, Path, bool], Dict[str, int]]
     runner: Callable[[Path], Runner]
     quantizer_for: pt2e.QuantizerFactory  # (module names left in fp32) -> a PT2E quantizer
     fold_quantize: bool = True  # False: the converter reads fp32 weights with their quantize ops (LiteRT)
+
+    def export(self, model: nn.Module, path: Union[str, Path], input_size: Tuple[int, int, int],
+               calibration: Optional[LabelledImages] = None, validation: Optional[LabelledImages] = None,
+               max_drop: float = DEFAULT_MAX_DROP, thresholds=0.5) -> Tuple[Dict[str, int], Optional[Int8Accuracy]]:
+        """Write ``model`` for this runtime to ``path`` (batch 1, ``input_size``): fp32, or int8 calibrated on
+        ``calibration`` (accuracy-aware with ``validation``). Returns the ops left outside the XNNPACK delegate by
+        name (``{}``: everything runs in XNNPACK) and the int8 accuracy measured on the written file."""
+        require(self.module, self.extra, f'{self.title} export', ExportError)
+        request = ExportRequest(tuple(input_size), for_runtime('auto', self.name, log=False),
+                                int8=calibration is not None, calibration=calibration, validation=validation,
+                                max_drop=max_drop, thresholds=thresholds)
+        return export_for_phone(self, model, Path(path), request)
 
 
 def export_for_phone(runtime: PhoneRuntime, model: nn.Module, path: Path, request: ExportRequest
@@ -74,12 +89,3 @@ def phone_writer(runtime: PhoneRuntime, file: str):
         return accuracy
     return write
 
-
-def export_file(runtime: PhoneRuntime, model: nn.Module, path: Union[str, Path], input_size: Tuple[int, int, int],
-                calibration: Optional[LabelledImages] = None, validation: Optional[LabelledImages] = None,
-                max_drop: float = DEFAULT_MAX_DROP, thresholds=0.5) -> Tuple[Dict[str, int], Optional[Int8Accuracy]]:
-    """:func:`export_for_phone` from arguments rather than a request: int8 when ``calibration`` is given."""
-    request = ExportRequest(tuple(input_size), for_runtime('auto', runtime.name, log=False),
-                            int8=calibration is not None, calibration=calibration, validation=validation,
-                            max_drop=max_drop, thresholds=thresholds)
-    return export_for_phone(runtime, model, Path(path), request)

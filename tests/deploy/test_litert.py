@@ -31,12 +31,12 @@ def test_int8_export_is_checked_on_held_out_images(trained_run, image_dataset, t
 
 def test_int8_search_keeps_the_crushed_layers_in_fp32(tmp_path):
     """litert-torch's quantizer cannot leave a module out (no None config): its annotations are removed."""
-    from fishzoo.deploy.litert import export_litert
+    from fishzoo.deploy.litert import RUNTIME
     model = ColourNet().eval()
     _, _, data = colour_data()
-    _, plain = export_litert(model, tmp_path / 'plain.tflite', (3, 8, 8), data, data, max_drop=100)
+    _, plain = RUNTIME.export(model, tmp_path / 'plain.tflite', (3, 8, 8), data, data, max_drop=100)
     assert plain.drop > 20
-    _, searched = export_litert(model, tmp_path / 'm.tflite', (3, 8, 8), data, data, max_drop=0.5)
+    _, searched = RUNTIME.export(model, tmp_path / 'm.tflite', (3, 8, 8), data, data, max_drop=0.5)
     assert searched.drop <= 0.5 and 'conv2' in searched.layers_in_fp32 and 'head' not in searched.layers_in_fp32
 
 

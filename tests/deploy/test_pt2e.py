@@ -51,13 +51,13 @@ def test_damage_ranks_the_wide_activation_first():
 
 @pytest.mark.slow
 def test_executorch_int8_search_measures_the_program(tmp_path):
-    from fishzoo.deploy.executorch import export_executorch
+    from fishzoo.deploy.executorch import RUNTIME
     from fishzoo.deploy.executorch import runner as executorch_runner
     model = ColourNet().eval()
     images, labels, data = colour_data()
-    outside, plain = export_executorch(model, tmp_path / 'plain.pte', (3, 8, 8), data, data, max_drop=100)
+    outside, plain = RUNTIME.export(model, tmp_path / 'plain.pte', (3, 8, 8), data, data, max_drop=100)
     assert 'aten.convolution.default' not in outside and plain.drop > 20
-    _, searched = export_executorch(model, tmp_path / 'm.pte', (3, 8, 8), data, data, max_drop=0.5)
+    _, searched = RUNTIME.export(model, tmp_path / 'm.pte', (3, 8, 8), data, data, max_drop=0.5)
     assert searched.drop <= 0.5 and 'head' not in searched.layers_in_fp32
     logits = executorch_runner(tmp_path / 'm.pte')(images.numpy())  # the record is the written program's
     assert (torch.from_numpy(logits).argmax(1) == labels).float().mean() * 100 == pytest.approx(searched.int8)
