@@ -62,11 +62,11 @@ from timm.layers import (
     create_act_layer,
     create_classifier,
     freeze_batch_norm_2d,
+    get_device_dtype,
     get_norm_act_layer,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-# private to timm: pyproject pins timm to the minor release this is tested with
 from fishzoo._timm import feature_take_indices
 from fishzoo.hub.schema import NAME, Choice, Float, Int, Ints, declare_model_args
 
@@ -579,9 +579,16 @@ class FishNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """A new classifier for ``num_classes`` (0: none), on the model's device and dtype, in its train/eval
+        mode; the pooling stays as it is unless ``global_pool`` names another (timm's contract)."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool,
+                                                          **get_device_dtype(self))
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def _run_stages(self, x: torch.Tensor, last_stage: int, take_stages: List[int]) -> Tuple[torch.Tensor,
                                                                                                List[torch.Tensor]]:

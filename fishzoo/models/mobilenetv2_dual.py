@@ -46,11 +46,11 @@ from timm.layers import (
     calculate_drop_path_rates,
     create_classifier,
     freeze_batch_norm_2d,
+    get_device_dtype,
     make_divisible,
 )
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-# private to timm: pyproject pins timm to the minor release this is tested with
 from fishzoo._timm import feature_take_indices
 from fishzoo.hub.schema import NAME, Arg, Float, Int, declare_model_args
 
@@ -217,9 +217,16 @@ class MobileNetV2Dual(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """A new classifier for ``num_classes`` (0: none), on the model's device and dtype, in its train/eval
+        mode; the pooling stays as it is unless ``global_pool`` names another (timm's contract)."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
         self.num_classes = num_classes
-        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.classifier = create_classifier(self.num_features, num_classes, pool_type=global_pool,
+                                                          **get_device_dtype(self))
+        self.global_pool.train(self.training)
+        self.classifier.train(self.training)
 
     def forward_intermediates(
             self,

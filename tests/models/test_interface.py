@@ -116,6 +116,27 @@ def test_classifier_reset_and_num_classes_zero(name):
     torch.testing.assert_close(out, pooled.forward_head(pooled.forward_features(x), pre_logits=True))
 
 
+@pytest.mark.parametrize('name', fishzoo.list_models())
+def test_reset_classifier_keeps_pooling_device_and_dtype(name):
+    """timm's contract (its CNNs keep them): a model built with max pooling keeps it through
+    ``reset_classifier(n)``; a float64 model's new head is float64; the head follows the model's mode."""
+    with torch.device('meta'):  # every registered model, nothing allocated
+        model = timm.create_model(name, num_classes=3, global_pool='max').to(torch.float64).train()
+        model.reset_classifier(7)
+    head = model.get_classifier()
+    assert model.global_pool.pool_type == 'max' and model.num_classes == 7 and head.out_features == 7
+    assert head.weight.dtype == torch.float64 and head.weight.device.type == 'meta' and head.training
+    model.eval().reset_classifier(4, 'avg')  # asked for: changed
+    assert model.global_pool.pool_type == 'avg' and not model.get_classifier().training
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_a_float64_model_runs_after_reset_classifier(name):
+    model = timm.create_model(name, num_classes=3, global_pool='max').double().eval()
+    model.reset_classifier(5)
+    assert model(_input(_size(name)).double()).dtype == torch.float64
+
+
 @pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('chans', [1, 4])
 def test_in_chans(name, chans):
