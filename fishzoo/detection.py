@@ -28,9 +28,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from fishzoo._timm import FeatureGetterNet
 from fishzoo.errors import ConfigError
 from fishzoo.loading import load_model, resolve_source
+from fishzoo.models._layers import FeatureLevels
 
 __all__ = ['FpnBackbone', 'backbone_with_fpn', 'fasterrcnn_fpn', 'maskrcnn_fpn']
 
@@ -125,7 +125,7 @@ def backbone_with_fpn(
         raise ConfigError(f'{label} has no timm feature interface (forward_intermediates and a feature_info list); '
                           'build it with timm.create_model')
     levels = _levels(classifier.feature_info, returned_levels, label)
-    body = FeatureGetterNet(classifier, out_indices=levels)  # prunes the classifier and later stages
+    body = FeatureLevels(classifier, out_indices=levels)  # prunes the classifier and later stages
 
     groups = list(group_modules(body.model, body.model.group_matcher(coarse=True)).values())
     if trainable_layers is None:

@@ -1,12 +1,14 @@
 """Layers and helpers shared by fishzoo's model families: the input check, frozen BatchNorm and output
 stride arguments, BatchNorm folding, weight init."""
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.layers import ConvNormAct, FrozenBatchNormAct2d, LayerType, register_notrace_function
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
+
+from fishzoo._timm import FeatureGetterNet
 
 
 @register_notrace_function
@@ -105,3 +107,17 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class FeatureLevels(FeatureGetterNet):
+    """timm's ``features_only`` wrapper over ``forward_intermediates``, with a forward TorchScript can type:
+    ``forward_intermediates`` returns a list or a (features, list) tuple depending on an argument, and code
+    around a scripted feature extractor (smp's encoders) iterates what it returns."""
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        features = self.model.forward_intermediates(x, indices=self.out_indices, norm=self.norm,
+                                                    output_fmt=self.output_fmt, intermediates_only=True)
+        if not torch.jit.is_scripting():  # eager, fx, dynamo and export: the list as it is
+            return features
+        assert torch.jit.isinstance(features, List[torch.Tensor])  # narrows the union for TorchScript
+        return features

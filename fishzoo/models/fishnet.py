@@ -72,6 +72,7 @@ from fishzoo.hub.schema import NAME, Choice, Float, Int, Ints, declare_model_arg
 
 from ._builder import CheckpointError, build_model, validate_state_dict
 from ._layers import (
+    FeatureLevels,
     FoldableConvNormAct,
     check_input,
     check_output_stride,
@@ -628,15 +629,20 @@ class FishNet(nn.Module):
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
         x = check_input(x, self.in_chans, self.min_input_size)
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        # the level count from _level_stage, not feature_info (a list of dicts TorchScript cannot type)
+        take_indices, max_index = feature_take_indices(len(self._level_stage), indices)
         intermediates: List[torch.Tensor] = []
-        x = self.stem[:3](x)
+        x = self.stem.conv3(self.stem.conv2(self.stem.conv1(x)))  # by name: TorchScript slices no Sequential
         take_stages = [self._level_stage[i] for i in take_indices]
         if -1 in take_stages:
             intermediates.append(x)
-        x = self.stem[3](x)
+        x = self.stem.pool(x)
         last_stage = self._level_stage[max_index] if stop_early else len(self.stages) - 1
-        x, levels = self._run_stages(x, last_stage, [i for i in take_stages if i >= 0])
+        body_stages: List[int] = []
+        for stage in take_stages:  # a loop, not a filtered comprehension: TorchScript has none
+            if stage >= 0:
+                body_stages.append(stage)
+        x, levels = self._run_stages(x, last_stage, body_stages)
         intermediates.extend(levels)
         if intermediates_only:
             return intermediates
@@ -809,7 +815,7 @@ def _create_fishnet(variant: str, pretrained: bool = False, **kwargs) -> FishNet
     return build_model(
         FishNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=out_indices, feature_cls=FeatureLevels),
         **kwargs,
     )
 

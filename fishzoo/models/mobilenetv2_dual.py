@@ -55,7 +55,14 @@ from fishzoo._timm import feature_take_indices
 from fishzoo.hub.schema import NAME, Arg, Float, Int, declare_model_args
 
 from ._builder import build_model, validate_state_dict
-from ._layers import FoldableConvNormAct, check_input, check_output_stride, init_weights, split_frozen_norm
+from ._layers import (
+    FeatureLevels,
+    FoldableConvNormAct,
+    check_input,
+    check_output_stride,
+    init_weights,
+    split_frozen_norm,
+)
 
 torch.fx.wrap('check_input')  # fx patches a wrapped function by name in each calling module
 
@@ -249,18 +256,20 @@ class MobileNetV2Dual(nn.Module):
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
         x = check_input(x, self.in_chans, self.min_input_size)
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        # the level count from _level_stage, not feature_info (a list of dicts TorchScript cannot type)
+        take_indices, max_index = feature_take_indices(len(self._level_stage), indices)
         take_stages = [self._level_stage[i] for i in take_indices]
         last_stage = self._level_stage[max_index] if stop_early else len(self.blocks) - 1
-        intermediates = []
+        intermediates: List[torch.Tensor] = []
         x = self.conv_stem(x)
-        for i, stage in enumerate(self.blocks[:last_stage + 1]):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if i in take_stages:
-                intermediates.append(x)
+        for i, stage in enumerate(self.blocks):
+            if i <= last_stage:  # no slice by a runtime value: TorchScript unrolls this loop
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint_seq(stage, x)
+                else:
+                    x = stage(x)
+                if i in take_stages:
+                    intermediates.append(x)
         if intermediates_only:
             return intermediates
         if last_stage == len(self.blocks) - 1:
@@ -315,7 +324,7 @@ def _create_mobilenetv2_dual(variant: str, pretrained: bool = False, **kwargs) -
     return build_model(
         MobileNetV2Dual, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=out_indices, feature_cls=FeatureLevels),
         **kwargs,
     )
 

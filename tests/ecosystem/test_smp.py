@@ -90,3 +90,15 @@ def test_fine_tuned_folder_as_encoder_in_a_fresh_interpreter(tmp_path):
     ''')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('encoder', ['fishnet99', 'fishnext150', 'mobilenetv2_dual_050'])
+def test_tu_encoders_script(encoder):
+    """smp declares tu- encoders scriptable (its tu-resnet18 scripts): fishzoo's do too, and a scripted Unet
+    segments as the eager one does."""
+    model = smp.Unet(f'tu-{encoder}', encoder_weights=None, classes=2).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for ours, expected in zip(torch.jit.script(model.encoder)(x), model.encoder(x)):
+            torch.testing.assert_close(ours, expected)
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ Each family is represented by small, fast configurations; the family-specific fi
 every registered variant builds and trains.
 """
 import re
+from typing import List, Tuple
 
 import pytest
 import timm
@@ -224,6 +225,53 @@ def test_torchscript(name):
     x = _input(_size(name))
     scripted = torch.jit.script(model)
     torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize('name', fishzoo.list_models())
+def test_torchscript_features_only_every_model(name):
+    """timm scripts its CNNs' feature extractors: so is every registered fishzoo model's (compiled on the meta
+    device; the numbers are checked below and at the other output strides)."""
+    with torch.device('meta'):
+        model = timm.create_model(name, features_only=True)
+    scripted = torch.jit.script(model)
+    assert scripted.forward.schema.returns[0].type.annotation_str == 'List[Tensor]'
+
+
+@pytest.mark.parametrize('name, output_stride', [('fishnet_s64', None), ('fishnet99', 16), ('fishnet99', 8),
+                                                 ('mobilenetv2_dual_050', 16), ('mobilenetv2_dual_050', 8)])
+def test_torchscript_features_only_computes_the_same(name, output_stride):
+    kwargs = dict(output_stride=output_stride) if output_stride else {}
+    model = timm.create_model(name, features_only=True, **kwargs).eval()
+    x = _input(_size(name))
+    with torch.no_grad():
+        for ours, expected in zip(torch.jit.script(model)(x), model(x)):
+            torch.testing.assert_close(ours, expected)
+
+
+class _Intermediates(torch.nn.Module):
+    """forward_intermediates with its classifier-side output, as a scripted caller uses it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        out = self.model.forward_intermediates(x, indices=2)
+        assert torch.jit.isinstance(out, Tuple[torch.Tensor, List[torch.Tensor]])
+        return out
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torchscript_forward_intermediates(name):
+    model = timm.create_model(name, num_classes=3).eval()
+    x = _input(_size(name))
+    with torch.no_grad():
+        final, levels = torch.jit.script(_Intermediates(model))(x)
+        expected_final, expected_levels = model.forward_intermediates(x, indices=2)
+    torch.testing.assert_close(final, expected_final)
+    assert len(levels) == 2
+    for ours, expected in zip(levels, expected_levels):
+        torch.testing.assert_close(ours, expected)
 
 
 @pytest.mark.parametrize('name', NAMES)
