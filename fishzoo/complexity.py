@@ -25,6 +25,8 @@ def complexity(model: torch.nn.Module, input_size) -> Tuple[float, float]:
     Activations are the output elements of every convolution and linear layer, the measure timm's model cards
     give."""
     meta = copy.deepcopy(model).to('meta').eval()
+    if hasattr(meta, 'set_grad_checkpointing'):  # a model trained with it: activation checkpointing has no meta
+        meta.set_grad_checkpointing(False)        # device before torch 2.5, and nothing is trained here
     outputs = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
              for m in meta.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]

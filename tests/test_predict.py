@@ -111,6 +111,7 @@ def _exported_onnx_folder(tmp_path):
     return tmp_path / 'onnx', tmp_path / 'x.png'
 
 
+@pytest.mark.deploy
 def test_exported_models_that_disagree_or_fail_get_one_sentence(tmp_path, capsys, monkeypatch):
     """An export whose outputs do not match its labels gave an IndexError; onnxruntime failing at run time
     gave its traceback."""
@@ -133,6 +134,7 @@ def test_exported_models_that_disagree_or_fail_get_one_sentence(tmp_path, capsys
                       '(RuntimeException: simulated kernel failure)')
 
 
+@pytest.mark.deploy
 def test_predict_with_the_single_onnx_file_export_wrote(tmp_path, capsys):
     """`fishzoo export -o FILE.onnx` then `fishzoo predict FILE.onnx IMG` said "no such folder"."""
     model = timm.create_model('fishnet_s64', num_classes=3).eval()

@@ -21,7 +21,8 @@ def test_the_command_line_offers_every_format():
     assert BACKENDS == ('torch', *FORMATS)
 
 
-@pytest.mark.parametrize('name', list(FORMATS))
+@pytest.mark.parametrize('name', [pytest.param(name, marks=[pytest.mark.litert] if name == 'litert' else [])
+                                  for name in FORMATS])
 def test_a_trained_folder_exports_and_predicts_as_torch(name, trained_run, image_dataset, tmp_path, capsys):
     fmt = FORMATS[name]
     out = tmp_path / name

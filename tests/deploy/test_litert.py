@@ -11,7 +11,7 @@ from fishzoo.cli import main
 from fishzoo.predict import predict
 from tests.helpers.models import ColourNet, colour_data
 
-pytestmark = [pytest.mark.deploy, pytest.mark.slow]
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.litert]
 
 
 def test_int8_export_is_checked_on_held_out_images(trained_run, image_dataset, tmp_path, capsys):
