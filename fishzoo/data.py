@@ -7,6 +7,7 @@ PIL images) with class indices (single-label) or multi-hot vectors (multi-label)
 A user's mistake raises :class:`DataError` with one sentence naming the file, folder or flag.
 """
 import csv
+import io
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.utils.misc import natural_key
 
 from fishzoo.errors import DataError, describe
+from fishzoo.hub.atomic import write_file
 from fishzoo.images import IMAGE_EXTENSIONS, LimitResize, drop_unreadable, image_files, load_image
 
 _logger = logging.getLogger(__name__)
@@ -88,12 +90,11 @@ def write_split(loaded: TrainValData, folder: Union[str, Path]) -> List[Path]:
             label = ' '.join(loaded.class_names[i] for i in np.flatnonzero(np.asarray(target))) \
                 if loaded.multilabel else loaded.class_names[int(target)]  # a class folder's name may hold spaces
             rows.append([str(Path(source).resolve()), label])
-        path = Path(folder) / name
-        with open(path, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['image', 'labels' if loaded.multilabel else 'label'])
-            writer.writerows(rows)
-        written.append(path)
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(['image', 'labels' if loaded.multilabel else 'label'])
+        writer.writerows(rows)
+        written.append(write_file(Path(folder) / name, text.getvalue()))
     return written
 
 

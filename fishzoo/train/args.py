@@ -15,6 +15,7 @@ import yaml
 
 from fishzoo.errors import ConfigError, first_line
 from fishzoo.finetune import MODES
+from fishzoo.hub.atomic import write_file
 
 from .recipes import RECIPE_KEYS
 
@@ -307,5 +308,4 @@ def write_train_config(config) -> Path:
     path = Path(config.output_dir) / TRAIN_CONFIG
     header = (f'# every setting of this run (recipe: {config.recipe}); repeat it with\n'
               f'#   fishzoo-train --config {path} --output-dir NEW_DIR\n')
-    path.write_text(header + yaml.safe_dump(repeatable_config(config), sort_keys=False))
-    return path
+    return write_file(path, header + yaml.safe_dump(repeatable_config(config), sort_keys=False))

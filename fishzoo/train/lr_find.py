@@ -11,6 +11,7 @@ a flat curve such as AdamW from scratch it lands too high (0.089 on the class-fo
 points below the recipe's 0.003; ``valley`` said 0.0034).
 """
 import copy
+import io
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import torch.nn as nn
 from accelerate import PartialState
 
 from fishzoo.errors import ConfigError
+from fishzoo.hub.atomic import write_file
 
 from .parts import create_loss, create_mixup, create_optimizer, create_train_loader
 
@@ -43,8 +45,7 @@ class LRFindResult:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / 'lr_find.json').write_text(json.dumps(asdict(self), indent=2))
+        write_file(output_dir / 'lr_find.json', json.dumps(asdict(self), indent=2))
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(self.lrs, self.losses)
         ax.axvline(self.suggestion, color='C1', linestyle='--', label=f'suggested lr {self.suggestion:.2e} (valley)')
@@ -57,8 +58,10 @@ class LRFindResult:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(output_dir / 'lr_find.png', dpi=100)
+        png = io.BytesIO()
+        fig.savefig(png, format='png', dpi=100)
         plt.close(fig)
+        write_file(output_dir / 'lr_find.png', png.getvalue())
 
 
 def valley(losses: List[float]) -> int:

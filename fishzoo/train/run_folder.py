@@ -28,7 +28,7 @@ from accelerate import PartialState
 
 from fishzoo.errors import ConfigError
 from fishzoo.hub import HUB_FILES, push_to_hub, write_hub_folder
-from fishzoo.hub.atomic import staged_folder
+from fishzoo.hub.atomic import staged_folder, write_file
 
 matplotlib.use('Agg')  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -41,14 +41,9 @@ RUN_FILES = PUBLISHED_FILES + ('thresholds.json', 'train_images.csv', 'val_image
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path``, replacing the old file only once the new one is complete on disk."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``obj`` as JSON at ``path``, replacing the old file only once the new one is complete on disk (and never
+    writing through a link at ``path``: :func:`fishzoo.hub.atomic.write_file`)."""
+    write_file(path, json.dumps(obj, indent=2))
 
 
 LOCK_FILE = '.fishzoo-train.lock'
@@ -72,9 +67,12 @@ class OutputDirLock:
         except OSError as e:
             raise ConfigError(f'--output-dir {self.path.parent}: cannot create it ({e.strerror or e})') from None
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link someone left at the lock's name (it would truncate where it points)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0), 0o644)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise ConfigError(f'--output-dir {self.path.parent}: {self.path.name} is a symbolic link; '
+                                      'remove it (a run writes its lock there)') from None
                 raise ConfigError(f'--output-dir {self.path.parent}: cannot write there ({e.strerror or e})') \
                     from None
             try:

@@ -1,6 +1,11 @@
 """fishzoo export: folders for every format, int8 checked on held-out images, mistakes in one sentence, and the folder
 written whole."""
 import json
+import os
+import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,5 +149,52 @@ def test_export_into_a_folder_holding_files_is_refused(hub_folder, tmp_path, cap
     assert {p.name: p.read_bytes() for p in other.iterdir()} == before  # untouched
     assert main(['export', str(folder), '--format', 'onnx', '-o', str(folder), '--overwrite']) == 2
     one_line(capsys, 'is the folder of the model being exported')
+    # --overwrite replaces the hub folder whole: its model.safetensors survived next to the export's config, and
+    # predict answered with the old weights under the new labels
     assert main(['export', str(folder), '--format', 'onnx', '-o', str(other), '--overwrite']) == 0
-    assert (other / 'model.onnx').is_file()
+    assert sorted(p.name for p in other.iterdir()) == ['README.md', 'config.json', 'model.onnx']
+    image = tmp_path / 'x.png'
+    Image.new('RGB', (64, 64), (200, 30, 30)).save(image)
+    ours = predict(str(other), [str(image)], top_k=3, precision='fp32')[0]['labels']
+    expected = predict(str(folder), [str(image)], top_k=3, precision='fp32')[0]['labels']
+    assert [label for label, _ in ours] == [label for label, _ in expected]
+
+
+def test_export_never_writes_through_a_link_in_the_folder(hub_folder, tmp_path):
+    """export -o DIR --overwrite wrote config.json and README.md in place, through a DIR/config.json that
+    linked outside the folder."""
+    _, folder = hub_folder
+    target = tmp_path / 'outside.json'
+    target.write_text('not yours')
+    out = tmp_path / 'out'
+    out.mkdir()
+    os.symlink(target, out / 'config.json')
+    os.symlink(target, out / 'README.md')
+    assert main(['export', str(folder), '--format', 'onnx', '-o', str(out), '--overwrite', '--no-verify']) == 0
+    assert target.read_text() == 'not yours'
+    assert not (out / 'config.json').is_symlink() and json.loads((out / 'config.json').read_text())['export']
+
+
+_EXPORT = ['-m', 'fishzoo.cli', 'export', '--format', 'onnx', '--overwrite', '--no-verify']
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_instant_of_an_export_leaves_the_old_or_the_new_folder(hub_folder, tmp_path):
+    """It removed the old model files first and wrote config.json and README.md last: a kill in between left a
+    config with no model, or the new model under the old config."""
+    _, folder = hub_folder
+    out = tmp_path / 'out'
+    assert main(['export', str(folder), '--format', 'onnx', '-o', str(out), '--img-size', '48']) == 0
+    image = tmp_path / 'x.png'
+    Image.new('RGB', (64, 64), (20, 90, 200)).save(image)
+    rng = random.Random(0)
+    for size in ('40', '56'):
+        proc = subprocess.Popen([sys.executable, *_EXPORT, str(folder), '-o', str(out), '--img-size', size],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 9.0))  # start-up, loading, exporting or writing: wherever it is
+        proc.kill()
+        proc.wait()
+        config = json.loads((out / 'config.json').read_text())
+        assert config['export']['input_size'][1] in (48, 40, 56)
+        assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.onnx']
+        assert predict(str(out), [str(image)], top_k=1)[0]['labels']

@@ -12,6 +12,7 @@ import pytest
 import timm
 
 import fishzoo
+from fishzoo.cli import main
 from fishzoo.hub import save_pretrained
 from fishzoo.train import checkpoint_dirs
 from fishzoo.train import main as train_main
@@ -57,6 +58,7 @@ def test_a_full_disk_while_publishing_leaves_the_folder_as_it_was(hub_folder, mo
 _REPUBLISH = '''
 import sys, time, timm, torch
 import timm.models._hub
+from fishzoo.cli import main
 from fishzoo.hub import save_pretrained
 folder, = sys.argv[1:]
 write_config = timm.models._hub.save_config_for_hf
@@ -104,3 +106,102 @@ def test_publishing_through_a_link_or_into_the_working_directory(tmp_path, monke
         (stage / 'a.txt').write_text('newer')
     assert os.getcwd() == str(real) and Path('a.txt').read_text() == 'newer' and Path('keep.txt').exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ['link', 'real']  # no stage left
+
+
+def _outside(tmp_path):
+    target = tmp_path / 'outside.txt'
+    target.write_text('not yours')
+    return target
+
+
+def test_write_file_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
+    from fishzoo.hub.atomic import write_file
+    target = _outside(tmp_path)
+    (tmp_path / 'run').mkdir()
+    os.symlink(target, tmp_path / 'run' / 'metrics.json')
+    write_file(tmp_path / 'run' / 'metrics.json', '{}')
+    assert target.read_text() == 'not yours'
+    written = tmp_path / 'run' / 'metrics.json'
+    assert not written.is_symlink() and written.read_text() == '{}'
+
+
+def test_upgrade_never_writes_through_a_link_in_the_folder(hub_folder, tmp_path, capsys):
+    """fishzoo upgrade wrote a temporary .config.json.tmp that a link already there sent outside, then renamed it
+    over config.json; a config.json that is itself a link was rewritten where it pointed."""
+    _, folder = hub_folder
+    target = _outside(tmp_path)
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps({**config, 'model_args': {'num_classes': 3}}))  # needs upgrading
+    os.symlink(target, folder / '.config.json.tmp')
+    assert main(['upgrade', str(folder)]) == 0
+    assert target.read_text() == 'not yours'
+    assert 'num_classes' not in json.loads((folder / 'config.json').read_text())['model_args']
+    elsewhere = tmp_path / 'elsewhere.json'
+    elsewhere.write_text(json.dumps({**config, 'model_args': {'num_classes': 3}}))
+    (folder / 'config.json').unlink()
+    os.symlink(elsewhere, folder / 'config.json')
+    assert main(['upgrade', str(folder)]) == 0
+    assert 'num_classes' in json.loads(elsewhere.read_text())['model_args']  # the file it pointed to: untouched
+    assert not (folder / 'config.json').is_symlink()
+
+
+def _mounted(path):
+    """``path`` as a fresh tmpfs mount point (a Docker or Kubernetes volume), or None where mounting is refused."""
+    path.mkdir()
+    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', str(path)], capture_output=True)
+    return path if proc.returncode == 0 else None
+
+
+def test_publishing_into_a_mount_point(tmp_path, monkeypatch):
+    """The stage was made in the parent: hard links crossed file systems (EXDEV) and exchanging a mount point gave
+    EBUSY, so `--output-dir /out` on a volume trained every epoch and then failed to publish."""
+    from fishzoo.hub import atomic
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    volume = _mounted(tmp_path / 'volume')
+    try:
+        if volume is None:  # no mount permission here: the same decision, made for a folder we say is one
+            volume = tmp_path / 'volume'
+            monkeypatch.setattr(atomic, '_on_another_file_system', lambda folder: folder == volume)
+        (volume / 'checkpoints').mkdir()
+        (volume / 'checkpoints' / 'keep').write_text('kept')
+        for labels in (['a', 'b', 'c'], ['x', 'y', 'z']):  # a first publish, and a re-publish over it
+            save_pretrained(model, volume, label_names=labels)
+            assert fishzoo.load_model(str(volume)).pretrained_cfg['label_names'] == labels
+        assert (volume / 'checkpoints' / 'keep').read_text() == 'kept'
+        assert not [p.name for p in volume.iterdir() if p.name.startswith('.publishing-')]
+    finally:
+        subprocess.run(['umount', str(tmp_path / 'volume')], capture_output=True)
+
+
+_WRITER = '''
+import sys, timm
+from fishzoo.cli import main
+from fishzoo.hub import save_pretrained
+from fishzoo.errors import FishzooError
+folder, labels = sys.argv[1], sys.argv[2].split(',')
+model = timm.create_model('fishnet_s64', num_classes=3)
+try:
+    save_pretrained(model, folder, label_names=labels)
+    print('wrote')
+except FishzooError as e:
+    print('refused', e)
+'''
+
+
+def test_concurrent_writers_take_turns_and_the_losers_get_a_sentence(tmp_path):
+    """Three processes saving into one folder deleted each other's stages; the losers said 'No such file or
+    directory'. Now a second writer is refused while the first writes, and the folder always loads."""
+    from fishzoo.hub.atomic import staged_folder
+    model = timm.create_model('fishnet_s64', num_classes=3)
+    folder = save_pretrained(model, tmp_path / 'hub', label_names=['a'] * 3)
+    with staged_folder(folder, ('config.json',)):
+        with pytest.raises(fishzoo.FishzooError, match=f'{folder}: another process is writing it now'):
+            save_pretrained(model, folder, label_names=['b'] * 3)
+    writers = [subprocess.Popen([sys.executable, '-c', _WRITER, str(folder), ','.join([c] * 3)], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in 'xyz']
+    outcomes = [w.communicate(timeout=300)[0].strip() for w in writers]
+    busy = f'refused {folder}: another process is writing it now'
+    assert all(o == 'wrote' or o.startswith(busy) for o in outcomes), outcomes
+    assert 'wrote' in outcomes
+    assert fishzoo.load_model(str(folder)).pretrained_cfg['label_names'][0] in 'xyz'
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith('.publishing-')]

@@ -60,3 +60,24 @@ def test_a_read_only_output_dir_gets_one_sentence(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(os, 'open', read_only)
     assert train_main(['--output-dir', str(tmp_path / 'ro'), '--epochs', '1', *TRAIN_ARGS]) == 2
     one_line(capsys, f'--output-dir {tmp_path / "ro"}: cannot write there (Read-only file system)')
+
+
+def test_a_run_never_writes_through_links_in_its_output_dir(image_dataset, tmp_path, capsys):
+    """A folder from someone else (a tarball, a git clone) can hold links: the run's own files replace them,
+    and a link at the lock's name is refused rather than truncated where it points."""
+    target = tmp_path / 'outside.txt'
+    target.write_text('not yours')
+    out = tmp_path / 'run'
+    out.mkdir()
+    for name in ('train_config.yaml', 'val_images.csv', 'metrics.json'):
+        os.symlink(target, out / name)
+    args = ['--data-dir', str(image_dataset), '--epochs', '1', *TRAIN_ARGS]
+    assert train_main([*args, '--output-dir', str(out), '--overwrite']) == 0
+    assert target.read_text() == 'not yours'
+    assert not any((out / name).is_symlink() for name in ('train_config.yaml', 'val_images.csv', 'metrics.json'))
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    os.symlink(target, locked / '.fishzoo-train.lock')
+    assert train_main([*args, '--output-dir', str(locked)]) == 2
+    one_line(capsys, f'--output-dir {locked}: .fishzoo-train.lock is a symbolic link; remove it')
+    assert target.read_text() == 'not yours'
