@@ -31,6 +31,7 @@ import fishzoo
 from fishzoo.deploy.formats import BACKENDS, FORMATS
 from fishzoo.deploy.onnx import DEFAULT_OPSET
 from fishzoo.errors import FishzooError, UserError
+from fishzoo.hub.schema import MAX_INPUT_SIDE
 from fishzoo.images import refuse_bombs_quietly
 from fishzoo.precision import PRECISIONS, RUNTIME_DEFAULT, for_runtime
 
@@ -151,6 +152,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         size = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
         if len(size) != 2 or min(size) < 1:
             raise UserError(f'--img-size takes one or two positive numbers (H [W]), got {args.img_size}')
+        minimum = getattr(model, 'min_input_size', 1)
+        if min(size) < minimum or max(size) > MAX_INPUT_SIDE:
+            raise UserError(f'--img-size {" ".join(map(str, args.img_size))}: {args.model} exports at sides from '
+                            f'{minimum} to {MAX_INPUT_SIDE} px')
         input_size = (input_size[0], *size)
     if single_file:  # one self-contained file, as before folders: labels and preprocessing in its metadata
         result = export_and_verify(model, output, input_size, opset=args.opset, dynamic=not args.static,

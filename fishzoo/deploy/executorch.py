@@ -6,6 +6,10 @@ The model is lowered with ``to_edge_transform_and_lower(..., partitioner=[Xnnpac
 XNNPACK forms (:mod:`fishzoo.deploy.phone`); what the delegate does not take is counted by name (for the
 FishNets and the dual MobileNetV2: nothing).
 """
+import contextlib
+import io
+import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -30,8 +34,16 @@ def runner(path: Union[str, Path], precision: Optional[Precision] = None) -> Run
     fixed at export (batch 1): a batch runs image by image; another image size is refused."""
     require('executorch', 'mobile', 'the executorch backend')
     from executorch.runtime import Runtime
+    with open(path, 'rb') as f:
+        header = f.read(8)
+    # ExecuTorch's runtime verifies a program's flatbuffer, but on bytes without its identifier it aborted the
+    # process (SIGABRT while logging the error): those are refused here first
+    if len(header) < 8 or header[4:6] != b'ET' or not header[6:8].isdigit():
+        raise ModelLoadError(f'{path}: not an ExecuTorch program (no ET identifier in its header); export it '
+                             'again with fishzoo export --format executorch')
     try:
-        method = Runtime.get().load_program(Path(path)).load_method('forward')
+        with _native_stderr_silenced():  # its C++ log line would come before the sentence below
+            method = Runtime.get().load_program(Path(path)).load_method('forward')
     except Exception as e:
         raise ModelLoadError(f'{path}: ExecuTorch cannot load it ({describe(e)})') from None
 
@@ -41,6 +53,21 @@ def runner(path: Union[str, Path], precision: Optional[Precision] = None) -> Run
         except Exception as e:
             raise RuntimeFailure(f'{path}: ExecuTorch failed ({describe(e)})') from None
     return fixed_shape_runner(path, tuple(method.metadata.input_tensor_meta(0).sizes()), run_one)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """stderr silenced for a block, at both levels its log lines reach (ExecuTorch's C++ logging writes to file
+    descriptor 2, and through Python's sys.stderr where pybind11 routes it)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as null, contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def quantizer(excluded=()):

@@ -69,6 +69,9 @@ def runner(xml: Union[str, Path], precision: Optional[Precision] = None, threads
         throughput = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'THROUGHPUT'})
     except Exception as e:
         raise ModelLoadError(f'{xml}: OpenVINO could not load it ({reason(e)})') from None
+    if len(latency.outputs) != 1:
+        raise ModelLoadError(f'{xml}: has {len(latency.outputs)} outputs; a classifier exported by fishzoo has one '
+                             '(the logits)')
     output = latency.output(0)
     streams = int(throughput.get_property('NUM_STREAMS'))
     # one request per stream, started and then waited on: no Python callback runs on OpenVINO's threads

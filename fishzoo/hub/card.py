@@ -42,10 +42,11 @@ def _card_value(name: str, value: float) -> float:
 def retarget_card(text: str, repo_id: str) -> str:
     """A card's snippet, title and model-index name pointed at ``repo_id`` (run by push before uploading)."""
     name = repo_id.split('/')[-1]
-    text = re.sub(r"(local-dir:path/to/this/folder|hf-hub:[^'\"\s)`]+)", f'hf-hub:{repo_id}', text)
-    text = re.sub(r"model='[^']*'\)", f"model='{repo_id}')", text)  # the transformers snippet
-    text = re.sub(r'^# .*$', f'# {name}', text, count=1, flags=re.MULTILINE)
-    return re.sub(r'^(- name: ).*$', rf'\g<1>{name}', text, count=1, flags=re.MULTILINE)
+    # the replacements are literal text (functions): a backslash in them is not a group reference
+    text = re.sub(r"(local-dir:path/to/this/folder|hf-hub:[^'\"\s)`]+)", lambda _: f'hf-hub:{repo_id}', text)
+    text = re.sub(r"model='[^']*'\)", lambda _: f"model='{repo_id}')", text)  # the transformers snippet
+    text = re.sub(r'^# .*$', lambda _: f'# {name}', text, count=1, flags=re.MULTILINE)
+    return re.sub(r'^(- name: ).*$', lambda m: m.group(1) + name, text, count=1, flags=re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
-from fishzoo.errors import HubUploadError, describe
+from fishzoo.errors import HubUploadError, describe, first_line
 from fishzoo.version import __version__
 
 from .card import retarget_card
@@ -53,6 +55,11 @@ def push_to_hub(
     left as it was and :class:`HubUploadError` says why and how to retry, without the token.
     """
     folder = Path(folder)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubUploadError(f'{repo_id!r} is not a Hub repo id (OWNER/NAME: letters, digits, -, _ and .): '
+                             f'{first_line(e)}') from None
     missing = [f for f in ('config.json', 'model.safetensors') if not (folder / f).is_file()]
     if missing:
         raise HubUploadError(f'{folder} is not a hub folder: {", ".join(missing)} missing')

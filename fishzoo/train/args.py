@@ -16,6 +16,7 @@ import yaml
 from fishzoo.errors import ConfigError, first_line
 from fishzoo.finetune import MODES
 from fishzoo.hub.atomic import write_file
+from fishzoo.hub.schema import MAX_INPUT_SIDE
 
 from .recipes import RECIPE_KEYS
 
@@ -286,6 +287,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError('--threshold-tuning is for multi-label training (--multilabel or --train-csv)')
     if args.freeze_epochs < 0:
         raise ConfigError(f'--freeze-epochs must be 0 or more, got {args.freeze_epochs}')
+    if args.img_size is not None and not 8 <= args.img_size <= MAX_INPUT_SIDE:
+        raise ConfigError(f'--img-size must be from 8 to {MAX_INPUT_SIDE} px, got {args.img_size}')
+    for flag, value in (('--drop', args.drop), ('--drop-path', args.drop_path)):
+        if not 0 <= value < 1:  # also false for nan
+            raise ConfigError(f'{flag} is a probability from 0 to below 1, got {value}')
     if args.log_wandb:
         args.report_to = 'wandb'
     if args.amp and args.mixed_precision in (None, 'auto'):

@@ -107,6 +107,9 @@ def resolve_run(args: argparse.Namespace, num_processes: int = 1) -> ResolvedRun
     config = config.replace(**hold_out_settings(config))
     loaded = load_data(config)
     model = create_model(config, len(loaded.class_names), loaded.class_names)
+    minimum = getattr(model, 'min_input_size', 1)
+    if config.img_size and config.img_size < minimum:
+        raise ConfigError(f'--img-size {config.img_size}: {config.model} takes images of at least {minimum} px')
     if config.finetune == 'frozen':
         freeze_backbone(model)
     # adapts mean/std to the model's channels

@@ -38,3 +38,23 @@ def test_mistakes_get_one_sentence(tmp_path, capsys):
     assert '--int8 needs --calib-data' in capsys.readouterr().err
     with pytest.raises(ConfigError, match='--precision bf16 is for torch and OpenVINO: ExecuTorch runs fp32'):
         export_folder(timm.create_model('fishnet_s64'), tmp_path / 'y', 'executorch', precision='bf16')
+
+
+def test_a_garbage_program_is_one_sentence(trained_run, tmp_path, capsys):
+    """ExecuTorch's loader aborted the whole process (exit 134) on a model.pte of garbage."""
+    import shutil
+    folder = tmp_path / 'et'
+    folder.mkdir()
+    shutil.copyfile(trained_run / 'config.json', folder / 'config.json')
+    image = next((trained_run.parent).rglob('*.png'), None) or _image(tmp_path)
+    for garbage in (bytes(range(256)) * 16, b'\x3c\x00\x00\x00ET12' + bytes(range(200))):
+        (folder / 'model.pte').write_bytes(garbage)
+        assert main(['predict', str(folder), str(image), '--backend', 'executorch']) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f'{folder / "model.pte"}: ' in err[0], err
+
+
+def _image(tmp_path):
+    from PIL import Image
+    Image.new('RGB', (32, 32), (10, 200, 30)).save(tmp_path / 'x.png')
+    return tmp_path / 'x.png'

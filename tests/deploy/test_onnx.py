@@ -76,6 +76,10 @@ def test_cli_export_mistakes(tmp_path, capsys):
     assert 'no_such_model' in capsys.readouterr().err
     assert main(['export', 'fishnet_s64', '--img-size', '1', '2', '3']) == 2
     assert '--img-size takes one or two positive numbers' in capsys.readouterr().err
+    for size in ('1', '100000'):  # a raw exporter message; a 240 GB allocation and an empty output folder
+        assert main(['export', 'fishnet_s64', '--img-size', size, '-o', str(tmp_path / 'x')]) == 2
+        assert f'--img-size {size}: fishnet_s64 exports at sides from 8 to 4096 px' in capsys.readouterr().err
+        assert not (tmp_path / 'x').exists()
 
 
 def test_accuracy_aware_search_keeps_sensitive_layers_in_fp32(tmp_path):

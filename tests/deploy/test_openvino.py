@@ -87,3 +87,18 @@ def test_openvino_failures_say_why(tmp_path, capsys):
     assert main(['predict', str(folder), str(image), '--backend', 'openvino']) == 2
     line = one_line(capsys, 'OpenVINO could not load it (Unable to read the model')
     assert 'Exception from src' not in line
+
+
+def test_a_model_without_outputs_is_one_sentence(tmp_path, capsys):
+    """An openvino_model.xml whose graph has no output gave a traceback from OpenVINO."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    folder = tmp_path / 'ov'
+    folder.mkdir()
+    shutil.copyfile(save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'm') / 'config.json',
+                    folder / 'config.json')
+    x = ops.parameter([1, 3, 32, 32], ov.Type.f32, name='pixel_values')
+    ov.save_model(ov.Model([], [x], 'no outputs'), str(folder / 'openvino_model.xml'))
+    Image.new('RGB', (40, 40)).save(tmp_path / 'x.png')
+    assert main(['predict', str(folder), str(tmp_path / 'x.png'), '--backend', 'openvino']) == 2
+    one_line(capsys, 'openvino_model.xml: has 0 outputs; a classifier exported by fishzoo has one')

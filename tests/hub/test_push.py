@@ -5,6 +5,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import CommitInfo, RepoUrl
 
 import fishzoo  # noqa: F401
+from fishzoo.cli import main
 from fishzoo.hub import HubUploadError, push_to_hub
 
 
@@ -116,3 +117,11 @@ def test_push_failure_keeps_folder_and_hides_token(folder, fake_hub, error, capl
 def test_push_refuses_a_non_hub_folder(tmp_path, fake_hub):
     with pytest.raises(HubUploadError, match='is not a hub folder: config.json, model.safetensors missing'):
         push_to_hub(tmp_path, 'someone/x')
+
+
+def test_a_bad_repo_id_is_refused_before_the_card_is_touched(folder, fake_hub):
+    """`fishzoo push FOLDER 'owner/x\\1'` ended in re.error, after the card had been edited."""
+    _, out = folder
+    before = (out / 'README.md').read_text()
+    assert main(['push', str(out), 'owner/x\\1']) == 2
+    assert (out / 'README.md').read_text() == before and not fake_hub.sent

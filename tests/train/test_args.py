@@ -1,4 +1,6 @@
 """fishzoo.train.args: flags, YAML recipes and their precedence, bad config files."""
+import re
+
 import pytest
 
 from fishzoo.train import (
@@ -88,3 +90,14 @@ def test_help_says_the_recipe_sets_its_flags(capsys):
     text = ' '.join(capsys.readouterr().out.split())
     assert "--opt OPT timm optimizer name ('sgd', 'adamw', 'lamb', ...) (default: the recipe's choice for your " \
            'data, named in the log; sgd where no recipe sets it)' in text
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--img-size', '0'], '--img-size must be from 8 to 4096 px, got 0'),  # was silently ignored, yet recorded
+    (['--img-size', '100000'], '--img-size must be from 8 to 4096 px, got 100000'),  # was a MemoryError in resize
+    (['--drop', 'nan'], '--drop is a probability from 0 to below 1, got nan'),
+    (['--drop-path', '5'], '--drop-path is a probability from 0 to below 1, got 5.0'),
+])
+def test_sizes_and_rates_are_bounded(flags, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_args(flags)

@@ -103,3 +103,11 @@ def test_the_accelerator_trains_in_the_chosen_precision(monkeypatch, fake_cpu, t
         probe = Probe(4, 2)
         accelerator.prepare(probe)(torch.ones(1, 4))
         assert probe.seen == dtype
+
+
+def test_an_image_size_below_the_models_minimum_is_one_sentence(image_dataset, tmp_path, capsys):
+    from fishzoo.train import main
+    assert main(['--data-dir', str(image_dataset), '--output-dir', str(tmp_path / 'o'), '--model', 'fishnet99',
+                 '--img-size', '16', '--epochs', '1']) == 2
+    assert capsys.readouterr().err.strip() == \
+        'fishzoo-train: --img-size 16: fishnet99 takes images of at least 32 px'
