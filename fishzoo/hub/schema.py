@@ -143,6 +143,39 @@ def model_args_problem(architecture: str, model_args: Mapping[str, Any]) -> Opti
     return None
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as a config.json would hold it (tuples as lists), or None for what no file can hold (a class,
+    a function, a module): those only a Python caller gives, and they are not sizes."""
+    if isinstance(value, (tuple, list)):
+        items = [_as_json(v) for v in value]
+        return None if any(i is None for i in items) and any(v is not None for v in value) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return None
+
+
+def call_problem(architecture: str, kwargs: Mapping[str, Any]) -> Optional[str]:
+    """The first reason the arguments an entry point of ``architecture`` received may not build it, whoever
+    called it (fishzoo, timm's ``local-dir:`` path, transformers' TimmWrapper passing a config's ``model_args``, a
+    script): sizes and rates out of their bounds ('num_classes must be from 0 to 1e+06, got 1000000000'). Keys
+    the schema does not declare and values no file can hold (a norm layer given as a class) are the caller's."""
+    declared = _DECLARED.get(architecture, COMMON_ARGS)
+    for key, value in kwargs.items():
+        spec = declared.get(key)
+        plain = _as_json(value)
+        if spec is None or plain is None or key in FACTORY_ARGS:
+            continue
+        if key == 'img_size' and isinstance(plain, list) and len(plain) == 2:
+            why = next(filter(None, (spec.problem(v) for v in plain)), None)
+        elif spec.kind == 'name' and not isinstance(plain, str):
+            continue
+        else:
+            why = spec.problem(plain)
+        if why:
+            return f'{key} {why}, got {_show(value)}'
+    return None
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + '...'

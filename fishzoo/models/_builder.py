@@ -21,8 +21,9 @@ from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
 from fishzoo._timm import resolve_pretrained_source
-from fishzoo.errors import CheckpointError, PretrainedWeightsUnavailable, describe
+from fishzoo.errors import CheckpointError, ConfigError, PretrainedWeightsUnavailable, describe
 from fishzoo.hub.folder import check_hub_folder, hub_repo_folder
+from fishzoo.hub.schema import call_problem
 
 __all__ = ['build_model', 'validate_state_dict', 'CheckpointError', 'PretrainedWeightsUnavailable']
 
@@ -122,6 +123,9 @@ def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
     A model built for other than 3 input channels gets a mean/std of that many values (the RGB values'
     average), so timm's data config needs no adaptation and logs no warning about it.
     """
+    problem = call_problem(variant, kwargs)  # whoever calls: a config's model_args through transformers too
+    if problem:
+        raise ConfigError(f'{variant}: {problem}')
     model = _build_model(model_cls, variant, pretrained, **kwargs)
     cfg, in_chans = model.pretrained_cfg, getattr(model, 'in_chans', 3)
     for key in ('mean', 'std'):

@@ -112,3 +112,21 @@ def test_an_older_folder_keeps_loading_and_upgrades_for_transformers(tmp_path, c
     assert main(['upgrade', str(path)]) == 0 and 'up to date' in capsys.readouterr().out
     AutoModelForImageClassification.from_pretrained(path)
     assert predict(str(path), images[:1]) == before  # the weights and their checksum are untouched
+
+
+@pytest.mark.parametrize('model_args, message', [
+    ({'stage_chs': [4096 * 64] * 10}, 'fishnet_s64: stage_chs has an item that must be from 1 to 4096'),
+    ({'in_chans': 10 ** 6}, 'fishnet_s64: in_chans must be from 1 to 1024, got 1000000'),
+    ({'drop_path_rate': 7}, 'fishnet_s64: drop_path_rate must be from 0 to 1, got 7'),
+])
+def test_the_transformers_route_checks_sizes_at_fishzoos_entry_point(tmp_path, model_args, message):
+    """AutoModelForImageClassification passes config.json's model_args straight to the model's entry point:
+    enormous stages ended in a traceback from the meta device, or took the memory. The entry point checks what
+    it receives, whoever calls it (what it cannot check, transformers' own reading, is in docs/safety.md)."""
+    folder = save_pretrained(timm.create_model('fishnet_s64', num_classes=4).eval(), tmp_path / 'f',
+                             label_names=LABELS)
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'] = {**config.get('model_args', {}), **model_args}
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        AutoModelForImageClassification.from_pretrained(folder)
