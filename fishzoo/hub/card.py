@@ -219,6 +219,25 @@ def _results(facts: CardFacts, num_classes: int) -> List[str]:
     return lines + [f'| {_metric_title(k)} (%) | {_card_value(k, v):.2f} |' for k, v in metrics.items()]
 
 
+_MARKDOWN_SPECIAL = re.compile(r'([\\`*_{}\[\]()#+!|~])')
+
+
+def plain_text(value) -> str:
+    """``value`` as inert Markdown text on one line: a label name or a path from someone's data goes into a
+    table or a sentence of the card without breaking it (``|``, a newline) or carrying HTML (``<script>``)."""
+    text = ' '.join(str(value).split())
+    text = text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+    return _MARKDOWN_SPECIAL.sub(r'\\\1', text)
+
+
+def code_span(value) -> str:
+    """``value`` as a Markdown code span on one line (HTML inside one is shown, not run); a name holding
+    backticks gets a longer fence."""
+    text = ' '.join(str(value).split())
+    fence = '`' * (max((len(run) for run in re.findall('`+', text)), default=0) + 1)
+    return f'{fence} {text} {fence}' if fence != '`' else f'`{text}`'
+
+
 def _classes(hub_config: dict, num_classes: int) -> List[str]:
     """The label names (with each one's decision threshold for a multi-label model)."""
     names = hub_config.get('label_names')
@@ -231,9 +250,9 @@ def _classes(hub_config: dict, num_classes: int) -> List[str]:
     if thresholds is not None and len(thresholds) == len(names):
         lines += ['A label is predicted when its sigmoid score reaches its threshold:', '',
                   '| class | threshold |', '|---|---:|']
-        lines += [f'| {name} | {t:.3f} |' for name, t in zip(shown, thresholds)]
+        lines += [f'| {plain_text(name)} | {t:.3f} |' for name, t in zip(shown, thresholds)]
     else:
-        lines.append(', '.join(f'`{name}`' for name in shown))
+        lines.append(', '.join(code_span(name) for name in shown))
     if len(names) > len(shown):
         lines += ['', f'... {len(names)} in all (`label_names` in `config.json`).']
     return lines

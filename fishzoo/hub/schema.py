@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 import timm
 
 _NAME = re.compile(r'^[A-Za-z0-9_.\-]{0,40}$')
+_ARCHITECTURE = re.compile(r'^[A-Za-z0-9_\-]{1,80}(\.[A-Za-z0-9_\-]{1,80})?$')
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ def config_problem(config: Any) -> Optional[str]:
     arch = config.get('architecture')
     if not isinstance(arch, str) or not arch:
         return 'no "architecture" name'
+    if not _ARCHITECTURE.match(arch):  # it reaches the card's title and the demo page's
+        return f'"architecture" must be a timm model name (with a .tag), got {_show(arch)}'
     if not timm.is_model(arch.split('.')[0]):
         return f'unknown architecture {arch!r} (not a timm or fishzoo model)'
     num_classes = config.get('num_classes', 0)

@@ -95,3 +95,25 @@ def test_card_headline_is_what_the_published_model_decides_with(tmp_path):
     save_pretrained(many, tmp_path / 'ten', metrics={'top1': 90.0, 'top5': 99.0}, dataset='you/ten')
     card = ModelCard.load(tmp_path / 'ten' / 'README.md')
     assert [r.metric_name for r in card.data.eval_results] == ['Top-1 accuracy', 'Top-5 accuracy']
+
+
+HOSTILE_LABELS = ['a|b', 'two\nlines', '<script>alert(1)</script>', '<img src=x onerror=alert(1)>', 'back`tick']
+
+
+@pytest.mark.parametrize('multilabel', [False, True])
+def test_label_names_stay_text_in_the_card(tmp_path, multilabel):
+    """Class names with |, newlines, <script> or <img onerror> broke the card's class table and put HTML in it."""
+    import markdown
+    model = timm.create_model('fishnet_s64', num_classes=len(HOSTILE_LABELS)).eval()
+    extra = dict(multilabel=True, thresholds=[0.5] * len(HOSTILE_LABELS)) if multilabel else None
+    save_pretrained(model, tmp_path / 'out', label_names=HOSTILE_LABELS, extra_config=extra)
+    card = ModelCard.load(tmp_path / 'out' / 'README.md').text
+    classes = card.split('## Classes', 1)[1].split('\n## ', 1)[0]
+    html = markdown.markdown(classes, extensions=['tables'])
+    assert '<script' not in html and '<img' not in html
+    if multilabel:
+        assert html.count('<tr>') == len(HOSTILE_LABELS) + 1  # one row a class, under the header
+        assert '<td>a|b</td>' in html and '<td>two lines</td>' in html
+    else:
+        assert html.count('<code>') == len(HOSTILE_LABELS)
+        assert '<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>' in html and '<code>back`tick</code>' in html

@@ -5,10 +5,7 @@ import pytest
 
 from fishzoo.cli import main as cli_main
 from fishzoo.hub import HubFolderError, read_hub_config
-from tests.helpers.hostile import (
-    edit_pretrained_cfg,
-    one_line,
-)
+from tests.helpers.hostile import edit_config, edit_pretrained_cfg, one_line
 
 
 @pytest.mark.parametrize('changes, message', [
@@ -32,4 +29,12 @@ def test_preprocessing_values_are_checked(hub_folder, tmp_path, capsys, changes,
     assert cli_main(['predict', str(folder), str(image)]) == 2
     one_line(capsys, message)
     with pytest.raises(HubFolderError, match=re.escape(message)):
+        read_hub_config(folder)
+
+
+def test_an_architecture_name_carries_no_markup(hub_folder):
+    """An architecture tag with HTML passed the check and reached the card's title and the demo page's."""
+    _, folder = hub_folder
+    edit_config(folder, architecture='fishnet_s64.<img src=x onerror=alert(1)>')
+    with pytest.raises(HubFolderError, match='"architecture" must be a timm model name'):
         read_hub_config(folder)
