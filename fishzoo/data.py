@@ -311,7 +311,7 @@ def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = 
     if not path.is_file():
         raise DataError(f'{path}: no such CSV file')
     root = Path(image_root) if image_root else path.parent
-    rows, seen = [], {}
+    rows, seen, conflicts = [], {}, []
     try:
         with path.open(newline='', encoding='utf-8-sig') as f:
             reader = csv.DictReader(f)
@@ -325,8 +325,7 @@ def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = 
                 labels = sorted(set((row.get('labels') or '').split()))
                 if image in seen:
                     if seen[image] != labels:
-                        _logger.warning('%s line %d: %s is listed again with other labels; keeping the first row',
-                                        path, line, image)
+                        conflicts.append((line, image))
                     continue
                 seen[image] = labels
                 rows.append((line, root / image, labels))
@@ -334,6 +333,10 @@ def read_label_csv(path: Union[str, Path], image_root: Union[str, Path, None] = 
         raise DataError(f'{path}: not a readable CSV file ({e})') from None
     if not rows:
         raise DataError(f'{path}: no rows')
+    if conflicts:  # one warning, not one a line (170,000 repeated rows printed 169,999 lines)
+        shown = '; '.join(f'line {line}: {image}' for line, image in conflicts[:3])
+        _logger.warning('%s: %d rows list an image again with other labels; keeping the first row of each (%s%s)',
+                        path, len(conflicts), shown, ', ...' if len(conflicts) > 3 else '')
     for line, image, _ in rows:
         if not image.is_file():
             raise DataError(f'{path} line {line}: image {image} not found (image paths are relative to '

@@ -170,6 +170,9 @@ def _rcnn_fpn(
         model_kwargs: Optional[dict] = None,
         **detector_kwargs,
 ):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ConfigError(f'num_classes counts the background too: 2 or more (the background and one object '
+                          f'class), got {num_classes!r}')
     backbone = backbone_with_fpn(model, trainable_layers, norm, returned_levels, pretrained=pretrained,
                                  **(model_kwargs or {}))
     parts = _rcnn_parts(backbone, detector_kwargs)

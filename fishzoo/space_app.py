@@ -48,7 +48,7 @@ class FolderClassifier:
         self.mode = {1: 'L', 4: 'RGBA'}.get(data_config['input_size'][0], 'RGB')
         names = config.get('label_names') or [str(i) for i in range(self.model.num_classes)]
         self.names = [str(n) for n in names]
-        self.thresholds = config.get('thresholds') if config.get('multilabel') else None
+        self.thresholds = config.get('thresholds')  # per-class thresholds: a multi-label model, as for predict
         self.top_k = min(top_k, len(self.names))
         self.title = config.get('architecture', 'model')
 

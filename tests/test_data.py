@@ -178,7 +178,7 @@ def test_csv_duplicate_rows(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='fishzoo.data'):
         rows = data.read_label_csv(csv_path)
     assert len(rows) == 8
-    assert 'listed again with other labels; keeping the first row' in caplog.text
+    assert 'list an image again with other labels; keeping the first row' in caplog.text
 
 
 csv_cells = st.text(alphabet=st.characters(blacklist_categories=('Cs',)), max_size=15)
@@ -252,3 +252,15 @@ def test_a_csv_with_a_label_per_row_is_refused_before_gigabytes_are_allocated(tm
     with pytest.raises(fishzoo.FishzooError, match=r'labels.csv: 20,000 distinct labels in 20,000 rows would take '
                                                     r'1.6 GB of targets; the labels column holds label names'):
         data.csv_data(tmp_path / 'labels.csv', val_fraction=0.2)
+
+
+def test_repeated_csv_rows_give_one_warning(tmp_path, caplog):
+    """A CSV listing one image 170,000 times with other labels printed a warning line for every row."""
+    from tests.helpers.images import make_multilabel_csv
+    csv_path = make_multilabel_csv(tmp_path, rows=4)
+    first = csv_path.read_text().splitlines()[1].split(',')[0]
+    csv_path.write_text(csv_path.read_text() + ''.join(f'{first},label{i}\n' for i in range(1000)))
+    with caplog.at_level('WARNING', logger='fishzoo.data'):
+        rows = data.read_label_csv(csv_path)
+    assert len(rows) == 4 and len(caplog.records) == 1
+    assert '1000 rows list an image again with other labels' in caplog.text

@@ -187,3 +187,10 @@ def test_hf_hub_repo_as_backbone(tmp_path):
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'hub')}
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize('num_classes', [0, 1, -3, 2.5])
+def test_a_detector_needs_the_background_and_a_class(num_classes):
+    """fasterrcnn_fpn(..., num_classes=0) built a detector that could never detect anything."""
+    with pytest.raises(ConfigError, match='num_classes counts the background too: 2 or more'):
+        fasterrcnn_fpn('fishnet_s64', num_classes)

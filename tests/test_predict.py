@@ -4,6 +4,7 @@ import json
 
 import pytest
 import timm
+from PIL import Image
 
 from fishzoo.cli import main
 from fishzoo.hub import save_pretrained
@@ -149,3 +150,21 @@ def test_predict_with_the_single_onnx_file_export_wrote(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got[0]['labels'] == expected[0]['labels']
     assert got[0]['scores'] == pytest.approx(expected[0]['scores'], abs=1e-4)
+
+
+def test_thresholds_make_a_folder_multi_label_for_every_reader(tmp_path):
+    """thresholds without multilabel: true: predict thresholded sigmoids, the demo page showed softmax, and
+    transformers read problem_type: three answers. One rule now: per-class thresholds mean multi-label."""
+    from fishzoo.hub import read_hub_config
+    from fishzoo.space_app import FolderClassifier
+    model = timm.create_model('fishnet_s64', num_classes=3).eval()
+    thresholds = [0.2, 0.5, 0.9]
+    folder = save_pretrained(model, tmp_path / 'm', label_names=['a', 'b', 'c'],
+                             extra_config=dict(thresholds=thresholds))
+    image = tmp_path / 'x.png'
+    Image.new('RGB', (64, 64), (90, 20, 160)).save(image)
+    ours = dict(predict(str(folder), [str(image)], precision='fp32')[0]['labels'])
+    assert FolderClassifier(folder)(Image.open(image)) == pytest.approx(ours)
+    assert all(p >= thresholds['abc'.index(label)] for label, p in ours.items())
+    assert read_hub_config(folder)['problem_type'] == 'multi_label_classification'
+    assert '.sigmoid()' in (folder / 'README.md').read_text()

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from fishzoo.errors import ExportError
 from fishzoo.hub.atomic import staged_folder
-from fishzoo.hub.config import export_config
+from fishzoo.hub.config import export_config, is_multilabel
 from fishzoo.precision import for_runtime
 
 from .accuracy import DEFAULT_MAX_DROP
@@ -56,7 +56,7 @@ def _images(model: nn.Module, config: dict, int8: bool, calib_data, val_data
             ) -> Tuple[Optional[LabelledImages], Optional[LabelledImages]]:
     """The calibration and validation images, read with the model's eval transform."""
     cfg = config.get('pretrained_cfg') or model.pretrained_cfg
-    multilabel = config.get('thresholds') is not None or bool(config.get('multilabel'))
+    multilabel = is_multilabel(config)
     calibration = validation = None
     if int8:
         calibration = calib_data if isinstance(calib_data, LabelledImages) else calibration_images(calib_data, cfg)

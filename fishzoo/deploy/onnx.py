@@ -112,13 +112,18 @@ def export_onnx(
     except Exception as e:
         raise ExportError(f'ONNX export failed ({describe(e)})') from None
     program.save(str(path), external_data=False)
-    _describe(path, model)
+    written = _describe(path, model)
+    if written != opset:  # the exporter writes its own opset for one it does not support, without a word
+        path.unlink(missing_ok=True)
+        raise ExportError(f'--opset {opset}: torch\'s exporter wrote opset {written} instead (it falls back for an '
+                          f'opset it cannot write); ask for one it writes, such as {DEFAULT_OPSET}')
     return path
 
 
-def _describe(path: Path, model: nn.Module) -> None:
+def _describe(path: Path, model: nn.Module) -> int:
     """Name the dynamic axes ``batch``, ``height``, ``width`` (the exporter calls them ``s77``...) and store
-    what a user needs to feed the model in the file's metadata: labels, mean/std, input size, crop."""
+    what a user needs to feed the model in the file's metadata: labels, mean/std, input size, crop. Returns the
+    file's opset."""
     import onnx
     proto = onnx.load(str(path))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -131,6 +136,7 @@ def _describe(path: Path, model: nn.Module) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
+    return max(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
 
 
 def verify_onnx(path: Union[str, Path], model: nn.Module, shapes: Sequence[Tuple[int, int, int, int]],

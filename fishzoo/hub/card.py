@@ -8,6 +8,8 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from fishzoo.complexity import complexity
 
+from .config import is_multilabel
+
 # the snippets of a folder not (yet) on the Hub; push_to_hub rewrites them to hf-hub:REPO_ID / REPO_ID
 LOCAL_PATH = 'path/to/this/folder'
 LOCAL_REF = f'local-dir:{LOCAL_PATH}'
@@ -126,7 +128,7 @@ def _front_matter(arch: str, cfg: dict, facts: CardFacts, license: Optional[str]
 def _usage(model: torch.nn.Module, hub_config: dict, cfg: dict, ref: str, is_fishzoo: bool) -> List[str]:
     """Install, classify an image, feature maps and embeddings: snippets the tests execute."""
     mode = {1: 'L', 4: 'RGBA'}.get(cfg['input_size'][0], 'RGB')  # what the model's input channels read
-    multilabel = bool(hub_config.get('multilabel'))
+    multilabel = is_multilabel(hub_config)
     activation = 'sigmoid()' if multilabel else 'softmax(-1)'
     install = ['# fishzoo is not on PyPI: install it from its source tree', 'pip install timm /path/to/fishzoo'] \
         if is_fishzoo else ['pip install timm']
@@ -300,7 +302,7 @@ def model_card(model: torch.nn.Module, hub_config: Optional[dict] = None, facts:
         *_details(model, arch, cfg, facts, license),
         *_results(facts, model.num_classes),
         *_classes(hub_config, model.num_classes),
-        *_limitations(facts, model.num_classes, bool(hub_config.get('multilabel'))),
+        *_limitations(facts, model.num_classes, is_multilabel(hub_config)),
     ]
     for note in cfg.get('notes') or ():
         lines.append(f'\n> {note}')

@@ -34,6 +34,12 @@ def read_hub_config(folder: Union[str, Path]) -> dict:
     return config
 
 
+def is_multilabel(config: dict) -> bool:
+    """A folder is multi-label when it says so or when it carries per-class thresholds: one rule for predict,
+    the card, the demo page, exports and transformers (``problem_type``)."""
+    return bool(config.get('multilabel')) or config.get('thresholds') is not None
+
+
 def for_every_reader(config: dict) -> dict:
     """A hub folder's ``config.json`` that timm, fishzoo and transformers' TimmWrapper all read the same way.
 
@@ -49,7 +55,7 @@ def for_every_reader(config: dict) -> dict:
         del model_args['num_classes']
     if 'model_args' in config:
         config['model_args'] = model_args
-    if config.get('multilabel') or config.get('thresholds') is not None:
+    if is_multilabel(config):
         config['problem_type'] = 'multi_label_classification'
     return config
 

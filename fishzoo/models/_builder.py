@@ -123,6 +123,12 @@ def build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
     A model built for other than 3 input channels gets a mean/std of that many values (the RGB values'
     average), so timm's data config needs no adaptation and logs no warning about it.
     """
+    if pretrained:
+        # a folder's own check first: it names config.json and the key, where the call check below can only
+        # name the argument
+        load_from, location = _load_source(variant, kwargs)
+        if load_from in ('local-dir', 'hf-hub'):
+            check_hub_folder(location if load_from == 'local-dir' else hub_repo_folder(location))
     problem = call_problem(variant, kwargs)  # whoever calls: a config's model_args through transformers too
     if problem:
         raise ConfigError(f'{variant}: {problem}')
@@ -145,8 +151,6 @@ def _build_model(model_cls, variant: str, pretrained: bool = False, **kwargs):
             raise PretrainedWeightsUnavailable(
                 f'{variant} has no pretrained weights (none are published for it; timm.list_pretrained() lists '
                 'those that are); build it without pretrained=True, or load a trained folder with local-dir:PATH')
-        if load_from in ('local-dir', 'hf-hub'):
-            check_hub_folder(location if load_from == 'local-dir' else hub_repo_folder(location))
         where = location if load_from in ('file', 'local-dir', 'hf-hub') else f'the {load_from} weights'
         try:
             return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

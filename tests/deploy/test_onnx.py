@@ -72,6 +72,10 @@ def test_cli_export(tmp_path, capsys):
 def test_cli_export_mistakes(tmp_path, capsys):
     assert main(['export', 'fishnet_s64', '--opset', '13', '-o', str(tmp_path / 'x.onnx')]) == 2
     assert '--opset must be 17 or later, got 13' in capsys.readouterr().err
+    # was recorded as 99 in the folder's config.json, though the file held opset 18
+    assert main(['export', 'fishnet_s64', '--opset', '99', '-o', str(tmp_path / 'o'), '--img-size', '32']) == 2
+    assert "--opset 99: torch's exporter wrote opset 18 instead" in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
     assert main(['export', 'no_such_model', '-o', str(tmp_path / 'x.onnx')]) == 2
     assert 'no_such_model' in capsys.readouterr().err
     assert main(['export', 'fishnet_s64', '--img-size', '1', '2', '3']) == 2
