@@ -65,6 +65,7 @@ def convert_fishnet(
         license=model.pretrained_cfg.get('license'),  # 'unknown': the authors published none
         train_images=1_281_167, val_images=50_000, validation='the ImageNet-1k validation set',
         tags=('fishnet', 'converted'),
+        source_weights=True,  # the authors' weights: their tag and notes stay in config.json
         description=(
             f'`{name}`: the FishNet authors\' ImageNet-1k checkpoint `{checkpoint.name}`, converted to timm '
             f'and safetensors by fishzoo with identical outputs.'),

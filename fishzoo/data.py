@@ -130,6 +130,28 @@ def bounded_eval_transform(transform: Callable, data_config: dict) -> Callable:
     return T.Compose([LimitResize(short_side), transform])
 
 
+def _split_by_class(indices: np.ndarray, labels: np.ndarray, val_size: int, seed: int) -> Tuple[List[int], List[int]]:
+    """``val_size`` of ``indices`` for validation, spread over the classes in proportion to their size, and at
+    least one image of every class kept for training (every class here has two or more)."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * val_size / counts.sum()
+    take = np.minimum(np.floor(share).astype(int), counts - 1)
+    # the remaining places go to the classes with the largest remainders that still keep a training image
+    order = np.argsort(-(share - take) + rng.random(len(classes)) * 1e-9)
+    for i in order:
+        if take.sum() >= val_size:
+            break
+        if take[i] < counts[i] - 1:
+            take[i] += 1
+    train, val = [], []
+    for cls, k in zip(classes, take):
+        members = rng.permutation(indices[labels == cls])
+        val += members[:k].tolist()
+        train += members[k:].tolist()
+    return train, val
+
+
 def stratified_split(targets: Sequence, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
     """Train/val indices: stratified for class indices, iterative-stratified for multi-hot targets."""
     if not 0 < val_fraction < 1:
@@ -141,10 +163,24 @@ def stratified_split(targets: Sequence, val_fraction: float, seed: int) -> Tuple
         train_idx, val_idx = next(splitter.split(indices, np.asarray(targets)))
         return sorted(train_idx.tolist()), sorted(val_idx.tolist())
     from sklearn.model_selection import train_test_split
-    counts = np.bincount(np.asarray(targets, dtype=np.int64))
-    stratify = targets if counts[counts > 0].min() >= 2 else None  # a class of one image cannot be split
+    labels = np.asarray(targets, dtype=np.int64)
+    counts = np.bincount(labels)
+    single = counts[labels] == 1
+    if single.any():
+        # a class of one image cannot be split; left to chance (no stratification) whole classes landed only in
+        # validation, never trained: 2,000 one-image classes lost 400. They train; the rest splits stratified.
+        _logger.warning('%d classes have a single image: each is trained on and none is validated',
+                        int((counts == 1).sum()))
+        rest = indices[~single]
+        val_size = min(max(1, round(val_fraction * len(targets))), len(rest) - len(np.unique(labels[rest])))
+        if val_size < 1:
+            raise DataError(f'cannot hold out validation images from {len(targets)} images: no class has more '
+                            'images than one for training needs; give more images per class, or a validation '
+                            'set of its own (a val/ folder, --val-csv)')
+        train_rest, val_idx = _split_by_class(rest, labels[rest], val_size, seed)
+        return sorted([*indices[single].tolist(), *train_rest]), sorted(val_idx)
     try:
-        train_idx, val_idx = train_test_split(indices, test_size=val_fraction, stratify=stratify, random_state=seed)
+        train_idx, val_idx = train_test_split(indices, test_size=val_fraction, stratify=targets, random_state=seed)
     except ValueError as e:
         raise DataError(f'cannot split {len(targets)} images with --val-split {val_fraction}: {e}') from None
     return sorted(train_idx.tolist()), sorted(val_idx.tolist())

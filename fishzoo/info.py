@@ -69,7 +69,9 @@ def format_info(info: Dict[str, Any]) -> str:
             f"stride {f['reduction']}: {f['num_chs']} ch ({f['module']})" for f in info['feature_info']),
         '  pretrained:   ' + (', '.join(info['pretrained_tags']) or 'none'),
     ]
-    if 'folder' in info:
+    if 'folder' in info:  # its own weights; the published tags are the architecture's, said as such
+        lines[-1] = (f"  weights:      this folder's own; {info['architecture']}'s published tags: "
+                     + (', '.join(info['pretrained_tags']) or 'none'))
         labels = info.get('labels') or []
         lines[0] = f"{info['name']} ({info['architecture']}{', multi-label' if info['multilabel'] else ''})"
         lines.append(f'  labels:       {", ".join(map(str, labels[:10]))}{", ..." if len(labels) > 10 else ""}'

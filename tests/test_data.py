@@ -1,5 +1,6 @@
 """fishzoo.data: image conversion, every data source, splits, and clear errors for bad data."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -264,3 +265,19 @@ def test_repeated_csv_rows_give_one_warning(tmp_path, caplog):
         rows = data.read_label_csv(csv_path)
     assert len(rows) == 4 and len(caplog.records) == 1
     assert '1000 rows list an image again with other labels' in caplog.text
+
+
+def test_one_image_classes_are_trained_and_the_rest_split_stratified(caplog):
+    """2,000 one-image classes were split without stratification: 400 classes only in validation, never trained."""
+    targets = list(range(2000)) + [2000] * 60 + [2001] * 40 + [2002] * 2
+    with caplog.at_level(logging.WARNING):
+        train, val = data.stratified_split(targets, 0.2, seed=0)
+    assert '2000 classes have a single image' in caplog.text
+    assert sorted(train + val) == list(range(len(targets))) and not set(train) & set(val)
+    trained = {targets[i] for i in train}
+    assert trained == set(targets)  # every class is trained on
+    assert all(targets[i] >= 2000 for i in val)  # only classes with images to spare are validated
+    assert len(val) == 99  # 20% of all would be 420: all that the 102 can spare, one per class kept
+    assert data.stratified_split(targets, 0.2, seed=0) == (train, val)  # repeatable
+    with pytest.raises(DataError, match='cannot hold out validation images from 3 images'):
+        data.stratified_split([0, 1, 2], 0.2, seed=0)

@@ -168,3 +168,83 @@ def test_thresholds_make_a_folder_multi_label_for_every_reader(tmp_path):
     assert all(p >= thresholds['abc'.index(label)] for label, p in ours.items())
     assert read_hub_config(folder)['problem_type'] == 'multi_label_classification'
     assert '.sigmoid()' in (folder / 'README.md').read_text()
+
+
+@pytest.fixture
+def many_images(tmp_path):
+    """50 small images in a folder: a folder predicted in batches."""
+    import random
+    folder = tmp_path / 'many'
+    folder.mkdir()
+    rng = random.Random(0)
+    for i in range(50):
+        Image.new('RGB', (40, 40), tuple(rng.randrange(256) for _ in range(3))).save(folder / f'{i:03d}.png')
+    return folder
+
+
+@pytest.mark.parametrize('suffix', ['.csv', '.jsonl'])
+def test_an_interrupted_folder_keeps_what_finished_and_resumes(saved_hub_folder, many_images, tmp_path, capsys,
+                                                               monkeypatch, suffix):
+    """5,000 images: nothing for ten minutes, every result in memory until the end, an interrupt lost it all."""
+    import fishzoo.predict as predict_module
+    _, folder = saved_hub_folder
+    reference = {r['image']: [label for label, _ in r['labels']] for r in predict(str(folder), [many_images])}
+    out = tmp_path / f'results{suffix}'
+    real = predict_module.iter_predictions
+
+    def interrupted_after_three_batches(*args, **kwargs):
+        for number, batch in enumerate(real(*args, **kwargs)):
+            if number == 3:
+                raise KeyboardInterrupt
+            yield batch
+    monkeypatch.setattr(predict_module, 'iter_predictions', interrupted_after_three_batches)
+    args = ['predict', str(folder), str(many_images), '--output', str(out), '--batch-size', '8', '--top-k', '2']
+    assert main(args) == 130
+    assert f'interrupted: {out} holds the 24 images finished; --resume continues' in capsys.readouterr().err
+    assert len(_images_in(out)) == 24
+    # a kill in the middle of writing: the last image cut short is predicted again
+    text = out.read_text()
+    out.write_text(text[:-7])
+    monkeypatch.setattr(predict_module, 'iter_predictions', real)
+    assert main([*args, '--resume']) == 0
+    assert '--resume: 23 of 50 images are in' in capsys.readouterr().err
+    written = _images_in(out)
+    assert sorted(written) == sorted(reference) and len(written) == len(set(written))  # each image once
+    for image, labels in _labels_in(out).items():
+        assert labels == reference[image][:2]
+
+
+def _images_in(path):
+    if path.suffix == '.jsonl':
+        return [json.loads(line)['image'] for line in path.read_text().splitlines()]
+    return list(dict.fromkeys(row['image'] for row in csv.DictReader(path.open())))
+
+
+def _labels_in(path):
+    if path.suffix == '.jsonl':
+        return {r['image']: r['labels'] for r in map(json.loads, path.read_text().splitlines())}
+    labels = {}
+    for row in csv.DictReader(path.open()):
+        labels.setdefault(row['image'], []).append(row['label'])
+    return labels
+
+
+def test_progress_lines_where_the_output_is_a_log(saved_hub_folder, many_images, capsys, monkeypatch):
+    monkeypatch.setattr('fishzoo.progress.LOG_EVERY_S', 0.0)
+    _, folder = saved_hub_folder
+    assert main(['predict', str(folder), str(many_images), '--batch-size', '16']) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(' images')[0] for line in err] == ['16/50', '32/50', '48/50'], err
+
+
+def test_resume_mistakes_get_one_sentence(saved_hub_folder, many_images, tmp_path, capsys):
+    _, folder = saved_hub_folder
+    assert main(['predict', str(folder), str(many_images), '--resume']) == 2
+    one_line(capsys, '--resume continues an --output file; give --output FILE')
+    other = tmp_path / 'other.csv'
+    other.write_text('name,score\nx,1\n')
+    assert main(['predict', str(folder), str(many_images), '--output', str(other), '--resume']) == 2
+    one_line(capsys, f'--output {other}: not a fishzoo predict CSV')
+    assert other.read_text() == 'name,score\nx,1\n'  # someone else's file is left alone
+    assert main(['predict', str(folder), str(many_images), '--batch-size', '0']) == 2
+    one_line(capsys, '--batch-size must be from 1 to 1024, got 0')

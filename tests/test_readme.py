@@ -67,3 +67,10 @@ def test_names_in_the_docs_and_the_package_exist():
     missing = sorted({f'{where}: {name}' for where, text in texts.items() for name in NAME.findall(text)
                       if not _resolves(name)})
     assert not missing, missing
+
+
+def test_the_files_readme_commands_read_exist():
+    """The README's predict commands read digit.png, which existed nowhere: a newcomer's paste failed."""
+    images = re.findall(r'[\w./-]+\.(?:png|jpg|jpeg)\b', README)
+    assert images and all((REPO / image).is_file() for image in images if not image.startswith(('path/', 'http'))), \
+        images

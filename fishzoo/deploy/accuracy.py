@@ -8,7 +8,10 @@ damage (per-channel signal-to-quantization-noise ratio on calibration images); t
 the held-out drop fits ``max_drop``. Each int8 path supplies the ranking and how to quantize without a set of
 layers; :func:`keep_in_fp32_until_it_fits` runs the loop.
 
-The metric is top-1 (single-label) or micro-F1 (multi-label), in percent; the drop is in points.
+The metric is top-1 (single-label) or micro-F1 (multi-label), in percent; the drop is in points. A drop is
+judged no finer than the validation set can resolve: on 78 images one image is 1.28 points, so a
+``max_drop`` of 0.5 there is judged at one image (:attr:`Int8Accuracy.allowed`) instead of demanding that no
+decision change at all.
 """
 import logging
 from dataclasses import asdict, dataclass, field
@@ -38,13 +41,37 @@ class Int8Accuracy:
     layers_in_fp32: List[str] = field(default_factory=list)  # kept out of int8 by the search
     quantized_layers: int = 0
     total_layers: int = 0
+    reference: str = 'fp32'  # what the float model it is compared with computed in (the folder's own precision)
 
     @property
     def drop(self) -> float:
         return self.fp32 - self.int8
 
+    @property
+    def resolution(self) -> float:
+        """Points one image is worth on this many images: the finest drop the measurement can tell."""
+        return 100.0 / max(self.images, 1)
+
+    @property
+    def allowed(self) -> float:
+        """The drop judged acceptable: ``max_drop``, or one image's worth where the set cannot resolve it."""
+        return max(self.max_drop, self.resolution)
+
+    @property
+    def fits(self) -> bool:
+        return self.drop <= self.allowed + 1e-9
+
     def as_dict(self) -> Dict:
-        return {**asdict(self), 'drop': round(self.drop, 3)}
+        return {**asdict(self), 'drop': round(self.drop, 3), 'allowed': round(self.allowed, 3)}
+
+
+def resolution_note(accuracy: Int8Accuracy) -> str:
+    """One sentence when ``max_drop`` is finer than the validation set resolves; '' otherwise."""
+    if accuracy.allowed <= accuracy.max_drop:
+        return ''
+    return (f'on {accuracy.images} validation images one image is {accuracy.resolution:.2f} points, so a drop of '
+            f'{accuracy.max_drop:g} cannot be told from no change: judged at one image ({accuracy.allowed:.2f} '
+            f'points); give more --val-data images to judge finer')
 
 
 def predict_all(run: Runner, data: LabelledImages, batch_size: int = 32):
@@ -56,14 +83,18 @@ def predict_all(run: Runner, data: LabelledImages, batch_size: int = 32):
     return np.concatenate(logits), np.concatenate(targets)
 
 
-def measure(fp32: Runner, int8: Runner, data: LabelledImages, max_drop: float, thresholds=0.5) -> Int8Accuracy:
-    reference, targets = predict_all(fp32, data)
+def measure(fp32: Runner, int8: Runner, data: LabelledImages, max_drop: float, thresholds=0.5,
+            reference: str = 'fp32') -> Int8Accuracy:
+    """``int8`` against the float model ``fp32`` (run in ``reference`` precision) on ``data``."""
+    _logger.info('measuring int8 against %s on %d held-out images', reference, len(data))
+    reference_logits, targets = predict_all(fp32, data)
     quantized, _ = predict_all(int8, data)
     return Int8Accuracy(
+        reference=reference,
         metric='f1_micro' if data.multilabel else 'top1',
-        fp32=score(reference, targets, data.multilabel, thresholds),
+        fp32=score(reference_logits, targets, data.multilabel, thresholds),
         int8=score(quantized, targets, data.multilabel, thresholds),
-        agreement=agreement(quantized, reference, data.multilabel, thresholds),
+        agreement=agreement(quantized, reference_logits, data.multilabel, thresholds),
         images=len(targets), max_drop=max_drop)
 
 
@@ -120,7 +151,10 @@ def keep_in_fp32_until_it_fits(
     model, run = first
     accuracy = measure(fp32, run, validation, max_drop, thresholds)
     excluded: List[str] = []
-    if accuracy.drop <= max_drop:  # the common case: one measurement
+    note = resolution_note(accuracy)
+    if note:
+        _logger.warning('%s: %s', what, note)
+    if accuracy.fits:  # the common case: one measurement
         return SearchResult(model, accuracy, excluded)
     order = list(ranked())
     for count in doubling(len(order)):
@@ -129,7 +163,7 @@ def keep_in_fp32_until_it_fits(
         accuracy = measure(fp32, run, validation, max_drop, thresholds)
         _logger.info('%s: %d activations (%d layers) kept in floating point: drop %.2f points', what, count,
                      len(excluded), accuracy.drop)
-        if accuracy.drop <= max_drop:
+        if accuracy.fits:
             break
     else:
         if order:

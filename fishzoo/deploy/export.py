@@ -9,6 +9,7 @@ accuracy-aware. The folder is written in a stage and put in place at once (:func
 a kill at any instant leaves the old folder or the new one, and ``--overwrite`` replaces the folder whole.
 """
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from .card import export_card
 from .formats import FORMATS, get_format
 from .onnx import DEFAULT_OPSET, export_and_verify, export_onnx  # noqa: F401  (the single-file export)
 from .runner import ExportRequest
+
+_logger = logging.getLogger(__name__)
 
 
 def check_output_dir(output_dir: Path, overwrite: bool, source_folder: Optional[Path] = None) -> None:
@@ -68,7 +71,9 @@ def _images(model: nn.Module, config: dict, int8: bool, calib_data, val_data
 
 
 def _source_name(data) -> str:
-    return 'images given in Python' if isinstance(data, LabelledImages) else str(data)
+    """What the record and card call the images: a folder's or file's own name, never the exporting machine's
+    path to it (the folder travels; the path means nothing elsewhere and says where someone keeps data)."""
+    return 'images given in Python' if isinstance(data, LabelledImages) else Path(str(data)).name or str(data)
 
 
 def export_folder(
@@ -103,12 +108,23 @@ def export_folder(
                             max_drop=max_drop, thresholds=config.get('thresholds') or 0.5, opset=opset,
                             verify=verify)
     start = time.perf_counter()
+    _logger.info('exporting %s as %s (%s)%s', output_dir, form.name, 'int8' if int8 else 'fp32',
+                 f', calibrated on {len(calibration)} images' if calibration is not None else '')
     record = dict(format=form.name, weights='int8' if int8 else 'fp32', compute=compute.compute,
                   input_size=list(input_size))
     held = [p.name for p in output_dir.iterdir()] if output_dir.is_dir() else []
     new_files = [*form.files, 'config.json', 'README.md', 'thresholds.json']
     with staged_folder(output_dir, replaces=sorted({*held, *new_files}), order=form.files) as stage:
         accuracy = form.write(model, stage, request, record)
+        if accuracy is not None and not accuracy.fits:
+            # raised inside the stage: nothing is published that looks like a result (old content stays)
+            name = 'top-1' if accuracy.metric == 'top1' else 'micro-F1'
+            raise ExportError(
+                f'{output_dir}: not written: int8 loses {accuracy.drop:.2f} points of {name} on {accuracy.images} '
+                f'held-out images ({accuracy.reference} {accuracy.fp32:.2f} -> int8 {accuracy.int8:.2f}), more than '
+                f'the {accuracy.allowed:.2f} allowed (--max-drop), with {accuracy.quantized_layers} of '
+                f'{accuracy.total_layers} layers left in int8 by the search; allow more with --max-drop, '
+                'calibrate on more images (--calib-data), or export without --int8')
         record['file'] = form.file
         record['seconds'] = round(time.perf_counter() - start, 1)
         if calibration is not None:

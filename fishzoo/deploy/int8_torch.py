@@ -168,7 +168,7 @@ def quantize(
         raise QuantizeError(f'max_drop is in points between 0 and 100, got {max_drop}')
     in_chans = getattr(model, 'in_chans', None) or batches[0].shape[1]
     if batches[0].shape[1] != in_chans:
-        raise QuantizeError(f'calibration images have {batches[0].shape[1]} channels, the model takes {in_chans}')
+        raise QuantizeError(f'calibration images have {batches[0].shape[1]} channel(s), the model takes {in_chans}')
     folded = reparameterize_model(copy.deepcopy(model).eval(), inplace=True).eval()
     for p in folded.parameters():
         p.requires_grad_(False)

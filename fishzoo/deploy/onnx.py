@@ -38,6 +38,8 @@ from .runner import (
     require,
 )
 
+_logger = logging.getLogger(__name__)
+
 DEFAULT_OPSET = 18  # onnxscript's native opset; 17 is the lowest the exporter supports well
 FILE = 'model.onnx'
 
@@ -206,6 +208,8 @@ def _quantize(src: Path, dst: Path, batches: List[np.ndarray], exclude: Sequence
 
     # quantize_static logs a pre-processing hint on the root logger: the exporter already folded BatchNorm
     # and inferred shapes, which is what that pre-processing does
+    _logger.info('onnxruntime: quantizing on %d calibration images%s', len(batches),
+                 f' ({len(exclude)} nodes kept in fp32)' if exclude else '')
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)

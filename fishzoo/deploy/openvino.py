@@ -20,11 +20,13 @@ from timm.models import reparameterize_model
 
 from fishzoo.errors import ExportError, ModelLoadError, QuantizeError, describe
 from fishzoo.metrics import score
-from fishzoo.precision import Precision, for_runtime, from_record
+from fishzoo.precision import Precision, from_record
 
-from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy, measure
+from .accuracy import DEFAULT_MAX_DROP, Int8Accuracy, measure, resolution_note
 from .calibration import LabelledImages
 from .runner import ExportRequest, Format, Runner, RuntimeFailure, check_against_torch, check_shapes, require
+
+_logger = logging.getLogger(__name__)
 
 FILES = ('openvino_model.xml', 'openvino_model.bin')
 
@@ -142,9 +144,13 @@ def write(model: nn.Module, folder: Path, request: ExportRequest, record: Dict) 
     if request.int8 and request.validation is not None:
         with tempfile.TemporaryDirectory() as tmp:
             ov.save_model(ov_model, f'{tmp}/m.xml')
-            fp32_run = runner(f'{tmp}/m.xml', for_runtime('fp32', 'openvino', log=False))
-            ov_model, accuracy = openvino_int8(ov_model, request.calibration, request.validation, fp32_run,
-                                               request.max_drop, request.thresholds)
+            # the float reference runs in the folder's own precision, as the int8 model's float layers will:
+            # a bf16 remainder moves decisions by itself, which is not int8's doing
+            float_run = runner(f'{tmp}/m.xml', request.precision)
+            ran = record.get('checked_in') or compiled_precision(
+                ov.Core().compile_model(ov_model, 'CPU', _hint_config(request.precision)))
+            ov_model, accuracy = openvino_int8(ov_model, request.calibration, request.validation, float_run,
+                                               request.max_drop, request.thresholds, request.precision, ran)
     elif request.int8:
         ov_model, _ = openvino_int8(ov_model, request.calibration)
     ov.save_model(ov_model, str(folder / FILES[0]), compress_to_fp16=False)
@@ -169,14 +175,17 @@ def _quantized_convolutions(ov_model) -> tuple:
 
 
 def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[LabelledImages] = None,
-                  fp32_runner: Optional[Runner] = None, max_drop: float = DEFAULT_MAX_DROP, thresholds=0.5):
-    """An int8 OpenVINO model (NNCF), and its measured accuracy when ``validation`` is given."""
+                  fp32_runner: Optional[Runner] = None, max_drop: float = DEFAULT_MAX_DROP, thresholds=0.5,
+                  precision: Optional[Precision] = None, reference: str = 'fp32'):
+    """An int8 OpenVINO model (NNCF), and its measured accuracy when ``validation`` is given: run in
+    ``precision`` against ``fp32_runner``, the float model in the same precision (named ``reference``)."""
     require('nncf', 'deploy', 'OpenVINO int8')
     import nncf
     import openvino as ov
     logging.getLogger('nncf').setLevel(logging.WARNING)
     batches = [b.numpy() for b in calibration.batches(1)]
     calib = nncf.Dataset(batches)
+    _logger.info('NNCF: quantizing on %d calibration images', len(batches))
     try:
         quantized = nncf.quantize(ov_model, calib, subset_size=len(batches))
     except Exception as e:
@@ -187,12 +196,16 @@ def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[La
     def checked(candidate) -> Int8Accuracy:
         with tempfile.TemporaryDirectory() as tmp:
             ov.save_model(candidate, f'{tmp}/m.xml')
-            result = measure(fp32_runner, runner(f'{tmp}/m.xml'), validation, max_drop, thresholds)
+            result = measure(fp32_runner, runner(f'{tmp}/m.xml', precision), validation, max_drop, thresholds,
+                             reference)
         result.quantized_layers, result.total_layers = _quantized_convolutions(candidate)
         return result
 
     accuracy = checked(quantized)
-    if accuracy.drop <= max_drop:  # the common case: no search, no repeated validation
+    note = resolution_note(accuracy)
+    if note:
+        _logger.warning('OpenVINO int8: %s', note)
+    if accuracy.fits:  # the common case: no search, no repeated validation
         return quantized, accuracy
     val = nncf.Dataset([(x.numpy(), y.numpy()) for x, y in validation.loader(1)])
 
@@ -201,9 +214,11 @@ def openvino_int8(ov_model, calibration: LabelledImages, validation: Optional[La
         targets = np.concatenate([y for _, y in items])
         return score(logits, targets, validation.multilabel, thresholds)
 
+    _logger.info('NNCF: the drop is %.2f points, above %.2f: searching for the layers to keep in float '
+                 '(this measures the model many times)', accuracy.drop, accuracy.allowed)
     try:
         quantized = nncf.quantize_with_accuracy_control(
-            ov_model, calib, val, validation_fn=validate, max_drop=max_drop, subset_size=len(batches))
+            ov_model, calib, val, validation_fn=validate, max_drop=accuracy.allowed, subset_size=len(batches))
     except Exception as e:
         raise QuantizeError(f'OpenVINO int8 accuracy-aware quantization failed ({reason(e)})') from None
     return quantized, checked(quantized)

@@ -67,6 +67,7 @@ def convert(captured: torch.fx.GraphModule, quantizer, batches: Sequence[torch.T
     require('torchao', 'deploy', 'int8 quantization', QuantizeError)
     quiet_torchao()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    _logger.info('PT2E: calibrating on %d batches', len(batches))
     try:
         prepared = prepare_pt2e(copy.deepcopy(captured), quantizer)
         with torch.no_grad():

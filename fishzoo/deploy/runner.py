@@ -6,6 +6,7 @@ checks, the int8 accuracy measurements and ``fishzoo predict --backend`` call ev
 Of :mod:`fishzoo.deploy` this module imports only the calibration images; the format modules import it.
 """
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
@@ -18,6 +19,8 @@ from fishzoo.errors import ExportError, FishzooError, ModelLoadError
 from fishzoo.precision import Precision
 
 from .calibration import LabelledImages
+
+_logger = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = 'pixel_values', 'logits'  # the exported graphs' input and output (transformers' names)
 
@@ -71,6 +74,7 @@ def check_against_torch(run: Runner, model: nn.Module, shapes: Sequence[Tuple[in
     outputs differ in shape or by more than ``tolerance``."""
     model = model.eval()
     errors = {}
+    _logger.info('checking against PyTorch at %s', ', '.join('x'.join(map(str, s)) for s in shapes))
     generator = torch.Generator().manual_seed(0)
     for shape in shapes:
         x = torch.randn(*shape, generator=generator)

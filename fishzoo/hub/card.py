@@ -70,6 +70,9 @@ class CardFacts:
         base_model: the Hub repo a fine-tune started from (the Hub's model tree).
         train_images, val_images: how many images it was trained and measured on (for the limitations).
         validation: how the validation images were chosen (e.g. '20% held out of the training data').
+        source_weights: the saved weights are the ones the model's pretrained_cfg describes (a conversion of
+            published weights): its tag, license, description and notes stay in config.json. Otherwise
+            (trained, fine-tuned or random weights) those describe other weights and are left out.
     """
     repo_id: Optional[str] = None
     dataset: Union[str, Tuple[str, str], None] = None
@@ -82,6 +85,7 @@ class CardFacts:
     train_images: Optional[int] = None
     val_images: Optional[int] = None
     validation: Optional[str] = None
+    source_weights: bool = False
 
     @property
     def dataset_id_and_name(self) -> Tuple[Optional[str], Optional[str]]:
@@ -93,6 +97,24 @@ class CardFacts:
 def _shown_metrics(facts: CardFacts, num_classes: int) -> Dict[str, float]:
     """The metrics a card shows: top-5 only with more than 5 classes (with 5 or fewer it is 100 by definition)."""
     return {k: v for k, v in (facts.metrics or {}).items() if not (k == 'top5' and num_classes <= 5)}
+
+
+# pretrained_cfg keys that describe one set of published weights rather than the architecture
+WEIGHTS_KEYS = ('tag', 'license', 'description', 'notes')
+
+
+def describe_saved_weights(cfg: dict, facts: CardFacts) -> dict:
+    """``cfg`` (a pretrained_cfg) as config.json should hold it for the weights being saved: the source
+    weights' tag, license, description and notes only when those are what is saved; the saver's license and
+    description otherwise (a random-init fishnet99 must not say "ImageNet-1k weights ... top-1 77.41%")."""
+    cfg = dict(cfg)
+    if not facts.source_weights:
+        for key in WEIGHTS_KEYS:
+            cfg.pop(key, None)
+    for key in ('license', 'description'):
+        if getattr(facts, key):
+            cfg[key] = getattr(facts, key)
+    return cfg
 
 
 def _front_matter(arch: str, cfg: dict, facts: CardFacts, license: Optional[str], num_classes: int) -> str:
@@ -184,7 +206,7 @@ def _details(model: torch.nn.Module, arch: str, cfg: dict, facts: CardFacts, lic
         '## Model details', '',
         f'- Architecture: `{arch}` ({params / 1e6:.2f}M parameters)',
         f'- GMACs: {gmacs:.2f}, activations: {activations:.2f}M (one {height}x{width} image)',
-        f"- Input: {height}x{width} px, {cfg['input_size'][0]} channels, "
+        f"- Input: {height}x{width} px, {cfg['input_size'][0]} channel{'s' if cfg['input_size'][0] != 1 else ''}, "
         f"{cfg.get('interpolation')} resize, crop {cfg.get('crop_pct')}",
         f'- Classes: {model.num_classes}',
     ]
@@ -289,7 +311,7 @@ def model_card(model: torch.nn.Module, hub_config: Optional[dict] = None, facts:
     """
     facts = facts or CardFacts(**fields)
     hub_config = hub_config or {}
-    cfg = hub_config.get('pretrained_cfg') or model.pretrained_cfg
+    cfg = describe_saved_weights(hub_config.get('pretrained_cfg') or model.pretrained_cfg, facts)
     arch = hub_config.get('architecture') or cfg.get('architecture') or type(model).__name__
     license = facts.license
     ref = f'hf-hub:{facts.repo_id}' if facts.repo_id else LOCAL_REF

@@ -18,7 +18,7 @@ from timm.models import save_for_hf
 from fishzoo.errors import ConfigError
 
 from .atomic import staged_folder
-from .card import CardFacts, model_card
+from .card import CardFacts, describe_saved_weights, model_card
 from .config import for_every_reader, read_hub_config
 from .folder import sha256_file
 
@@ -100,6 +100,7 @@ def write_hub_folder(
     os.umask(umask)
     os.chmod(save_dir / 'model.safetensors', 0o666 & ~umask)
     hub_config = for_every_reader(json.loads((save_dir / 'config.json').read_text()))
+    hub_config['pretrained_cfg'] = describe_saved_weights(hub_config.get('pretrained_cfg') or {}, facts)
     # lets check_hub_folder tell a truncated or bit-flipped weights file from a good one
     hub_config['weights_sha256'] = sha256_file(save_dir / 'model.safetensors')
     (save_dir / 'config.json').write_text(json.dumps(hub_config, indent=2))

@@ -126,7 +126,8 @@ def resolve_run(args: argparse.Namespace, num_processes: int = 1) -> ResolvedRun
     else:
         _logger.info('recipe: %s', config.recipe)
     if config.batch_size * num_processes > len(loaded.train):
-        raise ConfigError(f'--batch-size {config.batch_size} (x {num_processes} processes) is larger than the '
+        processes = f'{num_processes} process' + ('es' if num_processes != 1 else '')
+        raise ConfigError(f'--batch-size {config.batch_size} (x {processes}) is larger than the '
                           f'training set ({len(loaded.train)} images)')
     loaded.train.transform, loaded.val.transform = build_transforms(config, data_config)
     if config.channels_last:

@@ -167,8 +167,10 @@ def format_record(record: Dict[str, Any], epochs: int) -> str:
                      ('val_f1_micro', '.4f'), ('val_f1_micro_best', '.4f'), ('val_map', '.4f'),
                      ('ema_val_top1', '.2f'), ('lr', '.2e'),
                      ('trainable_params', ',d'), ('img_per_s', '.0f'), ('epoch_seconds', '.1f')):
-        if record.get(key) is not None:
-            parts.append(f'{key} {record[key]:{fmt}}')
+        value = record.get(key)
+        if value is not None:
+            # a rate below 10 keeps two figures: 0.66 img/s is not "1"
+            parts.append(f'{key} {value:.2g}' if key == 'img_per_s' and value < 10 else f'{key} {value:{fmt}}')
     return '  '.join(parts)
 
 
@@ -191,7 +193,7 @@ class RunFolder:
                 data_config: Mapping[str, Any], metrics: Mapping[str, float], multilabel: bool,
                 extra_config: Optional[dict], dataset: Optional[str], description: str, epoch: int,
                 base_model: Optional[str] = None, push_to: Optional[str] = None, commit_message: str = '',
-                **card_facts) -> None:
+                chosen_on_validation: bool = False, **card_facts) -> None:
         """The hub folder (weights, config, card: ``card_facts`` are more :class:`fishzoo.hub.card.CardFacts`),
         ``metrics.json`` and the curves, replaced together (a kill at any instant leaves the previous set or this
         one; a full disk leaves the previous one and says so), and, with ``push_to``, the upload."""
@@ -201,7 +203,9 @@ class RunFolder:
                 data_config={k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')},
                 repo_id=push_to, dataset=dataset, metrics=metrics,
                 metrics_source=f'measured by fishzoo-train on the validation split after epoch {epoch} '
-                               f'(the published weights) of {history[-1]["epoch"]}',
+                               f'(the published weights) of {history[-1]["epoch"]}'
+                               + ('; that epoch was chosen as the best on this same split, so the figures read a '
+                                  'little high' if chosen_on_validation else ''),
                 tags=('fishzoo-train',), description=description, base_model=base_model, **card_facts)
             write_json_atomic(stage / 'metrics.json', history)
             plot_curves(history, stage / 'curves.png', multilabel, top5=len(class_names) > 5)

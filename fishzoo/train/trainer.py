@@ -197,6 +197,15 @@ class Trainer:
         logits, targets = predict_loader(self.accelerator, model, self.val_loader, self.config.channels_last)
         return {f'{prefix}_{k}': v for k, v in metrics_of(logits, targets, self.parts.multilabel).items()}
 
+    def _description(self, source: str) -> str:
+        """The card's first sentence: what was trained, from what, on what."""
+        config, data = self.config, self.parts.data
+        base = model_display_name(config.model)
+        arch = self.final_model().pretrained_cfg.get('architecture') or base
+        what = f'`{arch}` fine-tuned from `{base}`' if config.pretrained else f'`{base}` trained'
+        return (f'{what} with fishzoo-train on {source} ({len(data.train)} training images, '
+                f'{self.parts.num_classes} classes).')
+
     def final_model(self) -> nn.Module:
         return self.parts.ema.module if self.parts.ema is not None else self.accelerator.unwrap_model(self.model)
 
@@ -341,8 +350,8 @@ class Trainer:
             class_names=data.class_names, data_config=parts.data_config, multilabel=parts.multilabel,
             metrics=metrics, extra_config=extra_config, dataset=dataset, epoch=published_epoch,
             base_model=base_model_id(config.model, self.final_model()) if config.pretrained else None,
-            description=f'`{model_display_name(config.model)}` trained with fishzoo-train on {source} '
-                        f'({len(data.train)} training images, {parts.num_classes} classes).',
+            description=self._description(source),
+            chosen_on_validation=not config.save_last and self.best is not None,
             license=config.license, train_images=len(data.train), val_images=len(data.val),
             validation=validation_source(config),
             push_to=config.push_to_hub, commit_message=f'fishzoo-train: {model_display_name(config.model)}')

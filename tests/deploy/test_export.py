@@ -13,7 +13,10 @@ import timm
 import torch
 from PIL import Image
 
+import fishzoo
 from fishzoo.cli import main
+from fishzoo.deploy.calibration import LabelledImages
+from fishzoo.errors import ExportError
 from fishzoo.hub import save_pretrained
 from fishzoo.predict import predict
 from tests.deploy.conftest import LABELS
@@ -41,7 +44,7 @@ def test_int8_export_checked_on_held_out_images(trained, fmt, model_file, capsys
     assert acc['metric'] == 'top1' and acc['images'] == 48 and acc['fp32'] == 100.0
     assert acc['int8'] == pytest.approx(acc['agreement'])  # labels are fp32's decisions
     assert 0 < acc['quantized_layers'] <= acc['total_layers']
-    assert f"fp32 100.00, int8 {acc['int8']:.2f}" in printed
+    assert f"{acc['reference']} 100.00, int8 {acc['int8']:.2f}" in printed  # the float model as the folder runs
     card = (out / 'README.md').read_text()
     assert '| top-1 (%) | 100.00 |' in card and f'--backend {fmt}' in card
     # the folder runs with the source model's preprocessing and labels, as the torch folder does
@@ -135,7 +138,42 @@ def test_a_run_folder_calibrates_and_validates_on_its_own_split(trained_run, ima
                  '--val-data', str(trained_run), '-o', str(out)]) == 0
     record = json.loads((out / 'config.json').read_text())['export']
     assert record['calibration']['images'] == 24 and record['accuracy']['images'] == 12
-    assert record['accuracy']['source'] == str(trained_run)
+    # the run folder's name, not this machine's path to it (the folder travels; the card is public)
+    assert record['accuracy']['source'] == record['calibration']['source'] == trained_run.name
+    assert str(trained_run.parent) not in (out / 'README.md').read_text() + (out / 'config.json').read_text()
+
+
+def test_an_int8_export_that_misses_its_target_leaves_nothing(hub_folder, tmp_path, monkeypatch):
+    """exit 1 left a folder whose card said "(openvino, int8)" for a model that missed --max-drop."""
+    import dataclasses
+
+    import fishzoo.deploy.export as export_module
+    from fishzoo.deploy.accuracy import Int8Accuracy
+    _, folder = hub_folder
+    onnx = export_module.get_format('onnx')
+
+    def write_a_bad_int8_model(model, stage, request, record):
+        onnx.write(model, stage, dataclasses.replace(request, int8=False, calibration=None, validation=None), record)
+        return Int8Accuracy('top1', fp32=90.0, int8=80.0, agreement=85.0, images=300, max_drop=request.max_drop,
+                            quantized_layers=40, total_layers=64)
+    monkeypatch.setattr(export_module, 'get_format',
+                        lambda name: dataclasses.replace(onnx, write=write_a_bad_int8_model))
+    model = fishzoo.load_model(str(folder))
+    images = LabelledImages(torch.utils.data.TensorDataset(torch.rand(4, 3, 64, 64), torch.zeros(4, dtype=torch.long)),
+                            multilabel=False)
+    out = tmp_path / 'int8'
+    with pytest.raises(ExportError) as error:
+        export_module.export_folder(model, out, 'onnx', (3, 64, 64), int8=True, calib_data=images, val_data=images)
+    message = str(error.value)
+    assert message.startswith(f'{out}: not written: int8 loses 10.00 points of top-1 on 300 held-out images')
+    assert 'more than the 0.50 allowed (--max-drop)' in message
+    assert not out.exists()  # nothing that looks like a result
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+    with pytest.raises(ExportError, match='not written'):
+        export_module.export_folder(model, out, 'onnx', (3, 64, 64), int8=True, calib_data=images, val_data=images,
+                                    overwrite=True)
+    assert [p.name for p in out.iterdir()] == ['keep.txt']  # an --overwrite that fails leaves the old folder
 
 
 def test_export_into_a_folder_holding_files_is_refused(hub_folder, tmp_path, capsys):

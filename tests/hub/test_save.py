@@ -50,3 +50,19 @@ def test_save_pretrained_names_an_unknown_card_fact(tmp_path):
     from fishzoo.errors import ConfigError
     with pytest.raises(ConfigError, match="save_pretrained: .*'lisence'"):
         save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'x', lisence='mit')
+
+
+def test_saved_weights_are_described_as_what_they_are(tmp_path):
+    """A saved random-init fishnet99 got a card saying "ImageNet-1k weights released by the FishNet authors ...
+    top-1 77.41%", and every trained folder's config.json said license apache-2.0 while its card said none."""
+    random_init = save_pretrained(timm.create_model('fishnet99', num_classes=2), tmp_path / 'random')
+    card = (random_init / 'README.md').read_text()
+    cfg = json.loads((random_init / 'config.json').read_text())['pretrained_cfg']
+    assert 'FishNet authors' not in card and '77.41' not in card and 'A `fishnet99` image classifier' in card
+    assert not {'tag', 'license', 'description', 'notes'} & set(cfg)
+    assert cfg['origin_url'] == 'https://github.com/kevin-ssy/FishNet'  # the architecture's facts stay
+    chosen = save_pretrained(timm.create_model('fishnet_s64', num_classes=2), tmp_path / 'mit', license='mit',
+                             description='Mine.')
+    cfg = json.loads((chosen / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['license'] == 'mit' and cfg['description'] == 'Mine.'
+    assert timm.create_model(f'local-dir:{chosen}', pretrained=True).pretrained_cfg['license'] == 'mit'

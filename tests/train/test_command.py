@@ -129,7 +129,7 @@ def test_bad_inputs_get_one_line(image_dataset, tmp_path, capsys):
     (tmp_path / 'empty').mkdir()
     _fails_with(capsys, ['--data-dir', str(tmp_path / 'empty'), '--val-split', '0.2', *out], 'no images found')
     _fails_with(capsys, ['--data-dir', str(image_dataset), *out, *TRAIN_ARGS, '--batch-size', '500'],
-                '--batch-size 500 (x 1 processes) is larger than the training set (24 images)')
+                '--batch-size 500 (x 1 process) is larger than the training set (24 images)')
     _fails_with(capsys, ['--data-dir', str(image_dataset), *out, '--model', 'fishnet_nope'],
                 '--model fishnet_nope: unknown model')
     _fails_with(capsys, ['--epochs', '0', *out], '--epochs must be at least 1, got 0')
