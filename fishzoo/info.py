@@ -136,7 +136,8 @@ def format_machine(info: Dict[str, Any]) -> str:
         'this machine',
         f"  CPU:          {info['cpu']}, {info['cores']} cores",
         f"  CPU features: {info['cpu_features_summary']} (from {info['features_from']})",
-        f"  auto precision (inference, CPU training): {info['auto_precision']}: {info['auto_precision_why']}",
+        f"  auto precision (inference, CPU training; a model is probed on first use): {info['auto_precision']}: "
+        f"{info['auto_precision_why']}",
         f"  torch:        {info['torch']}, {'CUDA ' + info['gpu'] if info['gpu'] else 'no GPU'}",
     ])
 

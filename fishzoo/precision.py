@@ -8,8 +8,10 @@ is not a precision, or bf16 asked of a runtime that runs fp32 only, is one :clas
 
 What ``'auto'`` is, by where the model runs:
 
-- torch on the CPU, inference (:func:`for_torch`) and training (:func:`for_training`): bf16 autocast where
-  :func:`cpu_prefers_bf16`, fp32 elsewhere;
+- torch on the CPU, inference (:func:`for_torch`) and training (:func:`for_training`): bf16 autocast where it
+  measurably runs faster than fp32 (:func:`cpu_decision`: the model's own work probed once per machine by
+  :mod:`fishzoo.precision_probe`, or the microarchitectures measured so far), fp32 elsewhere and on CPUs
+  without bf16 instructions;
 - torch on CUDA: bf16 autocast (fp16 on GPUs without bf16); training leaves it to Accelerate's configuration;
 - other torch devices (mps, xpu): fp32;
 - a runtime (:func:`for_runtime`): OpenVINO picks for the CPU itself (:data:`RUNTIME_DEFAULT`: bf16 where the
@@ -23,12 +25,12 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
-from fishzoo.cpu_features import cpu_features
 from fishzoo.errors import ConfigError
+from fishzoo.precision_probe import MARGIN, ProbeWork, bf16_speedup, table_speedup
 
 _logger = logging.getLogger(__name__)
 
@@ -90,24 +92,31 @@ class Precision:
         return {'bf16': 'bf16', 'fp16': 'fp16'}.get(self.compute, 'no')
 
 
-def cpu_prefers_bf16() -> bool:
-    """bf16 autocast is the faster choice for torch on this CPU: it has AMX-BF16 (bf16 matrix units)."""
-    return cpu_features().amx_bf16
+def cpu_decision(work: Optional[ProbeWork] = None, training: bool = False) -> Tuple[str, str]:
+    """('bf16' or 'fp32', why) for torch on this CPU: bf16 where it runs at least :data:`MARGIN` times fp32's
+    speed, measured on ``work`` (the model about to run; cached per machine) or, without one, by the
+    microarchitectures measured so far; fp32 on CPUs without bf16 instructions (emulated there)."""
+    speedup = bf16_speedup(work) if work is not None else table_speedup(training)
+    if speedup is None:
+        return 'fp32', 'this CPU has no bf16 instructions (AMX-BF16 or AVX512-BF16)'
+    if speedup.ratio >= MARGIN:
+        return 'bf16', speedup.describe()
+    return 'fp32', f'{speedup.describe()}, below the {MARGIN:g}x that bf16 must gain'
 
 
-def cpu_reason() -> str:
-    """Why :func:`cpu_prefers_bf16` answers as it does, in a few words (``fishzoo info`` prints it)."""
-    features = cpu_features()
-    if features.amx_bf16:
-        return 'this CPU has AMX-BF16 (bf16 matrix units)'
-    if features.avx512_bf16:
-        return 'this CPU has AVX512-BF16 but no AMX, where bf16 convolutions are slower than fp32'
-    return 'this CPU has no bf16 matrix units'
+def cpu_prefers_bf16(work: Optional[ProbeWork] = None) -> bool:
+    """bf16 autocast is the faster choice for torch on this CPU (:func:`cpu_decision`)."""
+    return cpu_decision(work)[0] == 'bf16'
 
 
-def cpu_auto() -> str:
+def cpu_reason(work: Optional[ProbeWork] = None, training: bool = False) -> str:
+    """Why :func:`cpu_decision` answers as it does, in a few words (``fishzoo info`` prints it)."""
+    return cpu_decision(work, training)[1]
+
+
+def cpu_auto(work: Optional[ProbeWork] = None, training: bool = False) -> str:
     """What 'auto' computes in for torch on this CPU: 'bf16' or 'fp32'."""
-    return 'bf16' if cpu_prefers_bf16() else 'fp32'
+    return cpu_decision(work, training)[0]
 
 
 def _logged(decided: Precision, log: bool) -> Precision:
@@ -123,16 +132,17 @@ def _setting(flag: str, value: str) -> str:
 
 
 def for_torch(asked: str = 'auto', device: Union[str, torch.device] = 'cpu', flag: str = '--precision',
-              log: bool = True) -> Precision:
-    """What torch inference on ``device`` computes in for ``asked`` ('auto', 'fp32', 'bf16')."""
+              log: bool = True, work: Optional[ProbeWork] = None) -> Precision:
+    """What torch inference on ``device`` computes in for ``asked`` ('auto', 'fp32', 'bf16'); ``work`` is the
+    model about to run, which 'auto' on a CPU measures (:func:`cpu_decision`)."""
     asked = parse(asked, flag)
     where = torch.device(device).type
     if where == 'cpu':
         if asked != 'auto':
             return _logged(Precision(asked, where, asked, _setting(flag, asked)), log)
-        chosen = cpu_auto()
+        chosen, why = cpu_decision(work)
         other = 'fp32' if chosen == 'bf16' else 'bf16'
-        return _logged(Precision(chosen, where, asked, f'{cpu_reason()}; {_setting(flag, other)} overrides'), log)
+        return _logged(Precision(chosen, where, asked, f'{why}; {_setting(flag, other)} overrides'), log)
     if where == 'cuda':
         if asked == 'fp32':
             return _logged(Precision('fp32', where, asked, _setting(flag, 'fp32')), log)
@@ -148,13 +158,15 @@ def for_torch(asked: str = 'auto', device: Union[str, torch.device] = 'cpu', fla
 
 
 def for_training(asked: Optional[str] = 'auto', device: Union[str, torch.device] = 'cpu',
-                 flag: str = '--mixed-precision', log: bool = True) -> Optional[Precision]:
+                 flag: str = '--mixed-precision', log: bool = True,
+                 work: Optional[ProbeWork] = None) -> Optional[Precision]:
     """What a training run's mixed precision is for ``asked`` ('auto', 'no', 'bf16', 'fp16'; Accelerate's
     names) on ``device``; None where Accelerate's own configuration decides.
 
-    'auto' on the CPU follows :func:`cpu_prefers_bf16`, unless Accelerate's configuration asks for 16 bits
-    (``ACCELERATE_MIXED_PRECISION``, which ``accelerate launch`` sets from its config: 'no' is its default, so
-    it does not count as a choice). On GPUs 'auto' leaves it to Accelerate's configuration."""
+    'auto' on the CPU follows :func:`cpu_decision` (``work``: the model's training step, measured), unless
+    Accelerate's configuration asks for 16 bits (``ACCELERATE_MIXED_PRECISION``, which ``accelerate launch``
+    sets from its config: 'no' is its default, so it does not count as a choice). On GPUs 'auto' leaves it to
+    Accelerate's configuration."""
     asked = 'auto' if asked is None else str(asked).lower()
     if asked not in TRAINING:
         raise ConfigError(f'{flag} must be one of {", ".join(TRAINING)}, got {asked!r}')
@@ -164,9 +176,9 @@ def for_training(asked: Optional[str] = 'auto', device: Union[str, torch.device]
     configured = os.environ.get('ACCELERATE_MIXED_PRECISION', 'no').lower()
     if where != 'cpu' or configured not in ('no', ''):
         return None
-    chosen = cpu_auto()
+    chosen, why = cpu_decision(work, training=True)
     other = 'no' if chosen == 'bf16' else 'bf16'
-    decided = Precision(chosen, where, asked, cpu_reason())
+    decided = Precision(chosen, where, asked, why)
     if log:
         _logger.info('mixed precision: %s on the CPU, as %s (%s overrides)',
                      'bf16 autocast' if chosen == 'bf16' else 'none (fp32)', decided.reason, _setting(flag, other))

@@ -32,6 +32,7 @@ from fishzoo.hub.config import read_hub_config
 from fishzoo.hub.schema import class_count_problem
 from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
 from fishzoo.loading import load_model, resolve_source
+from fishzoo.precision_probe import ProbeWork
 
 
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
@@ -96,8 +97,9 @@ def _exported(model_or_dir: str, backend: str, precision: str):
 
 def _torch_model(model_or_dir: str, precision: str):
     """(logits function, model) of a torch model, in the precision :func:`fishzoo.precision.for_torch` decides."""
-    decided = precision_policy.for_torch(precision, 'cpu')
     model = load_model(model_or_dir, pretrained=True).eval()
+    work = ProbeWork(model, tuple(model.pretrained_cfg.get('input_size', (3, 224, 224))), batch=16)
+    decided = precision_policy.for_torch(precision, 'cpu', work=work)
     if decided.autocast_dtype is None:
         return model, model
 

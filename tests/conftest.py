@@ -4,6 +4,10 @@ from pathlib import Path
 # tests never reach the network: huggingface_hub and timm resolve hub names offline only
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TIMM_USE_HF_HUB', '1')
+# 'auto' precision by the measured table, not a timing probe: the same decision on every run of a machine
+# (tests/test_precision_probe.py runs the probe itself); the probe's cache never touches the user's home
+os.environ.setdefault('FISHZOO_PRECISION_PROBE', 'off')
+os.environ.setdefault('FISHZOO_CACHE', os.path.join(__import__('tempfile').mkdtemp(prefix='fishzoo-cache-')))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

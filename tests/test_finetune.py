@@ -129,7 +129,9 @@ def test_finetune_flags(trained_run, image_dataset, tmp_path, mode):
         assert head <= counts[0] < counts[1] < counts[2] < total
     assert history[0]['epoch'] == 0 and 'train_loss' not in history[0]
     card = (out / 'README.md').read_text()  # the local base model by its folder name, never its path
-    assert str(trained_run) not in card and f'`{trained_run.name}` trained with fishzoo-train' in card
+    assert str(trained_run) not in card
+    # a fine-tune says what it is and what it started from, not "`shapes` trained with ..."
+    assert f'`fishnet_s64` fine-tuned from `{trained_run.name}` with fishzoo-train' in card
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ def test_a_bad_value_is_one_sentence_naming_the_flag(flag):
         precision.for_runtime('int8', 'openvino', flag=flag)
 
 
-@pytest.mark.parametrize('cpu, auto', [('amx', 'bf16'), ('avx512_bf16', 'fp32'), ('vnni', 'fp32'),
+@pytest.mark.parametrize('cpu, auto', [('amx', 'bf16'), ('avx512_bf16', 'bf16'), ('vnni', 'fp32'),
                                        ('plain', 'fp32')])
 def test_torch_on_the_cpu(fake_cpu, caplog, cpu, auto):
     fake_cpu(cpu)
@@ -63,7 +63,7 @@ def test_runtimes():
 
 @pytest.mark.parametrize('amx, env, device, expected', [
     (True, None, 'cpu', 'bf16'),
-    (False, None, 'cpu', 'fp32'),
+    (False, None, 'cpu', 'bf16'),  # AVX512-BF16 without AMX: measured 1.86x for a training step
     (True, 'no', 'cpu', 'bf16'),  # accelerate launch's default 'no' is not a choice
     (True, 'fp16', 'cpu', None),  # accelerate's config asked for 16 bits: its word stands
     (True, None, 'cuda', None),  # GPUs: accelerate's config decides

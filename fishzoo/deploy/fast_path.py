@@ -30,6 +30,7 @@ from timm.models import reparameterize_model
 
 from fishzoo.errors import describe
 from fishzoo.precision import autocast, for_torch
+from fishzoo.precision_probe import ProbeWork
 
 _logger = logging.getLogger(__name__)
 
@@ -91,12 +92,13 @@ class FastPath:
 
 
 def select_fast_path(device: Union[str, torch.device] = 'cpu', compile: bool = True,
-                     precision: str = 'auto', log: bool = False) -> FastPath:
+                     precision: str = 'auto', log: bool = False, work: Optional[ProbeWork] = None) -> FastPath:
     """The fast-path settings for ``device`` and ``precision`` ('auto', 'fp32' or 'bf16', decided by
     :func:`fishzoo.precision.for_torch`, logged with ``log``); reads device capabilities (CPU features, CUDA's
-    bf16 support) but allocates nothing on the device."""
+    bf16 support) but allocates nothing on the device; with ``work`` (the model), 'auto' on a CPU is measured
+    (:func:`fishzoo.precision.cpu_decision`)."""
     device = torch.device(device)
-    decided = for_torch(precision, device, flag='precision', log=log)
+    decided = for_torch(precision, device, flag='precision', log=log, work=work)
     chosen = dict(precision=decided.compute, autocast_dtype=decided.autocast_dtype)
     if device.type == 'cuda':
         # Tensor cores want channels_last; the C++ wrapper only pays off where Python overhead is the cost (CPU)
@@ -168,7 +170,8 @@ def optimize_for_inference(
     """The model (a deep copy) in eval mode with BN folded, in the device's fastest layout and precision,
     compiled.
 
-    ``precision``: 'auto' (bf16 on CPUs with AMX-BF16 and on CUDA, fp32 elsewhere), 'fp32' (exact: the
+    ``precision``: 'auto' (bf16 where this CPU measurably runs the model faster in it, once per machine and
+    model, and on CUDA; fp32 elsewhere), 'fp32' (exact: the
     eager model's numbers to about 1e-6) or 'bf16'; the choice is logged and is the returned model's
     ``.precision``. ``device`` defaults to the model's; ``channels_last`` and ``retain_memory`` (see
     ``retain_freed_memory``) default to what ``select_fast_path`` chooses for it.
@@ -176,7 +179,9 @@ def optimize_for_inference(
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else 'cpu'
-    fast_path = select_fast_path(device, compile=compile, precision=precision, log=True)
+    work = ProbeWork(model.eval(), tuple(model.pretrained_cfg.get('input_size', (3, 224, 224))), batch=8) \
+        if torch.device(device).type == 'cpu' and getattr(model, 'pretrained_cfg', None) else None
+    fast_path = select_fast_path(device, compile=compile, precision=precision, log=True, work=work)
     if channels_last is not None:
         fast_path = replace(fast_path, channels_last=channels_last)
     elif fast_path.compile and _input_channels(model) == 1:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import timm
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -22,6 +23,7 @@ from fishzoo.data import write_split
 from fishzoo.errors import FishzooError, TrainingStopped
 from fishzoo.images import refuse_bombs_quietly
 from fishzoo.precision import for_training
+from fishzoo.precision_probe import ProbeWork
 
 from .args import parse_args, write_train_config
 from .lr_find import find_lr
@@ -42,10 +44,26 @@ def distributed_on_cpu() -> bool:
     return launched and not torch.cuda.is_available()
 
 
-def mixed_precision(asked: Optional[str], device: torch.device) -> Optional[str]:
+def training_work(args: argparse.Namespace) -> Optional[ProbeWork]:
+    """The run's model and batch for the precision probe, built before the Accelerator (which takes the
+    precision): a timm name only (a folder's model is the table's to judge); None where it cannot be had."""
+    if args.mixed_precision not in (None, 'auto') or not timm.is_model(str(args.model).split('.')[0]):
+        return None
+    try:
+        model = timm.create_model(str(args.model).split('.')[0], num_classes=10, in_chans=args.in_chans or 3)
+    except Exception:  # the run itself reports a model it cannot build
+        return None
+    _, height, width = model.pretrained_cfg.get('input_size', (3, 224, 224))
+    size = (args.img_size, args.img_size) if args.img_size else (height, width)
+    # a batch of 8 shows the kernels' speed; the run's own batch would only make the probe longer
+    return ProbeWork(model, (args.in_chans or 3, *size), batch=min(args.batch_size, 8), training=True)
+
+
+def mixed_precision(asked: Optional[str], device: torch.device, work: Optional[ProbeWork] = None) -> Optional[str]:
     """``Accelerator(mixed_precision=...)`` for ``--mixed-precision asked`` on ``device``: the precision policy's
-    decision (:func:`fishzoo.precision.for_training`), None where Accelerate's own configuration decides."""
-    decided = for_training(asked, device)
+    decision (:func:`fishzoo.precision.for_training`, measuring ``work`` for 'auto' on a CPU), None where
+    Accelerate's own configuration decides."""
+    decided = for_training(asked, device, work=work)
     return None if decided is None else decided.mixed_precision
 
 
@@ -56,7 +74,8 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
     accelerator = Accelerator(
         kwargs_handlers=[ddp_kwargs],
         gradient_accumulation_steps=args.grad_accum_steps,
-        mixed_precision=mixed_precision(args.mixed_precision, PartialState().device),
+        mixed_precision=mixed_precision(args.mixed_precision, PartialState().device,
+                                        training_work(args) if PartialState().device.type == 'cpu' else None),
         log_with=None if args.report_to == 'none' else args.report_to,
         project_dir=str(args.output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

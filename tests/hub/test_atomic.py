@@ -145,6 +145,25 @@ def test_upgrade_never_writes_through_a_link_in_the_folder(hub_folder, tmp_path,
     assert not (folder / 'config.json').is_symlink()
 
 
+def test_upgrade_on_a_read_only_file_system_is_one_sentence(hub_folder, capsys, monkeypatch):
+    """A traceback before; the kernel says EROFS there (root ignores permission bits, so it is simulated)."""
+    import errno
+    _, folder = hub_folder
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps({**config, 'model_args': {'num_classes': 3}}))  # needs upgrading
+    before = (folder / 'config.json').read_text()
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(folder.parent) in str(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, 'mkdir', read_only)
+    assert main(['upgrade', str(folder)]) == 2
+    one_line(capsys, 'cannot write there (Read-only file system)')
+    assert (folder / 'config.json').read_text() == before
+
+
 def _mounted(path):
     """``path`` as a fresh tmpfs mount point (a Docker or Kubernetes volume), or None where mounting is refused."""
     path.mkdir()

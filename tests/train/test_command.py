@@ -276,6 +276,10 @@ def test_card_of_a_class_folder_run(trained_run, image_dataset):
     assert card.data.datasets is None and card.data.license is None and 'none chosen' in card.text
     assert 'Top-5' not in card.text and '`cat`, `dog`, `fish`' in card.text
     assert 'Trained on 24 images (a small data set); measured on 12 validation images (the val/ folder' in card.text
+    # the headline is the best epoch's, chosen on the split it is measured on: said, not hidden
+    assert 'that epoch was chosen as the best on this same split, so the figures read a little high' in card.text
+    cfg = json.loads((trained_run / 'config.json').read_text())['pretrained_cfg']
+    assert 'license' not in cfg and 'description' in cfg and 'trained with fishzoo-train' in cfg['description']
 
 
 def test_payload_via_model_local_dir_in_training(hub_folder, image_dataset, tmp_path, marker, capsys):

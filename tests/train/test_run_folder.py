@@ -81,3 +81,10 @@ def test_a_run_never_writes_through_links_in_its_output_dir(image_dataset, tmp_p
     assert train_main([*args, '--output-dir', str(locked)]) == 2
     one_line(capsys, f'--output-dir {locked}: .fishzoo-train.lock is a symbolic link; remove it')
     assert target.read_text() == 'not yours'
+
+
+def test_a_slow_rate_keeps_two_figures():
+    """0.66 img/s was printed as "img_per_s 1"."""
+    from fishzoo.train.run_folder import format_record
+    assert 'img_per_s 0.66' in format_record(dict(epoch=1, img_per_s=0.6612), 3)
+    assert 'img_per_s 1130' in format_record(dict(epoch=1, img_per_s=1130.4), 3)
