@@ -138,6 +138,14 @@ def test_a_run_folder_calibrates_and_validates_on_its_own_split(trained_run, ima
                  '--val-data', str(trained_run), '-o', str(out)]) == 0
     record = json.loads((out / 'config.json').read_text())['export']
     assert record['calibration']['images'] == 24 and record['accuracy']['images'] == 12
+    # each long step says when it starts (an int8 export printed nothing for minutes)
+    printed = capsys.readouterr().out
+    for step in ('exporting', 'as openvino (int8), calibrated on 24 images', 'checking against PyTorch at',
+                 'NNCF: quantizing on 24 calibration images', 'measuring int8 against'):
+        assert step in printed, printed
+    # 12 images cannot resolve 0.5 points: judged at one image, and said
+    assert record['accuracy']['allowed'] == pytest.approx(8.333, abs=1e-3)
+    assert 'on 12 validation images one image is 8.33 points' in printed
     # the run folder's name, not this machine's path to it (the folder travels; the card is public)
     assert record['accuracy']['source'] == record['calibration']['source'] == trained_run.name
     assert str(trained_run.parent) not in (out / 'README.md').read_text() + (out / 'config.json').read_text()

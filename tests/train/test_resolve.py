@@ -47,7 +47,7 @@ def test_build_parts_wants_the_lr_found_first(image_dataset, tmp_path):
 
 @pytest.mark.parametrize('amx, env, device, expected', [
     (True, None, 'cpu', 'bf16'),  # AMX-BF16: bf16 autocast
-    (False, None, 'cpu', 'no'),  # AVX512-BF16 alone: bf16 convolutions are slower, fp32
+    (False, None, 'cpu', 'no'),  # no bf16 instructions (VNNI only): fp32
     (True, 'no', 'cpu', 'bf16'),  # accelerate launch's default 'no' is not a choice
     (True, 'fp16', 'cpu', None),  # accelerate's config asked for 16 bits: its word stands
     (True, None, 'cuda', None),  # GPUs: accelerate's config decides, as before
@@ -56,7 +56,7 @@ def test_mixed_precision_auto(monkeypatch, fake_cpu, caplog, amx, env, device, e
     import torch
 
     from fishzoo.train.command import mixed_precision
-    fake_cpu('amx' if amx else 'avx512_bf16')
+    fake_cpu('amx' if amx else 'vnni')
     if env is None:
         monkeypatch.delenv('ACCELERATE_MIXED_PRECISION', raising=False)
     else:
@@ -64,10 +64,11 @@ def test_mixed_precision_auto(monkeypatch, fake_cpu, caplog, amx, env, device, e
     with caplog.at_level('INFO', logger='fishzoo'):
         assert mixed_precision('auto', torch.device(device)) == expected
     if expected == 'bf16':
-        assert 'mixed precision: bf16 autocast on the CPU, as this CPU has AMX-BF16' in caplog.text
+        assert 'mixed precision: bf16 autocast on the CPU, as bf16 2.50x fp32 (table: Intel Xeon with AMX-BF16' \
+            in caplog.text
         assert '--mixed-precision no overrides' in caplog.text
     if expected == 'no':
-        assert 'none (fp32)' in caplog.text and 'AVX512-BF16 but no AMX' in caplog.text
+        assert 'none (fp32)' in caplog.text and 'this CPU has no bf16 instructions' in caplog.text
     for explicit in ('no', 'bf16', 'fp16'):  # the flag always wins
         assert mixed_precision(explicit, torch.device(device)) == explicit
 
@@ -95,7 +96,7 @@ def test_the_accelerator_trains_in_the_chosen_precision(monkeypatch, fake_cpu, t
 
     monkeypatch.delenv('ACCELERATE_MIXED_PRECISION', raising=False)
     assert parse_args([]).mixed_precision == 'auto'
-    for kind, expected, dtype in (('amx', 'bf16', torch.bfloat16), ('avx512_bf16', 'no', False)):
+    for kind, expected, dtype in (('amx', 'bf16', torch.bfloat16), ('vnni', 'no', False)):
         fake_cpu(kind)
         AcceleratorState._reset_state(reset_partial_state=True)
         accelerator = create_accelerator(parse_args(['--output-dir', str(tmp_path)]))
