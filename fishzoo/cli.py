@@ -100,7 +100,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fishzoo.predict import ResultsFile, expand_images, iter_predictions
+    from fishzoo.predict import ResultsFile, as_json, expand_images, iter_predictions
     from fishzoo.progress import Progress
     if args.top_k < 1:
         raise UserError(f'--top-k must be at least 1, got {args.top_k}')
@@ -122,8 +122,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if out is not None:
                 out.write(batch)
             if args.json:
-                results_json += [dict(image=r['image'], labels=[label for label, _ in r['labels']],
-                                      scores=[round(score, 6) for _, score in r['labels']]) for r in batch]
+                results_json += [as_json(r) for r in batch]
             else:
                 for result in batch:
                     labels = ', '.join(f'{label} ({prob:.3f})' for label, prob in result['labels']) or '(no label)'

@@ -104,11 +104,6 @@ def cpu_decision(work: Optional[ProbeWork] = None, training: bool = False) -> Tu
     return 'fp32', f'{speedup.describe()}, below the {MARGIN:g}x that bf16 must gain'
 
 
-def cpu_prefers_bf16(work: Optional[ProbeWork] = None) -> bool:
-    """bf16 autocast is the faster choice for torch on this CPU (:func:`cpu_decision`)."""
-    return cpu_decision(work)[0] == 'bf16'
-
-
 def cpu_reason(work: Optional[ProbeWork] = None, training: bool = False) -> str:
     """Why :func:`cpu_decision` answers as it does, in a few words (``fishzoo info`` prints it)."""
     return cpu_decision(work, training)[1]

@@ -126,13 +126,10 @@ def _write_cache(key: str, value: dict) -> None:
         _logger.debug('precision probe: cache not written (%s)', e)
 
 
-def _seconds(run, rounds: int) -> float:
-    best = float('inf')
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def measure(work: ProbeWork, rounds: int = 3) -> Tuple[float, float]:
@@ -158,11 +155,16 @@ def measure(work: ProbeWork, rounds: int = 3) -> Tuple[float, float]:
     fp32, bf16 = step(None), step(torch.bfloat16)
     fp32()
     bf16()  # first calls: oneDNN builds its kernels
-    times = {'fp32': float('inf'), 'bf16': float('inf')}
+    fp32_s = bf16_s = float('inf')
     for _ in range(rounds):
-        times['fp32'] = min(times['fp32'], _seconds(fp32, 1))
-        times['bf16'] = min(times['bf16'], _seconds(bf16, 1))
-    return times['fp32'], times['bf16']
+        fp32_s, bf16_s = min(fp32_s, _seconds(fp32)), min(bf16_s, _seconds(bf16))
+    return fp32_s, bf16_s
+
+
+def probe_runs() -> bool:
+    """A model given to :func:`bf16_speedup` is measured: the CPU has bf16 instructions and the probe is not
+    off. Callers that must build a model only for the probe ask this first."""
+    return table_speedup() is not None and os.environ.get(PROBE_ENV, '').strip().lower() not in ('off', '0', 'no')
 
 
 def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
@@ -171,9 +173,10 @@ def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
     (nothing to measure: bf16 is emulated there, and slow)."""
     training = bool(work and work.training)
     table = table_speedup(training)
-    if table is None or work is None or os.environ.get(PROBE_ENV, '').strip().lower() in ('off', '0', 'no'):
+    if work is None or not probe_runs():
         return table
-    key = f'{_cpu_key()}|{work.key()}'
+    cpu, what_key = _cpu_key(), work.key()
+    key = f'{cpu}|{what_key}'
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and cached.get('fp32_s') and cached.get('bf16_s'):
         return Speedup(cached['fp32_s'] / cached['bf16_s'], 'cached',
@@ -185,11 +188,11 @@ def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
         _logger.info('precision probe: could not measure (%s); using the measured table', e)
         return table
     _write_cache(key, dict(fp32_s=fp32_s, bf16_s=bf16_s, when=time.strftime('%Y-%m-%d'),
-                           work=work.key(), cpu=_cpu_key()))
+                           work=what_key, cpu=cpu))
     what = 'a training step' if training else 'inference'
     return Speedup(fp32_s / bf16_s, 'measured',
                    f'{what} at {work.batch}x{"x".join(map(str, work.input_size))}: fp32 {fp32_s * 1e3:.0f} ms, '
                    f'bf16 {bf16_s * 1e3:.0f} ms, probe {time.perf_counter() - start:.1f} s')
 
 
-__all__ = ['MARGIN', 'MEASURED', 'ProbeWork', 'Speedup', 'bf16_speedup', 'measure', 'table_speedup']
+__all__ = ['MARGIN', 'MEASURED', 'ProbeWork', 'Speedup', 'bf16_speedup', 'measure', 'probe_runs', 'table_speedup']

@@ -203,6 +203,12 @@ def predict(
                                                  precision) for result in batch]
 
 
+def as_json(result: Dict) -> Dict:
+    """A result as ``--json`` prints it and a ``.jsonl`` output holds it: ``{image, labels, scores}``."""
+    return dict(image=result['image'], labels=[label for label, _ in result['labels']],
+                scores=[round(score, 6) for _, score in result['labels']])
+
+
 class ResultsFile:
     """``--output``: results appended as they are produced, flushed after every batch, so an interrupted
     run keeps what it finished. ``.jsonl`` / ``.ndjson``: one JSON object per line (``{image, labels,
@@ -254,9 +260,7 @@ class ResultsFile:
     def write(self, results: List[Dict]) -> None:
         for result in results:
             if self.jsonl:
-                self.file.write(json.dumps(dict(image=result['image'],
-                                                labels=[label for label, _ in result['labels']],
-                                                scores=[round(p, 6) for _, p in result['labels']])) + '\n')
+                self.file.write(json.dumps(as_json(result)) + '\n')
             elif not result['labels']:
                 self.writer.writerow([result['image'], '', '', ''])
             else:

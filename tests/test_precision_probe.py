@@ -96,10 +96,17 @@ def test_the_real_probe_leaves_the_model_alone():
     assert all(p.grad is None for p in work.model.parameters())
 
 
-def test_training_measures_the_runs_own_model():
+def test_training_measures_the_runs_own_model(fake_cpu, probe_on, monkeypatch):
     from fishzoo.train.command import training_work
+    fake_cpu('avx512_bf16')
     args = argparse.Namespace(mixed_precision='auto', model='fishnet_s64', in_chans=1, img_size=48, batch_size=64)
     work = training_work(args)
     assert work.training and work.input_size == (1, 48, 48) and work.batch == 8
     assert training_work(argparse.Namespace(**{**vars(args), 'mixed_precision': 'no'})) is None
     assert training_work(argparse.Namespace(**{**vars(args), 'model': 'local-dir:/x'})) is None
+    # nothing would be measured: no model is built for the probe
+    monkeypatch.setenv('FISHZOO_PRECISION_PROBE', 'off')
+    assert training_work(args) is None
+    monkeypatch.setenv('FISHZOO_PRECISION_PROBE', 'on')
+    fake_cpu('vnni')
+    assert training_work(args) is None

@@ -23,7 +23,7 @@ from fishzoo.data import write_split
 from fishzoo.errors import FishzooError, TrainingStopped
 from fishzoo.images import refuse_bombs_quietly
 from fishzoo.precision import for_training
-from fishzoo.precision_probe import ProbeWork
+from fishzoo.precision_probe import ProbeWork, probe_runs
 
 from .args import parse_args, write_train_config
 from .lr_find import find_lr
@@ -47,8 +47,9 @@ def distributed_on_cpu() -> bool:
 def training_work(args: argparse.Namespace) -> Optional[ProbeWork]:
     """The run's model and batch for the precision probe, built before the Accelerator (which takes the
     precision): a timm name only (a folder's model is the table's to judge); None where it cannot be had."""
-    if args.mixed_precision not in (None, 'auto') or not timm.is_model(str(args.model).split('.')[0]):
-        return None
+    if args.mixed_precision not in (None, 'auto') or not probe_runs() \
+            or not timm.is_model(str(args.model).split('.')[0]):
+        return None  # nothing will be measured: no model is built for it
     try:
         model = timm.create_model(str(args.model).split('.')[0], num_classes=10, in_chans=args.in_chans or 3)
     except Exception:  # the run itself reports a model it cannot build
