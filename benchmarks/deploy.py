@@ -51,6 +51,8 @@ from measure import describe_kernels, log, onednn_conv_kernels, openvino_conv_ke
 README_START, README_END = '<!-- deploy-benchmark:start -->', '<!-- deploy-benchmark:end -->'
 BASELINE = "optimize_for_inference(precision='fp32')"
 AUTO = 'optimize_for_inference() (auto: {})'
+TORCH_AUTO = "optimize_for_inference(backend='torch') ({})"
+BF16_HAND = 'torch.compile + autocast bf16, channels_last'
 OV_DEFAULTS = 'OpenVINO compile_model, defaults ({})'
 OV_INT8_HAND = 'OpenVINO int8 (nncf.quantize defaults)'
 MODELS = {'fishnet150': 224, 'mobilenetv2_dual_100': 224, 'fishnet_s64': 64}
@@ -121,9 +123,13 @@ def build_rows(name: str, size: int, batch: int, calib_images: int, work: Path) 
         return describe_kernels(onednn_conv_kernels(lambda: run(x.numpy())))
 
     add(BASELINE, 'fishzoo', lambda: _torch_run(optimize_for_inference(model, precision='fp32')), torch_kernels)
-    add(AUTO.format(select_fast_path('cpu').precision), 'fishzoo', lambda: _torch_run(optimize_for_inference(model)),
-        torch_kernels)
-    add("torch.compile + autocast bf16, channels_last", 'by hand', lambda: _torch_bf16(model), torch_kernels)
+    auto = optimize_for_inference(model)  # on first use per machine it measures torch against OpenVINO
+    add(AUTO.format(f'{auto.backend}, {auto.precision}'), 'fishzoo', lambda: _torch_run(auto),
+        torch_kernels if auto.backend == 'torch' else None)
+    if auto.backend != 'torch':
+        add(TORCH_AUTO.format(select_fast_path('cpu').precision), 'fishzoo',
+            lambda: _torch_run(optimize_for_inference(model, backend='torch')), torch_kernels)
+    add(BF16_HAND, 'by hand', lambda: _torch_bf16(model), torch_kernels)
     add('int8, torchao PT2E + inductor (fishzoo.quantize)', 'fishzoo',
         lambda: _torch_run(quantize(model, calib)), torch_kernels)
 
@@ -230,9 +236,9 @@ def markdown(result: Dict) -> str:
     return '\n'.join(lines)
 
 
-def targets(rows: List[Dict], amx_bf16: bool) -> List[Dict]:
-    """The issue's targets on the main model's rows (the bf16 ones where the CPU has AMX-BF16; without it,
-    that auto is never slower than fp32)."""
+def targets(rows: List[Dict]) -> List[Dict]:
+    """The issue's targets on the main model's rows: the one call at least as fast as every other float path,
+    int8 against the peers."""
     def row(prefix):
         return next(r for r in rows if r['name'].startswith(prefix))
     base = row(BASELINE)
@@ -250,12 +256,10 @@ def targets(rows: List[Dict], amx_bf16: bool) -> List[Dict]:
         (f"batch-1 median, lowest fishzoo int8 ({lowest['name']}) / fp32 fast path, <= 0.35",
          lowest['latency_median_ms'] / base['latency_median_ms'], 0.35, False),
     ]
-    if amx_bf16:
-        checks.insert(0, ('optimize_for_inference() auto vs OpenVINO compile_model defaults, >= 1.0',
-                          auto['img_per_s'] / ov_default['img_per_s'], 1.0, True))
-    else:
-        checks.insert(0, ('no AMX-BF16: optimize_for_inference() auto vs fp32, >= 1.0 (never slower)',
-                          auto['img_per_s'] / base['img_per_s'], 0.97, True))
+    # the one call with no options against the best of the other ways to run the float model
+    best = max((base, row(BF16_HAND), ov_default), key=lambda r: r['img_per_s'])
+    checks.insert(0, (f"optimize_for_inference() auto vs the best float path ({best['name']}), >= 1.0",
+                      auto['img_per_s'] / best['img_per_s'], 1.0, True))
     return [dict(target=t, measured=m, met=(m >= v if higher else m <= v)) for t, m, v, higher in checks]
 
 
@@ -381,7 +385,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             measure_rows(rows, batch, size, rounds, min_seconds)
             result['models'][name] = [dict(r.as_dict(), size=size) for r in rows]
             del rows
-    result['targets'] = targets(result['models'][names[0]], features.amx_bf16)
+    result['targets'] = targets(result['models'][names[0]])
     publish(markdown(result), result, args.json, args.readme, README_START, README_END)
     return 0
 

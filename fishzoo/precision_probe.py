@@ -87,7 +87,8 @@ def table_speedup(training: bool = False, features: Optional[CpuFeatures] = None
     return Speedup(entry['training' if training else 'inference'], 'table', entry['where'])
 
 
-def _cpu_key() -> str:
+def cpu_key() -> str:
+    """What a measured figure depends on besides the work: the CPU, its features, threads, torch."""
     model_name = ''
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
@@ -101,29 +102,29 @@ def _cpu_key() -> str:
             f'threads {torch.get_num_threads()}|torch {torch.__version__}|probe {PROBE_VERSION}')
 
 
-def cache_path() -> Path:
+def cache_path(name: str = 'precision-probe.json') -> Path:
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'fishzoo')
-    return Path(root) / 'precision-probe.json'
+    return Path(root) / name
 
 
-def _read_cache() -> dict:
+def read_cache(name: str = 'precision-probe.json') -> dict:
     try:
-        data = json.loads(cache_path().read_text())
+        data = json.loads(cache_path(name).read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
-def _write_cache(key: str, value: dict) -> None:
+def write_cache(key: str, value: dict, name: str = 'precision-probe.json') -> None:
     """Best effort: a read-only home only means the probe runs again next time."""
     from fishzoo.hub.atomic import write_file
-    data = _read_cache()
+    data = read_cache(name)
     data[key] = value
     try:
-        cache_path().parent.mkdir(parents=True, exist_ok=True)
-        write_file(cache_path(), json.dumps(data, indent=1))
+        cache_path(name).parent.mkdir(parents=True, exist_ok=True)
+        write_file(cache_path(name), json.dumps(data, indent=1))
     except OSError as e:
-        _logger.debug('precision probe: cache not written (%s)', e)
+        _logger.debug('%s: cache not written (%s)', name, e)
 
 
 def _seconds(run) -> float:
@@ -161,10 +162,16 @@ def measure(work: ProbeWork, rounds: int = 3) -> Tuple[float, float]:
     return fp32_s, bf16_s
 
 
+def probes_on() -> bool:
+    """Measuring is allowed: ``FISHZOO_PRECISION_PROBE`` is not 'off' (it also turns off the fast path's choice
+    of runtime, :mod:`fishzoo.deploy.backend_choice`)."""
+    return os.environ.get(PROBE_ENV, '').strip().lower() not in ('off', '0', 'no')
+
+
 def probe_runs() -> bool:
     """A model given to :func:`bf16_speedup` is measured: the CPU has bf16 instructions and the probe is not
     off. Callers that must build a model only for the probe ask this first."""
-    return table_speedup() is not None and os.environ.get(PROBE_ENV, '').strip().lower() not in ('off', '0', 'no')
+    return table_speedup() is not None and probes_on()
 
 
 def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
@@ -175,9 +182,9 @@ def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
     table = table_speedup(training)
     if work is None or not probe_runs():
         return table
-    cpu, what_key = _cpu_key(), work.key()
+    cpu, what_key = cpu_key(), work.key()
     key = f'{cpu}|{what_key}'
-    cached = _read_cache().get(key)
+    cached = read_cache().get(key)
     if isinstance(cached, dict) and cached.get('fp32_s') and cached.get('bf16_s'):
         return Speedup(cached['fp32_s'] / cached['bf16_s'], 'cached',
                        f"measured on this machine {cached.get('when', '')}".strip())
@@ -187,7 +194,7 @@ def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
     except Exception as e:  # a model the probe cannot run as given: the table stands
         _logger.info('precision probe: could not measure (%s); using the measured table', e)
         return table
-    _write_cache(key, dict(fp32_s=fp32_s, bf16_s=bf16_s, when=time.strftime('%Y-%m-%d'),
+    write_cache(key, dict(fp32_s=fp32_s, bf16_s=bf16_s, when=time.strftime('%Y-%m-%d'),
                            work=what_key, cpu=cpu))
     what = 'a training step' if training else 'inference'
     return Speedup(fp32_s / bf16_s, 'measured',
@@ -195,4 +202,5 @@ def bf16_speedup(work: Optional[ProbeWork] = None) -> Optional[Speedup]:
                    f'bf16 {bf16_s * 1e3:.0f} ms, probe {time.perf_counter() - start:.1f} s')
 
 
-__all__ = ['MARGIN', 'MEASURED', 'ProbeWork', 'Speedup', 'bf16_speedup', 'measure', 'probe_runs', 'table_speedup']
+__all__ = ['MARGIN', 'MEASURED', 'ProbeWork', 'Speedup', 'bf16_speedup', 'cpu_key', 'measure', 'probe_runs',
+           'probes_on', 'read_cache', 'table_speedup', 'write_cache']

@@ -136,7 +136,9 @@ def test_deployment_layers():
     for module in formats:
         assert not graph[module] & (formats - {module}), module
     importers = {m for m, deps in graph.items() if deps & formats}
-    assert importers <= {'fishzoo.deploy.formats', 'fishzoo.deploy.export', 'fishzoo.cli'}, importers
+    # (and the fast path's choice of runtime, which runs OpenVINO in memory against the compiled torch model)
+    assert importers <= {'fishzoo.deploy.formats', 'fishzoo.deploy.export', 'fishzoo.cli',
+                         'fishzoo.deploy.backend_choice'}, importers
     # nothing outside deployment and the top-level API needs the deployment package, except predict's runners
     # and the CLI
     users = {m for m, deps in graph.items() if deps & deploy and not m.startswith('fishzoo.deploy')}

@@ -11,7 +11,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,9 +50,10 @@ def _hint_config(precision: Optional[Precision]) -> Dict:
     return {'INFERENCE_PRECISION_HINT': hint} if hint else {}
 
 
-def runner(xml: Union[str, Path], precision: Optional[Precision] = None, threads: Optional[int] = None) -> Runner:
-    """An OpenVINO CPU model as a function, computing in ``precision`` (None, or the runtime default: OpenVINO's
-    own choice for the CPU).
+def runner(xml, precision: Optional[Precision] = None, threads: Optional[int] = None) -> Runner:
+    """An OpenVINO CPU model (``xml``: its file, or an ``ov.Model`` in memory) as a function, computing in
+    ``precision`` (None, or the runtime default: OpenVINO's own choice for the CPU); ``run.precision`` is what it
+    computes in ('fp32', 'bf16').
 
     A single image runs on one stream over every core (PERFORMANCE_HINT LATENCY). A batch is split over
     the parallel streams OpenVINO picks for THROUGHPUT (one per core here) and run asynchronously: each
@@ -65,8 +66,11 @@ def runner(xml: Union[str, Path], precision: Optional[Precision] = None, threads
     if threads:
         config['INFERENCE_NUM_THREADS'] = threads
     core = ov.Core()
+    in_memory = not isinstance(xml, (str, Path))
+    if in_memory:
+        ov_model, xml = xml, 'the OpenVINO model'
     try:
-        model = core.read_model(str(xml))
+        model = ov_model if in_memory else core.read_model(str(xml))
         latency = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'LATENCY'})
         throughput = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'THROUGHPUT'})
     except Exception as e:
@@ -95,6 +99,7 @@ def runner(xml: Union[str, Path], precision: Optional[Precision] = None, threads
         except Exception as e:
             raise RuntimeFailure(f'{xml}: OpenVINO failed on a batch of shape {list(images.shape)} '
                                  f'({reason(e)})') from None
+    run.precision = compiled_precision(latency)
     return run
 
 

@@ -218,3 +218,38 @@ def test_inductor_config_context_with_override():
     with path.inductor_config(cpp_wrapper=False):
         assert (inductor_config.freezing, inductor_config.cpp_wrapper) == (True, False)
     assert (inductor_config.freezing, inductor_config.cpp_wrapper) == before
+
+
+def test_compiled_mish_is_mish_compiled_and_eager():
+    """CompiledMish's one-exp form is aten's Mish to 1e-6 (fp32) across the range, compiled, and aten's own
+    kernel when run eagerly (where the formula's six passes are slower)."""
+    from fishzoo.deploy.fast_path import CompiledMish
+    if not select_fast_path('cpu').compile:
+        pytest.skip('no C++ compiler for inductor')
+    x = torch.cat([torch.linspace(-120, 120, 4001), torch.tensor([0.0, -1e-8, 19.99, 20.0, 20.01, 88.0, 89.0])])
+    reference = torch.nn.functional.mish(x)
+    assert torch.equal(CompiledMish()(x), reference)
+    torch._dynamo.reset()
+    compiled = torch.compile(CompiledMish())(x)
+    assert torch.isfinite(compiled).all()
+    assert (compiled - reference).abs().max().item() <= 2e-6
+    bf16 = torch.compile(CompiledMish())(x.bfloat16()).float()
+    assert (bf16 - reference).abs().max().item() <= 0.01 * reference.abs().max().item()
+
+
+def test_mish_is_replaced_only_where_the_model_compiles(monkeypatch):
+    from fishzoo.deploy.fast_path import CompiledMish
+    model = timm.create_model('mobilenetv2_dual_050', num_classes=10).eval()
+    mish = sum(type(m) is torch.nn.Mish for m in model.modules())
+    assert mish > 10
+    eager = fishzoo.optimize_for_inference(model, compile=False, retain_memory=False, precision='fp32')
+    assert sum(type(m) is torch.nn.Mish for m in eager.model.modules()) == mish
+    monkeypatch.setattr(torch, 'compile', lambda module, **kwargs: module)  # nothing compiles: the swap only
+    monkeypatch.setattr('fishzoo.deploy.fast_path._cpu_compiler_available', lambda: True)
+    fast = fishzoo.optimize_for_inference(model, retain_memory=False, precision='fp32', backend='torch')
+    assert sum(isinstance(m, CompiledMish) for m in fast.model.modules()) == mish
+    assert not any(type(m) is torch.nn.Mish for m in fast.model.modules())
+    assert sum(type(m) is torch.nn.Mish for m in model.modules()) == mish  # the caller's model is untouched
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(fast(x), model(x)) <= 1e-4
