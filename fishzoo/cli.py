@@ -9,6 +9,7 @@
     fishzoo push FOLDER REPO_ID [--private]   upload a hub folder (token: HF_TOKEN or `hf auth login`)
     fishzoo upgrade FOLDER                    bring a hub folder written by an older fishzoo up to date
     fishzoo predict MODEL_OR_DIR IMAGES... [--top-k K] [--output CSV] [--json] [--backend B] [--precision P]
+                   [--compile auto|always|never]
                                               labels of images (files, folders, globs) with a folder or model,
                                               run by torch or an exported folder's runtime
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
@@ -118,7 +119,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     results_json, progress = [], Progress(len(images))
     try:
         for batch in iter_predictions(args.model, images, top_k=args.top_k, batch_size=args.batch_size,
-                                      backend=args.backend, precision=args.precision):
+                                      backend=args.backend, precision=args.precision,
+                                      compile={'auto': None, 'always': True, 'never': False}[args.compile]):
             if out is not None:
                 out.write(batch)
             if args.json:
@@ -303,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--precision', default='auto', metavar='{' + ','.join(PRECISIONS) + '}',
                    help="auto: torch in the precision that pays on this CPU (`fishzoo info` says), an exported "
                         "folder as exported; fp32: exact; bf16: torch and openvino backends")
+    p.add_argument('--compile', choices=('auto', 'always', 'never'), default='auto',
+                   help='torch models: auto compiles the fast path (or runs OpenVINO where it measures faster) once '
+                        'the images left would take long enough to pay for compiling; the folded model runs '
+                        'until then')
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser('demo', help='a web page to drop an image on and see the labels (Gradio)')

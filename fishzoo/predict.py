@@ -9,11 +9,14 @@ torch models as that policy decides for this CPU, and exported folders as their 
 import csv
 import glob
 import json
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from fishzoo import precision as precision_policy
@@ -33,6 +36,8 @@ from fishzoo.hub.schema import class_count_problem
 from fishzoo.images import IMAGE_EXTENSIONS, image_files, image_mode, load_image
 from fishzoo.loading import load_model, resolve_source
 from fishzoo.precision_probe import ProbeWork
+
+_logger = logging.getLogger(__name__)
 
 
 def read_thresholds(model_or_dir: str, num_classes: int) -> Optional[List[float]]:
@@ -95,21 +100,104 @@ def _exported(model_or_dir: str, backend: str, precision: str):
     return (lambda batch: torch.from_numpy(run(batch.numpy()))), config
 
 
-def _torch_model(model_or_dir: str, precision: str):
-    """(logits function, model) of a torch model, in the precision :func:`fishzoo.precision.for_torch` decides."""
+class TorchPredictor:
+    """A torch model as ``predict`` runs it: BatchNorm folded, channels_last, in the precision
+    :mod:`fishzoo.precision` decides (:func:`fishzoo.optimize_for_inference` without compiling: under a second of
+    start-up), then, once the images left would take long enough to pay for it, the compiled fast path (or
+    OpenVINO, where the one call measures it faster), the last batch padded to the batch size so that no second
+    shape compiles.
+
+    ``compile``: None decides from the folded model's measured rate (:func:`compile_pays`), True compiles from
+    the first batch, False never compiles."""
+
+    def __init__(self, model: torch.nn.Module, precision: str, images: int, batch_size: int,
+                 compile: Optional[bool] = None):
+        from fishzoo.deploy.fast_path import optimize_for_inference
+        self.model, self.images, self.batch_size = model, images, batch_size
+        # 'auto' probes the model (seconds for FishNet-150) only where there are images enough to gain from it;
+        # a few images take the measured table's precision for this CPU
+        work = ProbeWork(model, self._input_size(), batch=batch_size) if images >= PROBE_FROM else None
+        self.precision = precision_policy.for_torch(precision, 'cpu', work=work).compute
+        self.compile = compile
+        self.done = 0
+        self.eager_seconds, self.eager_images = 0.0, 0  # timed batches after the first (which builds kernels)
+        self.fast = None
+        self.folded = None if compile else optimize_for_inference(model, compile=False, precision=self.precision,
+                                                                  backend='torch', batch_size=batch_size)
+        if compile:
+            self._build_fast_path('asked for (--compile always)')
+
+    def _input_size(self) -> tuple:
+        return tuple(self.model.pretrained_cfg.get('input_size', (3, 224, 224)))
+
+    def _fast_path_figures(self) -> tuple:
+        """(seconds to ready the fast path, its seconds per image) as measured on this machine for this model
+        (:func:`fishzoo.deploy.backend_choice.cached_figures`), or (None, None)."""
+        from fishzoo.deploy.backend_choice import cached_figures
+        figures = cached_figures(ProbeWork(self.model, self._input_size(), batch=self.batch_size), self.precision)
+        if figures is None:
+            return None, None
+        backend = figures['backend']
+        rate, start = figures.get(f'{backend}_img_s'), figures.get(f'{backend}_start_s')
+        return (start, 1 / rate) if rate and start is not None else (None, None)
+
+    def _build_fast_path(self, why: str) -> None:
+        from fishzoo.deploy.fast_path import optimize_for_inference
+        _logger.info('predict: compiling the fast path: %s', why)
+        self.fast = optimize_for_inference(self.model, precision=self.precision, batch_size=self.batch_size)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.fast is None and self.compile is None and self.eager_images:
+            left = self.images - self.done
+            per_image = self.eager_seconds / self.eager_images
+            start_s, fast_per_image = self._fast_path_figures()
+            if compile_pays(left, per_image, start_s, fast_per_image):
+                self._build_fast_path(f'{left} images left, {per_image * left:.0f} s at the folded model\'s '
+                                      f'{1 / per_image:.0f} img/s')
+            else:
+                self.compile = False  # decided: the images left only get fewer
+        count = len(batch)
+        if self.fast is not None:
+            if count < self.batch_size:  # one shape for the compiled graph
+                batch = torch.cat([batch, batch.new_zeros(self.batch_size - count, *batch.shape[1:])])
+            out = self.fast(batch)[:count]
+        else:
+            start = time.perf_counter()
+            out = self.folded(batch)
+            if self.done:
+                self.eager_seconds += time.perf_counter() - start
+                self.eager_images += count
+        self.done += count
+        return out
+
+
+# compile_pays' figures where this machine has none for the model yet (fishzoo.deploy.backend_choice caches
+# them once the fast path was measured): the compiled fast path against the folded model run eagerly, and
+# what readying it costs the first time (compiling, converting to OpenVINO, timing both: 45 s for FishNet-150
+# on 2 AMD EPYC cores; the digits model 1.6x at 32 px, b64)
+COMPILED_SPEEDUP = 1.6
+COMPILE_SECONDS = 60.0
+PROBE_FROM = 64  # images from which 'auto' measures the model's precision (fishzoo.precision_probe)
+
+
+def compile_pays(images_left: int, eager_seconds_per_image: float, start_seconds: Optional[float] = None,
+                 fast_seconds_per_image: Optional[float] = None) -> bool:
+    """Readying the fast path (``start_seconds``, default :data:`COMPILE_SECONDS`) and running the images left at
+    its speed (``fast_seconds_per_image``, default :data:`COMPILED_SPEEDUP` x the folded model's) takes less
+    time than the folded model would."""
+    start = COMPILE_SECONDS if start_seconds is None else start_seconds
+    fast = eager_seconds_per_image / COMPILED_SPEEDUP if fast_seconds_per_image is None else fast_seconds_per_image
+    return images_left * (eager_seconds_per_image - fast) > start
+
+
+def _torch_model(model_or_dir: str, precision: str, images: int, batch_size: int, compile: Optional[bool]):
+    """(predictor, model) of a torch model: :class:`TorchPredictor`."""
     model = load_model(model_or_dir, pretrained=True).eval()
-    work = ProbeWork(model, tuple(model.pretrained_cfg.get('input_size', (3, 224, 224))), batch=16)
-    decided = precision_policy.for_torch(precision, 'cpu', work=work)
-    if decided.autocast_dtype is None:
-        return model, model
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with decided.autocast():
-            return model(batch).float()
-    return run, model
+    return TorchPredictor(model, precision, images, batch_size, compile), model
 
 
-def _loader(model_or_dir: str, backend: Optional[str], precision: str):
+def _loader(model_or_dir: str, backend: Optional[str], precision: str, images: int = 1, batch_size: int = 16,
+            compile: Optional[bool] = None):
     """(logits function, label names, thresholds or None, transform, image mode) for ``predict``."""
     precision = precision_policy.parse(precision)
     if backend is None:
@@ -119,7 +207,7 @@ def _loader(model_or_dir: str, backend: Optional[str], precision: str):
     if backend not in BACKENDS:
         raise PredictError(f'--backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
     if backend == TORCH:
-        model, loaded = _torch_model(model_or_dir, precision)
+        model, loaded = _torch_model(model_or_dir, precision, images, batch_size, compile)
         num_classes, cfg = loaded.num_classes, loaded.pretrained_cfg
     else:
         model, folder_config = _exported(model_or_dir, backend, precision)
@@ -142,8 +230,76 @@ def _read(image: str, transform, mode: str) -> torch.Tensor:
         raise PredictError(f'{image}: unreadable image ({first_line(e)})') from None
 
 
-# images decoded at once, next to the model's work on the batch before (PIL and the resize release the GIL)
-DECODE_THREADS = min(4, os.cpu_count() or 1)
+def _steps(transform) -> List:
+    from torchvision import transforms as T
+    if isinstance(transform, T.Compose):
+        return [step for inner in transform.transforms for step in _steps(inner)]
+    return [transform]
+
+
+class BatchReader:
+    """Images to a batch: the eval transform's steps on PIL images (resize, crop) per image, in threads, and its
+    ToTensor and Normalize once per batch on the stacked 8-bit pixels (the same arithmetic, a third of the time
+    per image: on 32 px digits the per-image tensor steps were most of the reading). A transform of another
+    shape runs whole per image."""
+
+    def __init__(self, transform, mode: str):
+        from torchvision import transforms as T
+        self.transform, self.mode = transform, mode
+        steps = _steps(transform)
+        to_tensor = next((i for i, step in enumerate(steps) if isinstance(step, T.ToTensor)), None)
+        after = steps[to_tensor + 1:] if to_tensor is not None else []
+        self.pil_steps = None
+        if to_tensor is not None and len(after) == 1 and isinstance(after[0], T.Normalize):
+            self.pil_steps = T.Compose(steps[:to_tensor])
+            self.mean = torch.as_tensor(after[0].mean, dtype=torch.float32).view(1, -1, 1, 1)
+            self.std = torch.as_tensor(after[0].std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def read(self, image: str):
+        """One image: 8-bit pixels (H, W[, C]) where the batch finishes the transform, else its tensor."""
+        if self.pil_steps is None:
+            return _read(image, self.transform, self.mode)
+        img = _read(image, self.pil_steps, self.mode)
+        pixels = np.asarray(img)
+        return torch.from_numpy(pixels.copy()) if pixels.dtype == np.uint8 else self.transform(img)
+
+    def read_many(self, images: Sequence[str]) -> List:
+        return [self.read(image) for image in images]
+
+    def collate(self, items: List) -> torch.Tensor:
+        if self.pil_steps is None or not all(item.dtype == torch.uint8 for item in items):
+            from torchvision.transforms.functional import normalize, to_tensor
+            items = [normalize(to_tensor(item.numpy()), self.mean.flatten().tolist(), self.std.flatten().tolist())
+                     if item.dtype == torch.uint8 else item for item in items]
+            return torch.stack(items)
+        pixels = torch.stack(items)
+        if pixels.dim() == 3:  # one channel: (B, H, W)
+            pixels = pixels.unsqueeze(-1)
+        batch = pixels.permute(0, 3, 1, 2).float().div_(255)
+        return batch.sub_(self.mean).div_(self.std)
+
+
+# threads reading the next batch while the model runs this one: a quarter of the cores, one on 2 cores (two
+# threads read the 32 px digits at 4,400 img/s against one's 7,700: the per-image Python holds the GIL; PIL's
+# decoding and resize of large images release it, where more cores can use more threads)
+DECODE_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def _labels(logits: torch.Tensor, names: List[str], thresholds: Optional[List[float]], top_k: int) -> List[List]:
+    """(label, probability) lists, one per row: the top ``top_k`` by softmax, or those over their thresholds by
+    sigmoid, most probable first; computed for the whole batch at once."""
+    logits = logits.float()
+    if thresholds is None:
+        values, indices = logits.softmax(-1).topk(min(top_k, len(names)), dim=1)
+        return [[(names[i], v) for i, v in zip(row_i, row_v)] for row_i, row_v in zip(indices.tolist(),
+                                                                                         values.tolist())]
+    probs = logits.sigmoid()
+    over = (probs >= torch.tensor(thresholds)).tolist()
+    rows = []
+    for row_probs, row_over in zip(probs.tolist(), over):
+        picked = sorted((i for i, keep in enumerate(row_over) if keep), key=lambda i: -row_probs[i])
+        rows.append([(names[i], row_probs[i]) for i in picked])
+    return rows
 
 
 def iter_predictions(
@@ -153,37 +309,37 @@ def iter_predictions(
         batch_size: int = 16,
         backend: Optional[str] = None,
         precision: str = 'auto',
+        compile: Optional[bool] = None,
 ) -> Iterator[List[Dict]]:
     """:func:`predict`'s results a batch at a time, as they are produced (``images`` already expanded): the
-    next batch is decoded by :data:`DECODE_THREADS` threads while the model runs this one, so a caller can
-    write each batch out, show progress and keep what finished if it is interrupted."""
-    model, names, thresholds, transform, mode = _loader(model_or_dir, backend, precision)
+    next batch is read by :data:`DECODE_THREADS` threads (:class:`BatchReader`) while the model runs this one,
+    so a caller can write each batch out, show progress and keep what finished if it is interrupted.
+    ``compile``: for torch models, :class:`TorchPredictor`'s."""
     images = [str(i) for i in images]
+    model, names, thresholds, transform, mode = _loader(model_or_dir, backend, precision, len(images), batch_size,
+                                                        compile)
+    reader = BatchReader(transform, mode)
     chunks = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
     if not chunks:
         return
+
+    def submit(pool, chunk):  # a few tasks per batch: one per image costs more than a small image's decoding
+        parts = max(1, min(DECODE_THREADS, len(chunk)))
+        return [pool.submit(reader.read_many, part) for part in np.array_split(np.array(chunk, dtype=object), parts)
+                if len(part)]
+
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        pending = [pool.submit(_read, image, transform, mode) for image in chunks[0]]
+        pending = submit(pool, chunks[0])
         for index, chunk in enumerate(chunks):
-            batch = [future.result() for future in pending]
-            pending = [pool.submit(_read, image, transform, mode)
-                       for image in (chunks[index + 1] if index + 1 < len(chunks) else ())]
+            batch = [item for future in pending for item in future.result()]
+            pending = submit(pool, chunks[index + 1]) if index + 1 < len(chunks) else []
             with torch.no_grad():
-                logits = model(torch.stack(batch))
+                logits = model(reader.collate(batch))
             if logits.dim() != 2 or logits.shape[1] != len(names):
                 raise PredictError(f'{model_or_dir}: the model gives {list(logits.shape)[1:]} scores per image but '
                                    f'{len(names)} labels are named (label_names / num_classes in its config)')
-            results = []
-            for image, row in zip(chunk, logits):
-                if thresholds is not None:
-                    probs = row.sigmoid()
-                    picked = [i for i in range(len(names)) if probs[i] >= thresholds[i]]
-                    picked.sort(key=lambda i: -probs[i].item())
-                else:
-                    probs = row.softmax(-1)
-                    picked = probs.topk(min(top_k, len(names))).indices.tolist()
-                results.append(dict(image=image, labels=[(names[i], probs[i].item()) for i in picked]))
-            yield results
+            yield [dict(image=image, labels=labels)
+                   for image, labels in zip(chunk, _labels(logits, names, thresholds, top_k))]
 
 
 def predict(
@@ -193,14 +349,16 @@ def predict(
         batch_size: int = 16,
         backend: Optional[str] = None,
         precision: str = 'auto',
+        compile: Optional[bool] = None,
 ) -> List[Dict]:
     """One dict per image: ``{'image', 'labels': [(label, probability), ...]}``; ``images`` may hold
     folders and glob patterns (:func:`expand_images`). ``backend``: 'torch' or a format of
     :data:`fishzoo.deploy.formats.FORMATS` (an exported folder); None picks what the folder holds.
     ``precision``: 'auto', 'fp32' or 'bf16' (:mod:`fishzoo.precision`: torch and OpenVINO; the other runtimes
-    run fp32). :func:`iter_predictions` gives them a batch at a time."""
+    run fp32). ``compile``: None compiles a torch model where the images are many enough to pay for it
+    (:func:`compile_pays`), True always, False never. :func:`iter_predictions` gives them a batch at a time."""
     return [result for batch in iter_predictions(model_or_dir, expand_images(images), top_k, batch_size, backend,
-                                                 precision) for result in batch]
+                                                 precision, compile) for result in batch]
 
 
 def as_json(result: Dict) -> Dict:

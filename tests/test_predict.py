@@ -249,3 +249,109 @@ def test_resume_mistakes_get_one_sentence(saved_hub_folder, many_images, tmp_pat
     assert other.read_text() == 'name,score\nx,1\n'  # someone else's file is left alone
     assert main(['predict', str(folder), str(many_images), '--batch-size', '0']) == 2
     one_line(capsys, '--batch-size must be from 1 to 1024, got 0')
+
+
+def test_compile_pays_only_where_the_images_left_are_many():
+    from fishzoo.predict import COMPILE_SECONDS, compile_pays
+    assert not compile_pays(1_797, 1 / 578)  # the digits at the folded model's rate: 3 s of work
+    assert compile_pays(100_000, 1 / 578)
+    assert not compile_pays(0, 1.0)
+    needed = COMPILE_SECONDS * 1.6 / 0.6  # seconds of eager work where compiling starts to pay
+    assert compile_pays(int(needed * 1.05), 1.0) and not compile_pays(int(needed * 0.95), 1.0)
+    # where this machine measured the model's fast path: its own start-up and rate decide
+    assert compile_pays(8_000, 1 / 762, start_seconds=3.7, fast_seconds_per_image=1 / 2017)
+    assert not compile_pays(4_000, 1 / 762, start_seconds=3.7, fast_seconds_per_image=1 / 2017)
+    assert not compile_pays(10 ** 6, 1 / 762, start_seconds=1.0, fast_seconds_per_image=1 / 700)
+
+
+def test_a_large_folder_switches_to_the_fast_path_with_one_batch_shape(saved_hub_folder, many_images, monkeypatch,
+                                                                         caplog):
+    """Decided after the folded model's second batch; the compiled model then only ever sees full batches (the
+    last one padded), so it compiles one shape; the results are the folded model's."""
+    import logging
+
+    import fishzoo.deploy.fast_path as fast_path
+    _, folder = saved_hub_folder
+    reference = predict(str(folder), [many_images], batch_size=8, compile=False)
+    shapes, real = [], fast_path.optimize_for_inference
+
+    def recording(model, **kwargs):
+        if kwargs.get('compile', True) is False:
+            return real(model, **kwargs)
+        assert kwargs['batch_size'] == 8
+        folded = real(model, **{**kwargs, 'compile': False})
+
+        def run(x):
+            shapes.append(tuple(x.shape))
+            return folded(x)
+        return run
+    monkeypatch.setattr(fast_path, 'optimize_for_inference', recording)
+    monkeypatch.setattr('fishzoo.predict.compile_pays', lambda left, per_image, *figures: left == 34)
+    with caplog.at_level(logging.INFO, logger='fishzoo.predict'):
+        results = predict(str(folder), [many_images], batch_size=8)
+    assert 'predict: compiling the fast path: 34 images left' in caplog.text
+    assert shapes == [(8, 3, 64, 64)] * 5  # 50 images: 2 folded batches, then 4 full and 2 padded to 8
+    assert [r['image'] for r in results] == [r['image'] for r in reference]
+    for got, expected in zip(results, reference):
+        assert got['labels'][0][0] == expected['labels'][0][0]
+        assert got['labels'][0][1] == pytest.approx(expected['labels'][0][1], abs=1e-5)
+    shapes.clear()
+    predict(str(folder), [many_images], batch_size=8, compile=False)
+    assert shapes == []
+    monkeypatch.setattr('fishzoo.predict.compile_pays', lambda left, per_image, *figures: False)
+    predict(str(folder), [many_images], batch_size=8)
+    assert shapes == []
+
+
+@pytest.mark.slow
+def test_compiled_predict_agrees_with_the_folded_model(saved_hub_folder, many_images, capsys):
+    _, folder = saved_hub_folder
+    folded = predict(str(folder), [many_images], batch_size=16, compile=False, precision='fp32')
+    assert main(['predict', str(folder), str(many_images), '--batch-size', '16', '--compile', 'always',
+                 '--precision', 'fp32', '--json']) == 0
+    compiled = json.loads(capsys.readouterr().out)
+    assert [r['image'] for r in compiled] == [r['image'] for r in folded]
+    for got, expected in zip(compiled, folded):
+        assert got['labels'][0] == expected['labels'][0][0]
+        assert got['scores'][0] == pytest.approx(expected['labels'][0][1], abs=1e-4)
+
+
+@pytest.mark.parametrize('mode, size', [('RGB', (40, 40)), ('L', (23, 57)), ('RGBA', (64, 48))])
+def test_batches_are_the_eval_transform_per_image(tmp_path, mode, size):
+    """BatchReader does the transform's ToTensor and Normalize on the stacked batch: the same numbers as the
+    whole transform image by image, for every channel count and an image the resize and crop change."""
+    import numpy as np
+    import torch
+
+    from fishzoo.data import eval_transform
+    from fishzoo.predict import BatchReader, _read
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+        path = tmp_path / f'{i}.png'
+        Image.fromarray(pixels.squeeze(-1) if mode == 'L' else pixels, mode=mode).save(path)
+        paths.append(str(path))
+    channels = {'L': 1, 'RGB': 3, 'RGBA': 4}[mode]
+    cfg = dict(input_size=(channels, 32, 32), mean=(0.4,) * channels, std=(0.2,) * channels, crop_pct=0.875,
+               interpolation='bilinear')
+    transform = eval_transform(cfg)
+    reader = BatchReader(transform, mode)
+    assert reader.pil_steps is not None
+    batch = reader.collate(reader.read_many(paths))
+    expected = torch.stack([_read(p, transform, mode) for p in paths])
+    assert batch.shape == expected.shape == (3, channels, 32, 32)
+    assert torch.equal(batch, expected)
+
+
+def test_a_transform_of_another_shape_runs_whole_per_image(tmp_path):
+    import torch
+    from torchvision import transforms as T
+
+    from fishzoo.predict import BatchReader
+    path = tmp_path / 'a.png'
+    Image.new('RGB', (20, 20), (10, 200, 30)).save(path)
+    transform = T.Compose([T.Resize(16), T.ToTensor(), T.Lambda(lambda x: x * 2)])  # something after ToTensor
+    reader = BatchReader(transform, 'RGB')
+    assert reader.pil_steps is None
+    assert torch.equal(reader.collate(reader.read_many([str(path)])), transform(Image.open(path).convert('RGB'))[None])
