@@ -4,8 +4,9 @@
 The default: the default training recipe (embedded digits) for 10 epochs, img/s and seconds per epoch, so a
 run that slows down epoch after epoch shows at once. ``--steps``: one training step (SGD, channels_last,
 eager) of FishNet-150 and the dual MobileNetV2 at 224 px in fp32 and in bf16 autocast (what
-``--mixed-precision`` gives: 'auto' is bf16 on CPUs with AMX-BF16), interleaved in one process, as img/s
-and the bf16/fp32 ratio, with the CPU's features.
+``--mixed-precision`` gives), interleaved in one process, as img/s and the bf16/fp32 ratio, with the CPU's
+features and what ``--mixed-precision auto`` picks for each model here (the precision probe's measured
+training step, :mod:`fishzoo.precision_probe`, cached per machine).
 
     python benchmarks/training_speed.py [--epochs 10] [--json out.json] [-- extra fishzoo-train flags]
     python benchmarks/training_speed.py --steps [--models fishnet150 mobilenetv2_dual_100] [--markdown FILE]
@@ -27,6 +28,7 @@ import fishzoo  # noqa: F401  (registers the models)
 from fishzoo.cpu_features import cpu_features
 from fishzoo.info import machine_summary
 from fishzoo.precision import cpu_auto
+from fishzoo.precision_probe import ProbeWork
 from fishzoo.train import main as train_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,8 +81,11 @@ def step_benchmark(models: Sequence[str], batch: int = 16, size: int = 224, roun
                    min_seconds: float = 5.0) -> Dict:
     """img/s of one SGD step per model in fp32 and bf16 autocast, interleaved rounds (median)."""
     torch.manual_seed(0)
-    cases = []
+    cases, auto = [], {}
     for name in models:
+        probed = timm.create_model(name, num_classes=1000)
+        auto[name] = cpu_auto(ProbeWork(probed, (3, size, size), batch=batch, training=True), training=True)
+        del probed
         for label, dtype in (('fp32', None), ('bf16 autocast', torch.bfloat16)):
             model = timm.create_model(name, num_classes=1000).train().to(memory_format=torch.channels_last)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -97,20 +102,21 @@ def step_benchmark(models: Sequence[str], batch: int = 16, size: int = 224, roun
                 n += 1
             case['img_per_s'].append(batch * n / (time.perf_counter() - start))
     rows = [dict(model=c['model'], precision=c['precision'], img_per_s=statistics.median(c['img_per_s']),
-                 rounds=c['img_per_s']) for c in cases]
+                 rounds=c['img_per_s'], auto=c['precision'].split()[0] == auto[c['model']]) for c in cases]
     return dict(date=time.strftime('%Y-%m-%d'), machine=machine_summary(), cpu_features=cpu_features().summary(),
-                auto=cpu_auto(), batch=batch, size=size, rounds=rounds, rows=rows)
+                auto=auto, batch=batch, size=size, rounds=rounds, rows=rows)
 
 
 def step_table(result: Dict) -> str:
     lines = [f"Measured {result['date']} on {result['machine']}; `python3 benchmarks/training_speed.py --steps` "
              f"(SGD step, batch {result['batch']}, {result['size']} px, channels_last, eager; median of "
              f"{result['rounds']} interleaved rounds). CPU features: {result['cpu_features']}; "
-             f"`--mixed-precision auto` trains in {result['auto']} here.", '',
+             "`--mixed-precision auto` picks the row marked *auto* (the precision probe, measured per model).", '',
              '| model | precision | img/s | vs fp32 |', '|---|---|---:|---:|']
     for r in result['rows']:
         base = next(b for b in result['rows'] if b['model'] == r['model'] and b['precision'] == 'fp32')
-        lines.append(f"| {r['model']} | {r['precision']} | {r['img_per_s']:.1f} | "
+        mark = ' (*auto*)' if r.get('auto') else ''
+        lines.append(f"| {r['model']} | {r['precision']}{mark} | {r['img_per_s']:.1f} | "
                      f"{r['img_per_s'] / base['img_per_s']:.2f} |")
     return '\n'.join(lines)
 
