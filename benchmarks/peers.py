@@ -206,7 +206,8 @@ class CaseBuilder:
         self.add(CaseKey('inference', Impl.FISHZOO, Run.EAGER_CL), partial(inference_step, cl, x_cl))
         folded = reparameterize_model(model, inplace=False).eval().to(memory_format=torch.channels_last)
         self.add(CaseKey('inference', Impl.FISHZOO, Run.FOLDED_CL), partial(inference_step, folded, x_cl))
-        fast = optimize_for_inference(model, compile=self.cfg.compile, precision=self.precision)
+        fast = optimize_for_inference(model, compile=self.cfg.compile, precision=self.precision,
+                                      backend='torch')  # torch's kernels against the peers'
         self.add(CaseKey('inference', Impl.FISHZOO, Run.FAST), partial(inference_step, fast, x)).module = fast
 
     def peer_inference(self) -> None:
@@ -229,7 +230,7 @@ class CaseBuilder:
         self.add(CaseKey('inference', Impl.TIMM, Run.EAGER_CL, peer_model),
                  partial(inference_step, reference, self.x_cl), gmacs=self.ref_gmacs)
         if self.cfg.compile:
-            ref_fast = optimize_for_inference(reference, precision=self.precision)
+            ref_fast = optimize_for_inference(reference, precision=self.precision, backend='torch')
             self.add(CaseKey('inference', Impl.TIMM, Run.FAST, peer_model), partial(inference_step, ref_fast, self.x),
                      gmacs=self.ref_gmacs)
 
@@ -286,7 +287,7 @@ class CaseBuilder:
             model = timm.create_model(small).eval().to(self.device)
             shape = dict(size=s, gmacs=count_gmacs(model, (3, s, s)))
             xs = torch.randn(cfg.infer_batch, 3, s, s, generator=g).to(self.device)
-            fast_small = optimize_for_inference(model, compile=cfg.compile, precision=self.precision)
+            fast_small = optimize_for_inference(model, compile=cfg.compile, precision=self.precision, backend='torch')
             self.add(CaseKey('inference', Impl.FISHZOO, Run.FAST, small), partial(inference_step, fast_small, xs),
                      **shape)
             xst = torch.randn(cfg.train_batch, 3, s, s, generator=g).to(self.device)

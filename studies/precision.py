@@ -79,7 +79,7 @@ def inference_rows(folders: Dict[str, Path]) -> List[Dict]:
         val = validation_images(DIGITS, cfg, cfg.get('label_names'), model.num_classes, multilabel=False)
         logits = {}
         for precision in ('fp32', 'bf16'):
-            fast = fishzoo.optimize_for_inference(model, precision=precision)
+            fast = fishzoo.optimize_for_inference(model, precision=precision, backend='torch')  # torch's bf16
             logits[precision], targets = predict_all(torch_runner(fast), val)
         fp32, bf16 = score(logits['fp32'], targets, False), score(logits['bf16'], targets, False)
         rel = float(abs(logits['bf16'] - logits['fp32']).max() / abs(logits['fp32']).max())
