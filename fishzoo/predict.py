@@ -21,6 +21,8 @@ import torch
 
 from fishzoo import precision as precision_policy
 from fishzoo.data import eval_transform
+from fishzoo.deploy.backend_choice import cached_figures
+from fishzoo.deploy.fast_path import optimize_for_inference
 from fishzoo.deploy.formats import (
     BACKENDS,
     TORCH,
@@ -112,7 +114,6 @@ class TorchPredictor:
 
     def __init__(self, model: torch.nn.Module, precision: str, images: int, batch_size: int,
                  compile: Optional[bool] = None):
-        from fishzoo.deploy.fast_path import optimize_for_inference
         self.model, self.images, self.batch_size = model, images, batch_size
         # 'auto' probes the model (seconds for FishNet-150) only where there are images enough to gain from it;
         # a few images take the measured table's precision for this CPU
@@ -133,7 +134,6 @@ class TorchPredictor:
     def _fast_path_figures(self) -> tuple:
         """(seconds to ready the fast path, its seconds per image) as measured on this machine for this model
         (:func:`fishzoo.deploy.backend_choice.cached_figures`), or (None, None)."""
-        from fishzoo.deploy.backend_choice import cached_figures
         figures = cached_figures(ProbeWork(self.model, self._input_size(), batch=self.batch_size), self.precision)
         if figures is None:
             return None, None
@@ -142,7 +142,6 @@ class TorchPredictor:
         return (start, 1 / rate) if rate and start is not None else (None, None)
 
     def _build_fast_path(self, why: str) -> None:
-        from fishzoo.deploy.fast_path import optimize_for_inference
         _logger.info('predict: compiling the fast path: %s', why)
         self.fast = optimize_for_inference(self.model, precision=self.precision, batch_size=self.batch_size)
 
@@ -255,22 +254,18 @@ class BatchReader:
             self.mean = torch.as_tensor(after[0].mean, dtype=torch.float32).view(1, -1, 1, 1)
             self.std = torch.as_tensor(after[0].std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def read(self, image: str):
-        """One image: 8-bit pixels (H, W[, C]) where the batch finishes the transform, else its tensor."""
+    def read(self, image: str) -> torch.Tensor:
+        """One image: its 8-bit pixels (H, W[, C]; ``load_image`` gives 'L', 'RGB' or 'RGBA') where the batch
+        finishes the transform, else the transform's tensor."""
         if self.pil_steps is None:
             return _read(image, self.transform, self.mode)
-        img = _read(image, self.pil_steps, self.mode)
-        pixels = np.asarray(img)
-        return torch.from_numpy(pixels.copy()) if pixels.dtype == np.uint8 else self.transform(img)
+        return torch.from_numpy(np.array(_read(image, self.pil_steps, self.mode), dtype=np.uint8))
 
-    def read_many(self, images: Sequence[str]) -> List:
+    def read_many(self, images: Sequence[str]) -> List[torch.Tensor]:
         return [self.read(image) for image in images]
 
-    def collate(self, items: List) -> torch.Tensor:
-        if self.pil_steps is None or not all(item.dtype == torch.uint8 for item in items):
-            from torchvision.transforms.functional import normalize, to_tensor
-            items = [normalize(to_tensor(item.numpy()), self.mean.flatten().tolist(), self.std.flatten().tolist())
-                     if item.dtype == torch.uint8 else item for item in items]
+    def collate(self, items: List[torch.Tensor]) -> torch.Tensor:
+        if self.pil_steps is None:
             return torch.stack(items)
         pixels = torch.stack(items)
         if pixels.dim() == 3:  # one channel: (B, H, W)

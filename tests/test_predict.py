@@ -285,7 +285,7 @@ def test_a_large_folder_switches_to_the_fast_path_with_one_batch_shape(saved_hub
             shapes.append(tuple(x.shape))
             return folded(x)
         return run
-    monkeypatch.setattr(fast_path, 'optimize_for_inference', recording)
+    monkeypatch.setattr('fishzoo.predict.optimize_for_inference', recording)
     monkeypatch.setattr('fishzoo.predict.compile_pays', lambda left, per_image, *figures: left == 34)
     with caplog.at_level(logging.INFO, logger='fishzoo.predict'):
         results = predict(str(folder), [many_images], batch_size=8)

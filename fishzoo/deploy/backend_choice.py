@@ -90,16 +90,23 @@ def cached_figures(work: ProbeWork, precision: str) -> Optional[dict]:
     ``openvino_img_s`` and the seconds each took to be ready (``torch_start_s``: compiling; ``openvino_start_s``:
     converting and checking); None where nothing was measured."""
     cached = read_cache(CACHE_FILE).get(_key(work, precision))
-    return cached if isinstance(cached, dict) and cached.get('backend') in ('torch', 'openvino') else None
+    return cached if _is_choice(cached) else None
+
+
+def _is_choice(cached) -> bool:
+    return isinstance(cached, dict) and cached.get('backend') in ('torch', 'openvino')
 
 
 def choose(work: ProbeWork, precision: str, torch_run: Callable,
            build_openvino: Callable[[], Callable]) -> tuple:
     """(:class:`BackendChoice`, the OpenVINO run or None): cached for this machine and ``work``, else measured.
     ``build_openvino`` converts and checks the model (raising :class:`FishzooError` where it cannot)."""
+    def unavailable(error: FishzooError) -> tuple:
+        return BackendChoice('torch', f'OpenVINO could not run it ({str(error)[:200]})'), None
+
     key = _key(work, precision)
-    cached = cached_figures(work, precision)
-    if cached is not None:
+    cached = read_cache(CACHE_FILE).get(key)
+    if _is_choice(cached):
         reason = (f"cached: torch {cached.get('torch_img_s')} img/s, OpenVINO {cached.get('openvino_img_s')} img/s "
                   f"on this machine {cached.get('when', '')}").strip()
         if cached['backend'] == 'torch':
@@ -107,13 +114,13 @@ def choose(work: ProbeWork, precision: str, torch_run: Callable,
         try:
             return BackendChoice('openvino', reason), build_openvino()
         except FishzooError as e:
-            return BackendChoice('torch', f'OpenVINO could not run it ({str(e)[:200]})'), None
+            return unavailable(e)
     start = time.perf_counter()
     try:
         openvino_run = build_openvino()
     except FishzooError as e:
         # not cached: a conversion that fails now (a model OpenVINO cannot trace) is tried again next time
-        return BackendChoice('torch', f'OpenVINO could not run it ({str(e)[:200]})'), None
+        return unavailable(e)
     openvino_start = time.perf_counter() - start
     measured = compare(torch_run, openvino_run, work)
     torch_rate, openvino_rate = measured['torch_img_s'], measured['openvino_img_s']

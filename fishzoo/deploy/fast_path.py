@@ -228,8 +228,12 @@ def optimize_for_inference(
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else 'cpu'
-    work = ProbeWork(model.eval(), tuple(model.pretrained_cfg.get('input_size', (3, 224, 224))), batch=batch_size) \
-        if torch.device(device).type == 'cpu' and getattr(model, 'pretrained_cfg', None) else None
+    on_cpu = torch.device(device).type == 'cpu'
+    if backend == 'openvino' and not on_cpu:
+        raise ConfigError(f"backend='openvino' runs on the CPU; the model is on {torch.device(device)}")
+    cfg = getattr(model, 'pretrained_cfg', None)
+    input_size = tuple(cfg.get('input_size', (3, 224, 224))) if cfg else (_input_channels(model) or 3, 224, 224)
+    work = ProbeWork(model.eval(), input_size, batch=batch_size) if on_cpu and cfg else None
     fast_path = select_fast_path(device, compile=compile, precision=precision, log=True, work=work)
     if channels_last is not None:
         fast_path = replace(fast_path, channels_last=channels_last)
@@ -256,15 +260,11 @@ def optimize_for_inference(
             warnings.warn(f'torch.compile unavailable ({type(e).__name__}: {e}); running the folded model eagerly',
                           RuntimeWarning, stacklevel=2)
     torch_model = InferenceModel(folded, fast_path, compiled)
-    if backend == 'torch' or fast_path.device != 'cpu':
-        if backend == 'openvino':
-            raise ConfigError(f"backend='openvino' runs on the CPU; the model is on {fast_path.device}")
+    if backend == 'torch' or not on_cpu:
         return torch_model
-    size = tuple(model.pretrained_cfg.get('input_size', (3, 224, 224))) if getattr(model, 'pretrained_cfg', None) \
-        else (_input_channels(model) or 3, 224, 224)
 
     def build_openvino():
-        return backend_choice.openvino_run(model, size, fast_path.precision)
+        return backend_choice.openvino_run(model, input_size, fast_path.precision)
     if backend == 'openvino':
         return OpenVinoInference(folded, fast_path, build_openvino(), 'asked for')
     if work is None or compiled is None or not backend_choice.measuring():

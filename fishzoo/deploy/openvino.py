@@ -50,8 +50,8 @@ def _hint_config(precision: Optional[Precision]) -> Dict:
     return {'INFERENCE_PRECISION_HINT': hint} if hint else {}
 
 
-def runner(xml, precision: Optional[Precision] = None, threads: Optional[int] = None) -> Runner:
-    """An OpenVINO CPU model (``xml``: its file, or an ``ov.Model`` in memory) as a function, computing in
+def runner(source, precision: Optional[Precision] = None, threads: Optional[int] = None) -> Runner:
+    """An OpenVINO CPU model (``source``: its .xml file, or an ``ov.Model`` in memory) as a function, computing in
     ``precision`` (None, or the runtime default: OpenVINO's own choice for the CPU); ``run.precision`` is what it
     computes in ('fp32', 'bf16').
 
@@ -66,11 +66,10 @@ def runner(xml, precision: Optional[Precision] = None, threads: Optional[int] = 
     if threads:
         config['INFERENCE_NUM_THREADS'] = threads
     core = ov.Core()
-    in_memory = not isinstance(xml, (str, Path))
-    if in_memory:
-        ov_model, xml = xml, 'the OpenVINO model'
+    from_file = isinstance(source, (str, Path))
+    xml = source if from_file else 'the OpenVINO model'  # what errors name
     try:
-        model = ov_model if in_memory else core.read_model(str(xml))
+        model = core.read_model(str(source)) if from_file else source
         latency = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'LATENCY'})
         throughput = core.compile_model(model, 'CPU', {**config, 'PERFORMANCE_HINT': 'THROUGHPUT'})
     except Exception as e:
