@@ -12,6 +12,10 @@
                    [--compile auto|always|never]
                                               labels of images (files, folders, globs) with a folder or model,
                                               run by torch or an exported folder's runtime
+    fishzoo shards (--data-dir DIR | --train-csv CSV [--val-csv CSV] | --digits) --output-dir OUT
+                   [--val-split F] [--seed S] [--shard-size 256MB]
+                                              training data as WebDataset shards plus manifest.json, which
+                                              fishzoo-train --data-dir OUT streams
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
     fishzoo export MODEL_OR_DIR --format FORMAT [-o DIR] [--img-size H [W]] [--opset N]
                    [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
@@ -37,6 +41,7 @@ from fishzoo.errors import FishzooError, UserError
 from fishzoo.hub.schema import MAX_INPUT_SIDE
 from fishzoo.images import refuse_bombs_quietly
 from fishzoo.precision import PRECISIONS, RUNTIME_DEFAULT, for_runtime
+from fishzoo.shards import DEFAULT_SHARD_BYTES, parse_size
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -142,6 +147,37 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             out.close()
     if args.json:
         print(json.dumps(results_json, indent=2))
+    return 0
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from fishzoo import data
+    from fishzoo.shards import write_shards
+    if args.shard_count < 1:
+        raise UserError(f'--shard-count must be at least 1, got {args.shard_count}')
+    if args.val_split is not None and not 0 < args.val_split < 1:
+        raise UserError(f'--val-split must be between 0 and 1, got {args.val_split}')
+    # the hold-out fishzoo-train would make of the same source with the same --seed and --val-split
+    if args.train_csv:
+        loaded = data.csv_data(args.train_csv, args.val_csv, args.image_root, args.classes,
+                               None if args.val_csv else args.val_split or 0.2, args.seed)
+        source = args.train_csv
+    elif args.data_dir:
+        split = None if data.has_train_val_folders(args.data_dir) else args.val_split or 0.2
+        loaded = data.image_folder_data(args.data_dir, split, args.seed)
+        source = args.data_dir
+    else:
+        loaded = data.digits_data(args.val_split or 0.2, args.seed, mode='L')
+        source = 'digits'
+    for image, reason in loaded.skipped[:5]:
+        print(f'skipped {image}: {reason}', file=sys.stderr)
+    manifest = write_shards(loaded, args.output_dir, args.shard_size, args.shard_count, args.seed, source=str(source),
+                            val_split=args.val_split)
+    data.write_split(loaded, args.output_dir)  # the source files of each split, where there are files
+    splits = json.loads(manifest.read_text())['splits']
+    counts = ', '.join(f"{name} {split['samples']:,} samples in {len(split['shards'])} shards"
+                       for name, split in splits.items())
+    print(f'{manifest}: {counts}, {len(loaded.class_names)} classes')
     return 0
 
 
@@ -310,6 +346,25 @@ def build_parser() -> argparse.ArgumentParser:
                         'the images left would take long enough to pay for compiling; the folded model runs '
                         'until then')
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser('shards', help='write class folders, a multi-label CSV or the digits as WebDataset shards '
+                                      'with a manifest, for fishzoo-train --data-dir SHARDS to stream')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument('--data-dir', help='class folders (DIR/CLASS/IMAGE), or DIR/train and DIR/val trees')
+    source.add_argument('--train-csv', help='multi-label image,labels CSV (as fishzoo-train --train-csv)')
+    source.add_argument('--digits', action='store_true', help='the embedded digits')
+    p.add_argument('--val-csv', help='with --train-csv: the validation rows')
+    p.add_argument('--image-root', help='with --train-csv: where relative image paths start')
+    p.add_argument('--classes', help='with --train-csv: the class list, comma-separated')
+    p.add_argument('--output-dir', required=True, help='an empty folder for the shards and manifest.json')
+    p.add_argument('--val-split', type=float,
+                   help='fraction held out for validation when the source has no val part (default 0.2, stratified '
+                        'by class, the images fishzoo-train --val-split F --seed S holds out)')
+    p.add_argument('--seed', type=int, default=0, help='the hold-out and the order samples are written in')
+    p.add_argument('--shard-size', type=parse_size, default=DEFAULT_SHARD_BYTES, metavar='SIZE',
+                   help='largest shard, e.g. 256MB (the default) or 1GB')
+    p.add_argument('--shard-count', type=int, default=10000, metavar='N', help='most samples in a shard')
+    p.set_defaults(func=_cmd_shards)
 
     p = sub.add_parser('demo', help='a web page to drop an image on and see the labels (Gradio)')
     p.add_argument('folder', metavar='FOLDER', help='a hub folder (training output, converted model)')

@@ -1,0 +1,497 @@
+"""Training data as WebDataset shards: a class-folder tree or a multi-label CSV written as tar shards with a
+manifest (``fishzoo shards``), and read back as a stream that the processes and loader workers of a run
+divide exactly.
+
+A shard is a plain tar in WebDataset's layout: each sample is the files sharing a key, ``KEY.png`` (or the
+source file's own ``.jpg``, ``.webp``, ...) and ``KEY.cls`` (the class index as text) or, multi-label,
+``KEY.json`` (``{"labels": [class indices]}``), so webdataset, timm's ``wds/`` reader and Hugging Face
+``datasets`` read them too. ``manifest.json`` beside the shards names the classes and counts each shard's
+samples; the shards may sit on any file system fsspec reaches (a local folder, ``hf://datasets/...``,
+``s3://...``, ``https://...``), named by the manifest's location.
+
+Why fishzoo reads them itself (on :mod:`tarfile` and fsspec) rather than through webdataset or ``datasets``
+streaming: a run here needs every sample exactly once per epoch across processes and workers, every
+process the same number of steps (DDP), and a resume inside an epoch that repeats nothing; webdataset splits
+whole shards between nodes (uneven or repeated) and neither library keeps a resumable position across
+loader workers. With the manifest's counts each epoch has a plan (:func:`epoch_plan`): the epoch's shard
+order, cut into one contiguous run of samples per process and loader worker, and the batches each worker
+yields; a resume replays the plan and skips, without decoding, what the checkpoint's batch count says was
+used.
+"""
+import io
+import json
+import logging
+import math
+import random
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fishzoo.errors import DataError, describe
+
+_logger = logging.getLogger(__name__)
+
+MANIFEST = 'manifest.json'
+FORMAT = 'fishzoo-shards/1'
+SHUFFLE_BUFFER = 1000  # samples a worker mixes over (held as their encoded bytes: ~110 MB of ImageNet JPEGs)
+DEFAULT_SHARD_BYTES = 256 * 2 ** 20
+IMAGE_SUFFIXES = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'tif', 'tiff', 'gif')
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def parse_size(text: str) -> int:
+    """'256MB', '1GB', '500k' or a number of bytes."""
+    match = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*', str(text).lower())
+    if not match:
+        raise ValueError(text)
+    return int(float(match.group(1)) * 1024 ** ' kmgt'.index(match.group(2) or ' '))
+
+
+parse_size.kind = "a size such as 256MB or 1GB"
+
+
+def _encoded(source) -> Tuple[str, bytes]:
+    """(suffix, bytes) of one sample's image: a file's own bytes (no re-encoding), an in-memory image as PNG."""
+    if isinstance(source, Image.Image):
+        buffer = io.BytesIO()
+        source.save(buffer, format='PNG')
+        return 'png', buffer.getvalue()
+    if isinstance(source, dict):  # a Hugging Face image cell (decode=False)
+        if source.get('bytes'):
+            suffix = Path(source.get('path') or 'image.png').suffix.lstrip('.').lower() or 'png'
+            return suffix, source['bytes']
+        source = source['path']
+    path = Path(source)
+    suffix = path.suffix.lstrip('.').lower()
+    return (suffix if suffix in IMAGE_SUFFIXES else 'img'), path.read_bytes()
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644  # no mtime: the same data writes the same shards
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_split_shards(samples, out_dir: Path, split: str, multilabel: bool, max_bytes: int, max_count: int,
+                       seed: int) -> Tuple[List[str], List[int]]:
+    """``samples`` (an :class:`~fishzoo.data.ImageSamples`) as ``SPLIT-NNNNNN.tar`` shards in ``out_dir``, in an
+    order shuffled once with ``seed`` (a shard then holds every class); returns the shard names and counts."""
+    order = list(range(len(samples.targets)))
+    random.Random(seed).shuffle(order)
+    names: List[str] = []
+    counts: List[int] = []
+    tar, size = None, 0
+    for position, index in enumerate(order):
+        suffix, payload = _encoded(samples.sources[index])
+        target = samples.targets[index]
+        label = json.dumps({'labels': np.flatnonzero(np.asarray(target)).tolist()}).encode() if multilabel \
+            else str(int(target)).encode()
+        if tar is None or counts[-1] >= max_count or (counts[-1] and size + len(payload) > max_bytes):
+            if tar is not None:
+                tar.close()
+            names.append(f'{split}-{len(names):06d}.tar')
+            counts.append(0)
+            tar, size = tarfile.open(out_dir / names[-1], 'w', format=tarfile.USTAR_FORMAT), 0
+        key = f'{split}{position:09d}'
+        _add(tar, f'{key}.{suffix}', payload)
+        _add(tar, f"{key}.{'json' if multilabel else 'cls'}", label)
+        counts[-1] += 1
+        size += len(payload) + 1536  # two headers and the padding
+    if tar is not None:
+        tar.close()
+    return names, counts
+
+
+def write_shards(loaded, out_dir: Union[str, Path], max_bytes: int = DEFAULT_SHARD_BYTES, max_count: int = 10000,
+                 seed: int = 0, source: str = '', val_split: Optional[float] = None) -> Path:
+    """A :class:`~fishzoo.data.TrainValData` (its train and val splits as loaded) written as shards plus
+    ``manifest.json`` in ``out_dir``; returns the manifest's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).exists() or any(out_dir.glob('*.tar')):
+        raise DataError(f'--output-dir {out_dir}: already holds shards; choose an empty folder')
+    splits = {}
+    for split in ('train', 'val'):
+        samples = getattr(loaded, split)
+        names, counts = write_split_shards(samples, out_dir, split, loaded.multilabel, max_bytes, max_count, seed)
+        per_class = np.zeros(len(loaded.class_names), dtype=np.int64)
+        for target in samples.targets:
+            if loaded.multilabel:
+                per_class += np.asarray(target, dtype=np.int64)
+            else:
+                per_class[int(target)] += 1
+        splits[split] = dict(shards=names, counts=counts, samples=sum(counts), class_counts=per_class.tolist())
+    manifest = dict(format=FORMAT, name=loaded.name, source=source, class_names=list(loaded.class_names),
+                    multilabel=bool(loaded.multilabel), seed=seed, val_split=val_split, splits=splits)
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1) + '\n')
+    return path
+
+
+# --- the manifest --------------------------------------------------------------------------------
+
+def _fs(location: str):
+    import fsspec
+    return fsspec.core.url_to_fs(location)
+
+
+def manifest_location(data: str) -> str:
+    """``--data-dir`` naming a shard folder (or its manifest.json), local or remote: the manifest's location."""
+    data = str(data)
+    return data if data.endswith('.json') else data.rstrip('/') + '/' + MANIFEST
+
+
+def is_shard_folder(data: Union[str, Path]) -> bool:
+    """Whether ``--data-dir`` names shards: a manifest there, or a remote URL (only shards are read remotely)."""
+    data = str(data)
+    if '://' in data:
+        return True
+    return Path(manifest_location(data)).is_file()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    location: str  # where the manifest was read; the shards are beside it
+    class_names: List[str]
+    multilabel: bool
+    splits: Dict[str, Dict]
+    name: str
+
+    def urls(self, split: str) -> List[str]:
+        base = self.location.rsplit('/', 1)[0]
+        return [f'{base}/{name}' for name in self.splits[split]['shards']]
+
+    def counts(self, split: str) -> List[int]:
+        return list(self.splits[split]['counts'])
+
+
+def read_manifest(data: Union[str, Path]) -> Manifest:
+    location = manifest_location(str(data))
+    try:
+        fs, path = _fs(location)
+        with fs.open(path, 'rb') as f:
+            raw = json.loads(f.read().decode())
+    except FileNotFoundError:
+        raise DataError(f'--data-dir {data}: no {MANIFEST} (write shards with `fishzoo shards`)') from None
+    except Exception as e:  # an unreachable host, a malformed file: one sentence
+        raise DataError(f'--data-dir {data}: {MANIFEST} could not be read ({describe(e)})') from None
+    try:
+        if raw.get('format') != FORMAT:
+            raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT!r}")
+        class_names = [str(c) for c in raw['class_names']]
+        splits = {}
+        for split in ('train', 'val'):
+            entry = raw['splits'][split]
+            names, counts = [str(n) for n in entry['shards']], [int(c) for c in entry['counts']]
+            if len(names) != len(counts) or any(c < 0 for c in counts) \
+                    or any('/' in n or '\\' in n or n.startswith('.') for n in names):
+                raise ValueError(f'the {split} shards and counts do not match')
+            class_counts = [int(c) for c in entry.get('class_counts') or []]
+            splits[split] = dict(shards=names, counts=counts, class_counts=class_counts)
+        if not class_names:
+            raise ValueError('no class names')
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f'{location}: not a fishzoo shard manifest ({describe(e)})') from None
+    return Manifest(location, class_names, bool(raw.get('multilabel')), splits, str(raw.get('name') or data))
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def _target(payload: bytes, suffix: str, num_classes: int, multilabel: bool, where: str):
+    try:
+        if suffix == 'cls':
+            index = int(payload.decode().strip())
+            if not 0 <= index < num_classes:
+                raise ValueError(f'class {index} of {num_classes}')
+            if multilabel:
+                hot = np.zeros(num_classes, np.float32)
+                hot[index] = 1
+                return hot
+            return index
+        labels = json.loads(payload.decode())['labels']
+        hot = np.zeros(num_classes, np.float32)
+        for index in labels:
+            if not 0 <= int(index) < num_classes:
+                raise ValueError(f'class {index} of {num_classes}')
+            hot[int(index)] = 1
+        return hot
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f'{where}: bad label ({describe(e)})') from None
+
+
+def tar_samples(url: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of each sample of one shard, read front to back (a remote shard streams)."""
+    fs, path = _fs(url)
+    try:
+        with fs.open(path, 'rb') as f, tarfile.open(fileobj=f, mode='r|') as tar:
+            key, files = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit('/', 1)[-1]
+                stem, _, suffix = name.partition('.')
+                if stem != key:
+                    if key is not None:
+                        yield key, files
+                    key, files = stem, {}
+                files[suffix.lower()] = tar.extractfile(member).read()
+            if key is not None:
+                yield key, files
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f'{url}: unreadable shard ({describe(e)})') from None
+
+
+def decode_sample(key: str, files: Dict[str, bytes], url: str, num_classes: int, multilabel: bool, mode: str):
+    """(PIL image, target) of one sample's files."""
+    from fishzoo.images import load_image
+    image_suffix = next((s for s in files if s in IMAGE_SUFFIXES or s == 'img'), None)
+    label_suffix = 'json' if 'json' in files else 'cls' if 'cls' in files else None
+    where = f'{url} sample {key}'
+    if image_suffix is None or label_suffix is None:
+        raise DataError(f'{where}: expected an image and a .cls or .json label, found {", ".join(sorted(files))}')
+    image = load_image({'bytes': files[image_suffix], 'path': f'{where}.{image_suffix}'}, mode)
+    return image, _target(files[label_suffix], label_suffix, num_classes, multilabel, where)
+
+
+def _even(total: int, parts: int) -> List[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One loader worker's share of an epoch: samples ``[start, stop)`` of the epoch's sequence, yielded in
+    batches of ``batch_sizes``; ``skip`` of its samples were used before the resume point."""
+    start: int
+    stop: int
+    batch_sizes: List[int]
+    skip: int
+
+
+def epoch_plan(counts: Sequence[int], world: int, rank: int, workers: int, batch_size: int, epoch: int,
+               seed: int, shuffle: bool, resume_batch: int = 0) -> Tuple[List[int], List[WorkerPlan]]:
+    """The epoch's shard order and, for process ``rank`` of ``world``, each loader worker's plan.
+
+    Every process gets the same number of batches (DDP steps together), ``ceil(N / world / batch_size)``,
+    its samples spread evenly over them, so that each of the ``N`` samples is used exactly once. Batch ``j``
+    of a process comes from worker ``j % workers`` (the order a DataLoader asks its workers in); a worker's
+    batches are one contiguous run of samples. After ``resume_batch`` batches were used, worker ``w`` takes
+    over the batches that worker ``(w + resume_batch) % workers`` had, so the loader yields batch
+    ``resume_batch`` first and every later one in order.
+    """
+    order = list(range(len(counts)))
+    if shuffle:
+        random.Random(f'{seed}-{epoch}').shuffle(order)
+    total = sum(counts)
+    per_rank = _even(total, world)
+    steps = max(1, math.ceil(min(per_rank) / batch_size)) if total >= world else 0
+    rank_start = sum(per_rank[:rank])
+    sizes = _even(per_rank[rank], steps) if steps else []
+    plans = []
+    start = rank_start
+    stream_plans = []
+    for stream in range(workers):
+        batches = sizes[stream::workers]
+        stream_plans.append((start, start + sum(batches), batches))
+        start += sum(batches)
+    for worker in range(workers):
+        stream = (worker + resume_batch) % workers
+        first, last, batches = stream_plans[stream]
+        used = len(range(stream, resume_batch, workers))
+        plans.append(WorkerPlan(first, last, batches[used:], sum(batches[:used])))
+    return order, plans
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """One split of a shard folder as batches for process ``rank`` of ``world``: each iteration is one epoch
+    (:meth:`set_epoch`), resumable at a batch (:meth:`resume_at`). ``len()`` is the split's sample count;
+    :meth:`batches_per_epoch` what each process's loader yields."""
+
+    def __init__(self, manifest: Manifest, split: str, mode: str = 'RGB', transform: Optional[Callable] = None,
+                 batch_size: int = 64, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
+                 buffer: int = SHUFFLE_BUFFER):
+        self.manifest, self.split, self.mode, self.transform = manifest, split, mode, transform
+        self.urls, self.counts = manifest.urls(split), manifest.counts(split)
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.seed, self.shuffle, self.buffer = seed, shuffle, buffer
+        self.epoch, self.resume_batch = 0, 0
+        self.with_keys = False  # batches end with their samples' keys (what the counting tests read)
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.manifest.class_names
+
+    def batches_per_epoch(self) -> int:
+        total = sum(self.counts)
+        return max(1, math.ceil(min(_even(total, self.world)) / self.batch_size)) if total >= self.world else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.resume_batch = epoch, 0
+
+    def resume_at(self, batches: int) -> None:
+        self.resume_batch = batches
+
+    def _records(self, order: List[int], start: int, stop: int) -> Iterator[Tuple[str, str, Dict[str, bytes]]]:
+        """Samples ``[start, stop)`` of the epoch's sequence (shards in ``order``), undecoded."""
+        offset = 0
+        for shard in order:
+            count = self.counts[shard]
+            if offset + count <= start:
+                offset += count
+                continue
+            if offset >= stop:
+                return
+            seen = 0
+            for key, files in tar_samples(self.urls[shard]):
+                position = offset + seen
+                seen += 1
+                if position >= stop:
+                    break
+                if position >= start:
+                    yield self.urls[shard], key, files
+            if seen < min(count, stop - offset):
+                raise DataError(f'{self.urls[shard]}: {seen} samples, the manifest says {count}')
+            offset += count
+
+    def _shuffled(self, records: Iterator, rng: random.Random) -> Iterator:
+        """``records`` through a shuffle buffer (webdataset's: a random held sample out for each one in)."""
+        held: List = []
+        for record in records:
+            if len(held) < self.buffer:
+                held.append(record)
+                continue
+            index = rng.randrange(len(held))
+            held[index], record = record, held[index]
+            yield record
+        rng.shuffle(held)
+        yield from held
+
+    def _batch(self, records: List) -> Tuple[torch.Tensor, torch.Tensor]:
+        images, targets, keys = [], [], []
+        num_classes, multilabel = len(self.manifest.class_names), self.manifest.multilabel
+        for url, key, files in records:
+            image, target = decode_sample(key, files, url, num_classes, multilabel, self.mode)
+            images.append(self.transform(image) if self.transform is not None else image)
+            targets.append(target)
+            keys.append(key)
+        batch = (torch.stack(images), torch.as_tensor(np.stack(targets), dtype=torch.float32) if multilabel
+                 else torch.as_tensor(targets, dtype=torch.long))
+        return (*batch, keys) if self.with_keys else batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        order, plans = epoch_plan(self.counts, self.world, self.rank, workers, self.batch_size, self.epoch,
+                                  self.seed, self.shuffle, self.resume_batch)
+        plan = plans[worker]
+        if not plan.batch_sizes:
+            return
+        rng = random.Random(f'{self.seed}-{self.epoch}-{self.rank}-{(worker + self.resume_batch) % workers}')
+        records = self._records(order, plan.start, plan.stop)
+        if self.shuffle:
+            records = self._shuffled(records, rng)
+        for _ in range(plan.skip):  # used before the checkpoint: read, not decoded
+            next(records)
+        for size in plan.batch_sizes:
+            yield self._batch([next(records) for _ in range(size)])
+
+
+class StreamLoader:
+    """The training loader over a :class:`ShardStream`: a DataLoader of its batches (the stream batches
+    them itself), moved to ``device``; ``set_epoch`` / ``resume_at`` position the stream, ``len()`` counts
+    this process's batches. Workers are started per epoch: a persistent worker would keep the epoch it was
+    started with."""
+
+    def __init__(self, stream: ShardStream, device: torch.device, workers: int = 0, pin_memory: bool = False):
+        self.stream, self.device = stream, torch.device(device)
+        self.workers, self.pin_memory = workers, pin_memory
+        self.dataset = stream
+
+    def __len__(self) -> int:
+        return self.stream.batches_per_epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def plan_key(self) -> Dict[str, int]:
+        """What decides which samples a batch holds, saved with a mid-epoch checkpoint."""
+        return dict(processes=self.stream.world, workers=max(1, self.workers), batch_size=self.stream.batch_size,
+                    samples=len(self.stream))
+
+    def resume_at(self, batches: int, plan_key: Optional[Dict[str, int]] = None) -> None:
+        """Start the epoch at batch ``batches``; ``plan_key`` (the checkpoint's) must be this loader's, else the
+        batches done would not be the ones skipped."""
+        if plan_key is not None and plan_key != self.plan_key():
+            differ = ', '.join(f'{k} {plan_key.get(k)} -> {v}' for k, v in self.plan_key().items()
+                               if plan_key.get(k) != v)
+            raise DataError(f'this checkpoint stopped inside a streamed epoch, which resumes only as it was split '
+                            f'({differ}); resume with the same processes, --workers and --batch-size, or from an '
+                            'epoch checkpoint (--resume checkpoints/epoch_NNNN)')
+        self.stream.resume_at(batches)
+
+    def __iter__(self):
+        loader = torch.utils.data.DataLoader(self.stream, batch_size=None, num_workers=self.workers,
+                                             pin_memory=self.pin_memory)
+        non_blocking = self.pin_memory and self.device.type == 'cuda'
+        for images, targets, *keys in loader:
+            yield (images.to(self.device, non_blocking=non_blocking),
+                   targets.to(self.device, non_blocking=non_blocking), *keys)
+
+
+def shard_data(data_dir: Union[str, Path], mode: str = 'RGB', seed: int = 0):
+    """``--data-dir`` naming shards: the train split streamed (:class:`ShardStream`), the val split indexed
+    (:class:`IndexedShards`), as a :class:`~fishzoo.data.TrainValData`."""
+    from fishzoo.data import TrainValData
+    manifest = read_manifest(data_dir)
+    for split in ('train', 'val'):
+        if not sum(manifest.counts(split)):
+            raise DataError(f'--data-dir {data_dir}: the {split} split of {MANIFEST} has no samples')
+    return TrainValData(ShardStream(manifest, 'train', mode, seed=seed), IndexedShards(manifest, 'val', mode),
+                        manifest.class_names, multilabel=manifest.multilabel, name=manifest.name)
+
+
+# --- validation: the val shards indexed, read by position ---------------------------------------
+
+class IndexedShards(torch.utils.data.Dataset):
+    """A split's shards as a map-style dataset (a sample's shard and key, read on demand), so that
+    validation is Accelerate's usual sharded, gathered loader. The index is built by one pass over the
+    shards' headers and holds no image."""
+
+    def __init__(self, manifest: Manifest, split: str, mode: str = 'RGB', transform: Optional[Callable] = None):
+        self.manifest, self.split, self.mode, self.transform = manifest, split, mode, transform
+        self.index: List[Tuple[int, int]] = []  # (shard, sample position in it)
+        for shard, count in enumerate(manifest.counts(split)):
+            self.index.extend((shard, i) for i in range(count))
+        self.class_counts = manifest.splits[split]['class_counts']  # per class: what the recipe reads
+        self._cache: Tuple[int, List] = (-1, [])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int):
+        shard, position = self.index[index]
+        # validation reads in order: one shard's samples are kept while the reader is inside it
+        if self._cache[0] != shard:
+            url = self.manifest.urls(self.split)[shard]
+            self._cache = (shard, [(url, key, files) for key, files in tar_samples(url)])
+        url, key, files = self._cache[1][position]
+        image, target = decode_sample(key, files, url, len(self.manifest.class_names), self.manifest.multilabel,
+                                      self.mode)
+        if self.transform is not None:
+            image = self.transform(image)
+        if isinstance(target, int):
+            return image, target
+        return image, torch.as_tensor(target, dtype=torch.float32)
+
+
+__all__ = ['DEFAULT_SHARD_BYTES', 'FORMAT', 'IndexedShards', 'MANIFEST', 'Manifest', 'ShardStream', 'StreamLoader',
+           'epoch_plan', 'is_shard_folder', 'read_manifest', 'shard_data', 'tar_samples', 'write_shards']

@@ -1,0 +1,215 @@
+"""fishzoo.shards: shards written with a manifest, read by other WebDataset readers too, divided between
+processes and loader workers so that every sample is used exactly once per epoch, resumable mid-epoch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fishzoo import data, shards
+from fishzoo.cli import main as cli_main
+from fishzoo.errors import DataError
+from tests.helpers.images import make_image_folder, make_multilabel_csv
+
+
+@pytest.fixture(scope='module')
+def digit_shards(tmp_path_factory):
+    """The embedded digits as shards of at most 100 samples (15 train shards, 4 val)."""
+    out = tmp_path_factory.mktemp('shards') / 'digits'
+    assert cli_main(['shards', '--digits', '--output-dir', str(out), '--shard-count', '100']) == 0
+    return out
+
+
+def stream_of(folder, **kwargs) -> shards.ShardStream:
+    stream = shards.ShardStream(shards.read_manifest(folder), 'train', mode='L',
+                                transform=lambda image: torch.from_numpy(np.asarray(image, np.float32)), **kwargs)
+    stream.with_keys = True
+    return stream
+
+
+def epoch_keys(stream, workers: int, epoch: int = 0, resume: int = 0):
+    """Each batch's keys as one process's loader yields them, with ``workers`` worker processes."""
+    loader = shards.StreamLoader(stream, 'cpu', workers)
+    loader.set_epoch(epoch)
+    loader.resume_at(resume)
+    return [keys for _, _, keys in loader]
+
+
+def test_manifest_counts_and_split(digit_shards):
+    manifest = json.loads((digit_shards / shards.MANIFEST).read_text())
+    reference = data.digits_data(0.2, 0)  # what fishzoo-train holds out with the same seed
+    train, val = manifest['splits']['train'], manifest['splits']['val']
+    assert train['samples'] == len(reference.train) == sum(train['counts']) == 1437
+    assert val['samples'] == len(reference.val) == 360 and max(train['counts']) == 100
+    assert val['class_counts'] == np.bincount(reference.val.targets, minlength=10).tolist()
+    assert manifest['class_names'] == [str(d) for d in range(10)]
+    # shuffled once when written: the first shard already holds every class
+    first = [t for _, t in shards.tar_samples(str(digit_shards / train['shards'][0]))]
+    assert len({int(files['cls']) for files in first}) == 10
+
+
+def test_other_webdataset_readers_read_them(digit_shards):
+    """The layout is WebDataset's: Hugging Face datasets' webdataset builder reads images and classes."""
+    datasets = pytest.importorskip('datasets')
+    files = sorted(str(p) for p in digit_shards.glob('train-*.tar'))
+    ds = datasets.load_dataset('webdataset', data_files={'train': files}, split='train')
+    assert len(ds) == 1437 and ds[0]['png'].size == (8, 8) and 0 <= ds[0]['cls'] < 10
+
+
+def test_held_out_images_match_training(tmp_path):
+    """Shards of class folders hold out the images fishzoo-train holds out with the same --seed and --val-split,
+    and list them (val_images.csv) as a run does."""
+    folder = make_image_folder(tmp_path / 'folder', per_class=10)
+    out = tmp_path / 'shards'
+    assert cli_main(['shards', '--data-dir', str(folder), '--output-dir', str(out), '--seed', '3',
+                     '--val-split', '0.3']) == 0
+    expected = data.image_folder_data(folder, 0.3, 3)
+    listed = [row.split(',')[0] for row in (out / 'val_images.csv').read_text().splitlines()[1:]]
+    assert sorted(listed) == sorted(str(Path(p).resolve()) for p in expected.val.sources)
+    loaded = shards.shard_data(out)
+    assert len(loaded.train) == len(expected.train) and len(loaded.val) == len(expected.val)
+    # the image bytes are the files' own: no re-encoding
+    key_files = dict(shards.tar_samples(str(out / 'val-000000.tar')))
+    payloads = {Path(p).read_bytes() for p in expected.val.sources}
+    assert all(next(v for k, v in files.items() if k != 'cls') in payloads for files in key_files.values())
+
+
+def test_multilabel_csv_shards(tmp_path):
+    csv = make_multilabel_csv(tmp_path / 'ml')
+    out = tmp_path / 'shards'
+    assert cli_main(['shards', '--train-csv', str(csv), '--output-dir', str(out), '--val-split', '0.25']) == 0
+    expected = data.csv_data(csv, val_fraction=0.25)
+    loaded = shards.shard_data(out)
+    assert loaded.multilabel and loaded.class_names == expected.class_names
+    images, targets = loaded.val[0]
+    assert targets.dtype == torch.float32 and targets.shape == (len(expected.class_names),)
+    val_targets = sorted(tuple(loaded.val[i][1].tolist()) for i in range(len(loaded.val)))
+    assert val_targets == sorted(tuple(np.asarray(t, np.float32).tolist()) for t in expected.val.targets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=6), world=st.integers(1, 4),
+       workers=st.integers(1, 4), batch=st.integers(1, 9), epoch=st.integers(0, 3), data=st.data())
+def test_plan_uses_every_sample_once_in_equal_steps(counts, world, workers, batch, epoch, data):
+    total = sum(counts)
+    if total < world:
+        return
+    steps, covered = set(), []
+    for rank in range(world):
+        _, plans = shards.epoch_plan(counts, world, rank, workers, batch, epoch, 0, True)
+        steps.add(sum(len(p.batch_sizes) for p in plans))
+        assert all(0 < size <= batch + 1 for p in plans for size in p.batch_sizes)
+        covered += [i for p in plans for i in range(p.start, p.stop)]
+        for p in plans:
+            assert sum(p.batch_sizes) == p.stop - p.start and p.skip == 0
+    assert len(steps) == 1  # every process the same number of steps (DDP)
+    assert sorted(covered) == list(range(total))
+    # resumed after some batches: the remaining batches are the rest of the same plan
+    rank = data.draw(st.integers(0, world - 1))
+    _, plans = shards.epoch_plan(counts, world, rank, workers, batch, epoch, 0, True)
+    sizes = [None] * sum(len(p.batch_sizes) for p in plans)
+    for w, p in enumerate(plans):
+        sizes[w::workers] = p.batch_sizes
+    resume = data.draw(st.integers(0, len(sizes)))
+    _, later = shards.epoch_plan(counts, world, rank, workers, batch, epoch, 0, True, resume)
+    left = [None] * (len(sizes) - resume)
+    for w, p in enumerate(later):
+        left[w::workers] = p.batch_sizes
+        assert p.skip + sum(p.batch_sizes) == p.stop - p.start
+    assert left == sizes[resume:]
+
+
+def test_two_processes_with_workers_see_each_sample_once(digit_shards):
+    """Counted: 2 processes x 2 loader worker processes, and 3 processes x 1 (1,437 does not divide): every
+    train sample once per epoch, the same number of batches in every process, another order next epoch."""
+    for world, workers in ((2, 2), (3, 0)):
+        per_rank = [epoch_keys(stream_of(digit_shards, batch_size=32, rank=r, world=world), workers)
+                    for r in range(world)]
+        assert len({len(batches) for batches in per_rank}) == 1
+        keys = [k for batches in per_rank for batch in batches for k in batch]
+        assert len(keys) == len(set(keys)) == 1437
+    again = epoch_keys(stream_of(digit_shards, batch_size=32, rank=0, world=2), 2, epoch=0)
+    assert again == epoch_keys(stream_of(digit_shards, batch_size=32, rank=0, world=2), 2, epoch=0)
+    assert again != epoch_keys(stream_of(digit_shards, batch_size=32, rank=0, world=2), 2, epoch=1)
+
+
+def test_resume_inside_an_epoch_repeats_nothing(digit_shards):
+    """The batches after a resume at batch 7 are the uninterrupted epoch's batches 7..., with 2 workers."""
+    whole = epoch_keys(stream_of(digit_shards, batch_size=16), 2, epoch=1)
+    rest = epoch_keys(stream_of(digit_shards, batch_size=16), 2, epoch=1, resume=7)
+    assert rest == whole[7:]
+    rest_again = epoch_keys(stream_of(digit_shards, batch_size=16), 2, epoch=1, resume=10)
+    assert rest_again == whole[10:]
+
+
+def test_resume_refuses_another_split(digit_shards):
+    loader = shards.StreamLoader(stream_of(digit_shards, batch_size=16), 'cpu', 2)
+    with pytest.raises(DataError, match=r'\(workers 1 -> 2\); resume with the same processes'):
+        loader.resume_at(3, dict(processes=1, workers=1, batch_size=16, samples=1437))
+
+
+def test_remote_shards_through_fsspec(digit_shards):
+    """Shards on another file system (fsspec's in-memory one stands in for s3://, hf://, https://)."""
+    fs = fsspec.filesystem('memory')
+    for path in digit_shards.iterdir():
+        fs.pipe(f'/remote/{path.name}', path.read_bytes())
+    assert shards.is_shard_folder('memory://remote')
+    loaded = shards.shard_data('memory://remote', mode='L')
+    assert len(loaded.train) == 1437 and loaded.val[5][0].size == (8, 8)
+    stream = stream_of('memory://remote', batch_size=100)
+    assert sum(len(k) for k in epoch_keys(stream, 0)) == 1437
+
+
+def test_bad_shard_folders_get_one_sentence(digit_shards, tmp_path):
+    with pytest.raises(DataError, match='no manifest.json'):
+        shards.read_manifest(tmp_path)
+    (tmp_path / shards.MANIFEST).write_text('{"format": "something else"}')
+    with pytest.raises(DataError, match='not a fishzoo shard manifest'):
+        shards.read_manifest(tmp_path)
+    manifest = json.loads((digit_shards / shards.MANIFEST).read_text())
+    manifest['splits']['train']['shards'][0] = '../../etc/passwd'
+    (tmp_path / shards.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match='do not match'):
+        shards.read_manifest(tmp_path)
+    short = tmp_path / 'short'
+    short.mkdir()
+    manifest = json.loads((digit_shards / shards.MANIFEST).read_text())
+    manifest['splits']['train']['counts'][0] += 5  # the manifest promises more than the shard holds
+    (short / shards.MANIFEST).write_text(json.dumps(manifest))
+    for path in digit_shards.glob('*.tar'):
+        (short / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(DataError, match='train-000000.tar: 100 samples, the manifest says 105'):
+        epoch_keys(stream_of(short, batch_size=64, shuffle=False), 0)
+    with pytest.raises(DataError, match='already holds shards'):
+        shards.write_shards(data.digits_data(), digit_shards)
+
+
+def test_memory_stays_flat_with_ten_times_the_data(tmp_path):
+    """Peak RSS of a streamed epoch (transform, batches) over 10x the samples stays within a few MB: what a
+    process holds is the shuffle buffer (50 samples here, 1,000 by default), never the data."""
+    rng = np.random.default_rng(0)
+    small = data.ImageSamples([data.Image.fromarray(rng.integers(0, 255, (48, 48, 3), np.uint8)) for _ in range(40)],
+                              [i % 4 for i in range(40)])
+    for name, repeat in (('small', 1), ('large', 10)):
+        samples = data.ImageSamples(list(small.sources) * repeat, list(small.targets) * repeat)
+        loaded = data.TrainValData(samples, small, ['a', 'b', 'c', 'd'], name=name)
+        shards.write_shards(loaded, tmp_path / name, max_count=50)
+    script = ('import resource, sys, torch; from fishzoo import shards; from torchvision import transforms as T\n'
+              'loaded = shards.shard_data(sys.argv[1])\n'
+              'stream = loaded.train; stream.transform = T.Compose([T.RandomResizedCrop(32), T.ToTensor()])\n'
+              'stream.batch_size, stream.buffer = 16, 50\n'
+              'n = sum(len(t) for _, t in shards.StreamLoader(stream, "cpu", 0))\n'
+              'print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)')
+    peaks = {}
+    for name in ('small', 'large'):
+        out = subprocess.run([sys.executable, '-c', script, str(tmp_path / name)], capture_output=True, text=True,
+                             check=True).stdout.split()
+        peaks[name] = int(out[1]) / 1024
+        assert int(out[0]) == {'small': 40, 'large': 400}[name]
+    assert peaks['large'] < peaks['small'] + 8, peaks
