@@ -82,11 +82,11 @@ def write_split(loaded: TrainValData, folder: Union[str, Path]) -> List[Path]:
     digits, a Hugging Face dataset) has no files to list: nothing is written."""
     written = []
     for split, name in SPLIT_FILES.items():
-        samples = getattr(loaded, split)
-        if not all(isinstance(s, (str, Path)) for s in samples.sources):
+        sources = getattr(getattr(loaded, split), 'sources', None)  # streamed shards list none
+        if sources is None or not all(isinstance(s, (str, Path)) for s in sources):
             return []
         rows = []
-        for source, target in zip(samples.sources, samples.targets):
+        for source, target in zip(sources, getattr(loaded, split).targets):
             label = ' '.join(loaded.class_names[i] for i in np.flatnonzero(np.asarray(target))) \
                 if loaded.multilabel else loaded.class_names[int(target)]  # a class folder's name may hold spaces
             rows.append([str(Path(source).resolve()), label])

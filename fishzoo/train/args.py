@@ -18,6 +18,7 @@ from fishzoo.finetune import MODES
 from fishzoo.hub.atomic import write_file
 from fishzoo.hub.schema import MAX_INPUT_SIDE
 
+from .loader import workers_value
 from .recipes import RECIPE_KEYS
 
 # the embedded default: scikit-learn's digits, upscaled to 32 px, a small low-resolution FishNet
@@ -83,7 +84,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument('--multilabel', action='store_true',
                    help='multi-label: BCE with logits, sigmoid outputs, F1 / mAP metrics (implied by --train-csv)')
     g.add_argument('--strict-images', action='store_true', help='stop at an unreadable image instead of skipping it')
-    g.add_argument('-j', '--workers', type=int, default=0, help='data loading worker processes')
+    g.add_argument('-j', '--workers', type=workers_value, default='auto',
+                   help='loader worker processes per training process; auto: none for images held in memory, '
+                        'else all cores but one beside an accelerator, half the cores of a CPU run from 4 cores '
+                        '(logged, and written to train_config.yaml)')
 
     g = p.add_argument_group('model')
     g.add_argument('--model', default='fishnet_s64',
@@ -178,6 +182,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('output')
     g.add_argument('--output-dir', default='output/train', help='the run folder: hub folder, metrics, checkpoints')
     g.add_argument('--checkpoint-every', type=int, default=1, help='epochs between checkpoints')
+    g.add_argument('--checkpointing-steps', type=int, default=0, metavar='N',
+                   help='also a checkpoint every N optimizer updates inside an epoch (0: none), so that a run '
+                        'killed mid-epoch (kill -9, a lost node) resumes there: streamed epochs are long')
     g.add_argument('--keep-checkpoints', '--checkpoint-hist', type=int, default=2,
                    help="checkpoints kept, newest first (alias --checkpoint-hist as in timm)")
     g.add_argument('--save-last', action='store_true',
@@ -287,6 +294,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError('--threshold-tuning is for multi-label training (--multilabel or --train-csv)')
     if args.freeze_epochs < 0:
         raise ConfigError(f'--freeze-epochs must be 0 or more, got {args.freeze_epochs}')
+    if args.checkpointing_steps < 0:
+        raise ConfigError(f'--checkpointing-steps must be 0 (none) or more, got {args.checkpointing_steps}')
     if args.img_size is not None and not 8 <= args.img_size <= MAX_INPUT_SIDE:
         raise ConfigError(f'--img-size must be from 8 to {MAX_INPUT_SIDE} px, got {args.img_size}')
     for flag, value in (('--drop', args.drop), ('--drop-path', args.drop_path)):

@@ -79,7 +79,9 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
                                         training_work(args) if PartialState().device.type == 'cpu' else None),
         log_with=None if args.report_to == 'none' else args.report_to,
         project_dir=str(args.output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # pinned batches (the loader pins them for CUDA) copy to the device while the step before runs
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                  non_blocking=PartialState().device.type == 'cuda'),
         dynamo_backend=args.compile or 'no',
         cpu=distributed_on_cpu(),
     )
@@ -111,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with OutputDirLock(args.output_dir) if state.is_main_process else contextlib.nullcontext():
             prepare_output_dir(args, state)
             accelerator = create_accelerator(args)
-            run = resolve_run(args, accelerator.num_processes)
+            run = resolve_run(args, accelerator.num_processes, accelerator.device)
             if args.lr_find or args.lr == 'auto':
                 suggestion = find_lr(run, accelerator.device)
                 if args.lr != 'auto':  # the range test was the job: its suggestion is in the log and lr_find.json
@@ -119,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     return 0
                 run = run.replace_config(lr=settled_lr(suggestion))
                 _logger.info('--lr auto: training with lr %g', run.config.lr)
-            parts = build_parts(run, accelerator.num_processes)
+            parts = build_parts(run, accelerator.num_processes, accelerator.device, accelerator.process_index)
             if accelerator.is_main_process:  # the run's every setting, as a recipe --config reads back
                 write_train_config(run.config)
                 write_split(run.data, run.config.output_dir)  # export --val-data OUTPUT_DIR: the held-out images

@@ -152,7 +152,7 @@ def find_lr(run, device='cpu') -> float:
         _logger.info('--lr auto: lr %.3g from %s (resuming)', suggestion, previous)
         return suggestion
     found = lr_range_test(
-        run.model, create_train_loader(config, run.data.train), create_loss(config, run.data.multilabel),
+        run.model, create_train_loader(config, run.data.train, device), create_loss(config, run.data.multilabel),
         lambda m: create_optimizer(config.replace(lr=1e-7), m), torch.device(device),
         mixup=create_mixup(config, run.data.multilabel, len(run.data.class_names)), steps=config.lr_find_steps)
     if not math.isfinite(found.suggestion):

@@ -22,12 +22,13 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torchvision import transforms as T
 
-from fishzoo import data
+from fishzoo import data, shards
 from fishzoo.errors import CheckpointError, ConfigError, describe
 from fishzoo.finetune import classifier_names
 from fishzoo.images import image_mode
 from fishzoo.loading import load_model
 
+from .loader import dataloader_kwargs
 from .run_config import RunConfig
 from .schedule import LRSchedule
 
@@ -41,7 +42,7 @@ class TrainingParts:
     model: nn.Module
     data: data.TrainValData
     data_config: Dict[str, Any]  # input size, interpolation, mean/std, crop: what the hub folder records
-    train_loader: torch.utils.data.DataLoader
+    train_loader: Any  # a DataLoader, or a shards.StreamLoader over streamed shards
     val_loader: torch.utils.data.DataLoader
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
@@ -96,6 +97,8 @@ def load_data(config: RunConfig) -> data.TrainValData:
                                config.seed, mode, config.strict_images)
     elif config.dataset:
         loaded = data.hf_data(config.dataset, config.data_dir, config.val_split, config.seed, mode)
+    elif config.data_dir and shards.is_shard_folder(config.data_dir):
+        loaded = shards.shard_data(config.data_dir, mode, config.seed)
     elif config.data_dir:
         loaded = data.image_folder_data(config.data_dir, config.val_split, config.seed, mode, config.strict_images)
     else:
@@ -110,6 +113,9 @@ def load_data(config: RunConfig) -> data.TrainValData:
         raise ConfigError(f'--num-classes {config.num_classes} does not match the {len(loaded.class_names)} '
                           'classes of the data')
     if config.multilabel and not loaded.multilabel:
+        if isinstance(loaded.train, shards.ShardStream):
+            raise ConfigError(f'--multilabel: the shards of --data-dir {config.data_dir} are single-label; write '
+                              'them from a multi-label CSV (fishzoo shards --train-csv)')
         for split in (loaded.train, loaded.val):
             split.targets = data.one_hot_targets(split.targets, len(loaded.class_names))
         loaded.multilabel = True
@@ -182,24 +188,32 @@ def create_mixup(config: RunConfig, multilabel: bool, num_classes: int) -> Optio
     return None
 
 
-def create_train_loader(config: RunConfig, dataset) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.workers, drop_last=True,
-        persistent_workers=config.workers > 0)
+def create_train_loader(config: RunConfig, dataset, device='cpu', num_processes: int = 1, rank: int = 0):
+    """The training loader: shuffled batches of ``--batch-size`` (the last partial one dropped), or, for
+    streamed shards, this process's part of every epoch (:class:`~fishzoo.shards.StreamLoader`)."""
+    if isinstance(dataset, shards.ShardStream):
+        dataset.batch_size, dataset.rank, dataset.world, dataset.seed = \
+            config.batch_size, rank, num_processes, config.seed
+        return shards.StreamLoader(dataset, device, config.workers, torch.device(device).type == 'cuda')
+    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                                       **dataloader_kwargs(config.workers, device))
 
 
-def build_parts(run, num_processes: int = 1) -> TrainingParts:
+def build_parts(run, num_processes: int = 1, device='cpu', rank: int = 0) -> TrainingParts:
     """Every part of a :class:`~.resolve.ResolvedRun` (its ``lr`` settled: see :func:`.lr_find.find_lr`);
-    ``num_processes`` splits the batches and the schedule."""
+    ``num_processes`` splits the batches and the schedule; ``device`` is where the model trains (pinned
+    memory for CUDA), ``rank`` this process's place among them (for streamed shards)."""
     config, loaded, model = run.config, run.data, run.model
     if config.lr == 'auto':
         raise ConfigError('--lr auto: find the learning rate first (fishzoo.train.lr_find.find_lr)')
-    train_loader = create_train_loader(config, loaded.train)
+    train_loader = create_train_loader(config, loaded.train, device, num_processes, rank)
     val_loader = torch.utils.data.DataLoader(
         loaded.val, batch_size=config.validation_batch_size or config.batch_size, shuffle=False,
-        num_workers=config.workers)
+        **dataloader_kwargs(config.workers, device))
     optimizer = create_optimizer(config, model)
-    updates_per_epoch = math.ceil(len(train_loader) / num_processes / config.grad_accum_steps)
+    # a DataLoader counts every process's batches (Accelerate shards them); a stream counts this process's
+    batches = len(train_loader) if isinstance(train_loader, shards.StreamLoader) else len(train_loader) / num_processes
+    updates_per_epoch = math.ceil(batches / config.grad_accum_steps)
     return TrainingParts(
         config=config, model=model, data=loaded, data_config=run.data_config, train_loader=train_loader,
         val_loader=val_loader, optimizer=optimizer, schedule=LRSchedule(optimizer, config, updates_per_epoch),

@@ -24,7 +24,9 @@ from fishzoo.errors import ConfigError, FishzooError
 from fishzoo.finetune import freeze_backbone
 from fishzoo.hub.folder import check_hub_folder, hub_repo_folder
 from fishzoo.loading import resolve_source
+from fishzoo.shards import is_shard_folder
 
+from .loader import loader_settings
 from .parts import build_transforms, create_model, load_data
 from .recipes import Situation, choose_recipe, min_positives, recipe_settings
 from .run_config import RunConfig
@@ -86,8 +88,8 @@ def hold_out_settings(config: RunConfig) -> Dict[str, Any]:
         if not Path(config.train_csv).is_file():
             return {}  # loading the data says what is wrong, before anything is said about holding out
         why = 'no --val-csv given'
-    elif config.data_dir and not config.dataset and not config.train_csv \
-            and Path(config.data_dir).is_dir() and not data.has_train_val_folders(config.data_dir):
+    elif config.data_dir and not config.dataset and not config.train_csv and Path(config.data_dir).is_dir() \
+            and not data.has_train_val_folders(config.data_dir) and not is_shard_folder(config.data_dir):
         why = f'--data-dir {config.data_dir} has no train/ and val/ sub-folders'
     else:
         return {}
@@ -96,10 +98,12 @@ def hold_out_settings(config: RunConfig) -> Dict[str, Any]:
     return dict(val_split=DEFAULT_HOLD_OUT)
 
 
-def resolve_run(args: argparse.Namespace, num_processes: int = 1) -> ResolvedRun:
-    """The run's every setting decided once (model source, hold-out, recipe), with its data and model.
+def resolve_run(args: argparse.Namespace, num_processes: int = 1, device='cpu') -> ResolvedRun:
+    """The run's every setting decided once (model source, hold-out, recipe, loader workers), with its data
+    and model.
 
-    ``num_processes`` splits the global batch the recipe chooses. ``lr`` may still be ``'auto'``: find it
+    ``num_processes`` splits the global batch the recipe chooses; ``device`` (where the model trains) sets
+    ``--workers auto``. ``lr`` may still be ``'auto'``: find it
     with :func:`.lr_find.find_lr` and :meth:`ResolvedRun.replace_config` before :func:`.parts.build_parts`.
     """
     config = RunConfig.from_args(args)
@@ -120,7 +124,8 @@ def resolve_run(args: argparse.Namespace, num_processes: int = 1) -> ResolvedRun
             multilabel=loaded.multilabel, train_images=len(loaded.train),
             input_size=max(data_config['input_size'][1:]), epochs=config.epochs,
             global_batch=config.batch_size * num_processes * config.grad_accum_steps,
-            min_val_positives=min_positives(loaded.val.targets) if loaded.multilabel else None,
+            min_val_positives=(min(loaded.val.class_counts) if hasattr(loaded.val, 'class_counts')
+                               else min_positives(loaded.val.targets)) if loaded.multilabel else None,
             batch_given='batch_size' in config.given, batch_divisor=num_processes * config.grad_accum_steps)
         config = config.replace(**recipe_settings(config, choose_recipe(situation)), recipe=situation.describe())
     else:
@@ -129,6 +134,7 @@ def resolve_run(args: argparse.Namespace, num_processes: int = 1) -> ResolvedRun
         processes = f'{num_processes} process' + ('es' if num_processes != 1 else '')
         raise ConfigError(f'--batch-size {config.batch_size} (x {processes}) is larger than the '
                           f'training set ({len(loaded.train)} images)')
+    config = config.replace(**loader_settings(config, loaded.train, device))
     loaded.train.transform, loaded.val.transform = build_transforms(config, data_config)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -23,6 +23,7 @@ from fishzoo.errors import TrainingStopped
 from fishzoo.finetune import GradualUnfreezer, trainable_parameters
 from fishzoo.loading import resolve_source
 from fishzoo.metrics import multilabel_metrics, tune_thresholds
+from fishzoo.shards import StreamLoader
 
 from .checkpoints import CheckpointStore
 from .evaluation import metrics_of, predict_loader
@@ -89,8 +90,15 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.store = store or CheckpointStore(accelerator, self.output_dir, keep=config.keep_checkpoints)
         self.folder = folder or RunFolder(self.output_dir)
-        self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
-            parts.model, parts.optimizer, parts.train_loader, parts.val_loader)
+        if isinstance(parts.train_loader, StreamLoader):
+            # streamed shards are divided between the processes by their own plan, not by Accelerate
+            self.model, self.optimizer, self.val_loader = accelerator.prepare(
+                parts.model, parts.optimizer, parts.val_loader)
+            self.train_loader = parts.train_loader
+            self.train_loader.device = accelerator.device
+        else:
+            self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
+                parts.model, parts.optimizer, parts.train_loader, parts.val_loader)
         self.unfreezer = None
         if config.finetune == 'gradual':
             # built after prepare, so that DDP registered every parameter, frozen ones included
@@ -146,7 +154,10 @@ class Trainer:
             batches, seen, elapsed = self.partial['batches'], self.partial['seen'], self.partial['seconds']
             loss_sum += self.partial['loss_sum']
             correct += self.partial['correct']
-            loader = accelerator.skip_first_batches(self.train_loader, batches)
+            if isinstance(loader, StreamLoader):  # the stream's plan skips them without decoding
+                loader.resume_at(batches, self.partial.get('stream'))
+            else:
+                loader = accelerator.skip_first_batches(self.train_loader, batches)
             self.partial = None
         counts_correct = not parts.multilabel and parts.mixup is None
         start = time.perf_counter() - elapsed
@@ -178,17 +189,24 @@ class Trainer:
                 correct += (logits.detach().argmax(1) == hard_targets).sum()
             seen += images.shape[0]
             batches += 1
-            if accelerator.sync_gradients and self.signals.requested(accelerator):
+            if not accelerator.sync_gradients:
+                continue
+            stop = self.signals.requested(accelerator)
+            if stop or (config.checkpointing_steps and self.num_updates % config.checkpointing_steps == 0
+                        and batches < len(self.train_loader)):
                 self.save_checkpoint(partial=dict(
                     batches=batches, seen=seen, seconds=time.perf_counter() - start,
-                    loss_sum=loss_sum.item(), correct=correct.item()))
+                    loss_sum=loss_sum.item(), correct=correct.item(),
+                    stream=loader.plan_key() if isinstance(loader, StreamLoader) else None))
+            if stop:
                 raise TrainingStopped(
                     f'stopped by {signal.Signals(self.signals.signum).name} in epoch {self.epoch + 1} after '
                     f'{batches} batches; checkpoint saved, continue with --resume auto',
                     exit_code=self.signals.exit_code)
         seconds = time.perf_counter() - start
         totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]), 'sum')
-        record = dict(train_loss=(totals[0] / totals[2]).item(), img_per_s=totals[2].item() / seconds)
+        record = dict(train_loss=(totals[0] / totals[2]).item(), img_per_s=totals[2].item() / seconds,
+                      train_samples=int(totals[2].item()))  # every process's: what the epoch trained on
         if counts_correct:
             record['train_top1'] = 100.0 * (totals[1] / totals[2]).item()
         return record
