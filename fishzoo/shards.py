@@ -158,18 +158,26 @@ def is_shard_folder(data: Union[str, Path]) -> bool:
 
 @dataclass(frozen=True)
 class Manifest:
-    location: str  # where the manifest was read; the shards are beside it
+    """What a run needs to know of its shards before reading them: each split's shard URLs and sample counts,
+    the class names and how a shard is read (``tar``: WebDataset; ``parquet``: a Hugging Face dataset's data
+    files, ``columns`` naming its image and label columns)."""
+    location: str  # where it was read (or the dataset it describes)
     class_names: List[str]
     multilabel: bool
-    splits: Dict[str, Dict]
+    splits: Dict[str, Dict]  # split -> {urls, counts, class_counts}
     name: str
+    reader: str = 'tar'
+    columns: Tuple[str, str] = ('', '')
 
     def urls(self, split: str) -> List[str]:
-        base = self.location.rsplit('/', 1)[0]
-        return [f'{base}/{name}' for name in self.splits[split]['shards']]
+        return list(self.splits[split]['urls'])
 
     def counts(self, split: str) -> List[int]:
         return list(self.splits[split]['counts'])
+
+    def samples(self, url: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+        """(key, {suffix: bytes}) of each sample of one shard, front to back."""
+        return tar_samples(url) if self.reader == 'tar' else parquet_samples(url, *self.columns)
 
 
 def read_manifest(data: Union[str, Path]) -> Manifest:
@@ -194,12 +202,54 @@ def read_manifest(data: Union[str, Path]) -> Manifest:
                     or any('/' in n or '\\' in n or n.startswith('.') for n in names):
                 raise ValueError(f'the {split} shards and counts do not match')
             class_counts = [int(c) for c in entry.get('class_counts') or []]
-            splits[split] = dict(shards=names, counts=counts, class_counts=class_counts)
+            base = location.rsplit('/', 1)[0]
+            splits[split] = dict(urls=[f'{base}/{n}' for n in names], counts=counts, class_counts=class_counts)
         if not class_names:
             raise ValueError('no class names')
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f'{location}: not a fishzoo shard manifest ({describe(e)})') from None
     return Manifest(location, class_names, bool(raw.get('multilabel')), splits, str(raw.get('name') or data))
+
+
+def hf_stream_manifest(name: str, data_dir: Optional[str] = None, val_split: Optional[str] = None) -> Manifest:
+    """``--dataset NAME --streaming``: the dataset's train and validation data files (as ``datasets`` resolves
+    them, ``hf://`` on the Hub) with their row counts from the parquet footers; nothing is downloaded whole."""
+    try:
+        import datasets
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError('--dataset needs the Hugging Face datasets library: pip install "fishzoo[hf]"') from None
+    try:
+        builder = datasets.load_dataset_builder(name, data_dir=data_dir)
+        files = {str(split): [str(f) for f in found] for split, found in (builder.config.data_files or {}).items()}
+    except Exception as e:  # network, missing dataset, malformed folder: one sentence, no traceback
+        raise DataError(f'--dataset {name}: could not be loaded ({describe(e)})') from None
+    val_name = val_split if isinstance(val_split, str) else next(
+        (s for s in ('validation', 'val', 'test') if s in files), None)
+    if 'train' not in files or val_name not in files:
+        raise DataError(f'--dataset {name} --streaming needs a train split and a validation split (--val-split NAME); '
+                        f'its data files are split as {", ".join(files) or "nothing"}')
+    odd = sorted({f.rsplit('.', 1)[-1] for split in ('train', val_name) for f in files[split]} - {'parquet'})
+    if odd:
+        raise DataError(f'--dataset {name} --streaming reads parquet data files (every Hub dataset has them); this '
+                        f'one has .{", .".join(odd)}: write it as shards with fishzoo shards instead')
+    splits, features = {}, None
+    for split, source in (('train', 'train'), ('val', val_name)):
+        counts = []
+        for url in files[source]:
+            fs, path = _fs(url)
+            with fs.open(path, 'rb') as f:
+                parquet = pq.ParquetFile(f)
+                counts.append(parquet.metadata.num_rows)
+                features = features or datasets.Features.from_arrow_schema(parquet.schema_arrow)
+        splits[split] = dict(urls=files[source], counts=counts, class_counts=[])
+    image_column = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    label_column = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    if image_column is None or label_column is None:
+        raise DataError(f'--dataset {name}: expected an image column and a class-label column, '
+                        f'got {", ".join(features)}')
+    return Manifest(name, list(features[label_column].names), False, splits, name, 'parquet',
+                    (image_column, label_column))
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -246,6 +296,32 @@ def tar_samples(url: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
                 yield key, files
     except (OSError, tarfile.TarError) as e:
         raise DataError(f'{url}: unreadable shard ({describe(e)})') from None
+
+
+def parquet_samples(url: str, image_column: str, label_column: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of each row of one parquet data file of a Hugging Face dataset (an image cell is
+    its encoded bytes, or a path beside the file), read a row group at a time."""
+    import pyarrow.parquet as pq
+    fs, path = _fs(url)
+    stem = url.rsplit('/', 1)[-1].split('.')[0]
+    try:
+        with fs.open(path, 'rb') as f:
+            table = pq.ParquetFile(f)
+            row = 0
+            for group in range(table.num_row_groups):
+                columns = table.read_row_group(group, columns=[image_column, label_column]).to_pydict()
+                for cell, label in zip(columns[image_column], columns[label_column]):
+                    cell = cell or {}
+                    payload = cell.get('bytes')
+                    if payload is None and cell.get('path'):
+                        with fs.open(f"{path.rsplit('/', 1)[0]}/{cell['path']}", 'rb') as image_file:
+                            payload = image_file.read()
+                    suffix = (cell.get('path') or '.img').rsplit('.', 1)[-1].lower()
+                    yield f'{stem}-{row:09d}', {suffix if suffix in IMAGE_SUFFIXES else 'img': payload or b'',
+                                                'cls': str(label).encode()}
+                    row += 1
+    except (OSError, ValueError) as e:
+        raise DataError(f'{url}: unreadable parquet file ({describe(e)})') from None
 
 
 def decode_sample(key: str, files: Dict[str, bytes], url: str, num_classes: int, multilabel: bool, mode: str):
@@ -351,7 +427,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             if offset >= stop:
                 return
             seen = 0
-            for key, files in tar_samples(self.urls[shard]):
+            for key, files in self.manifest.samples(self.urls[shard]):
                 position = offset + seen
                 seen += 1
                 if position >= stop:
@@ -447,14 +523,15 @@ class StreamLoader:
                    targets.to(self.device, non_blocking=non_blocking), *keys)
 
 
-def shard_data(data_dir: Union[str, Path], mode: str = 'RGB', seed: int = 0):
-    """``--data-dir`` naming shards: the train split streamed (:class:`ShardStream`), the val split indexed
-    (:class:`IndexedShards`), as a :class:`~fishzoo.data.TrainValData`."""
+def shard_data(data_dir: Union[str, Path, Manifest], mode: str = 'RGB', seed: int = 0):
+    """``--data-dir`` naming shards (or a :class:`Manifest`, such as :func:`hf_stream_manifest`'s): the train
+    split streamed (:class:`ShardStream`), the val split indexed (:class:`IndexedShards`), as a
+    :class:`~fishzoo.data.TrainValData`."""
     from fishzoo.data import TrainValData
-    manifest = read_manifest(data_dir)
+    manifest = data_dir if isinstance(data_dir, Manifest) else read_manifest(data_dir)
     for split in ('train', 'val'):
         if not sum(manifest.counts(split)):
-            raise DataError(f'--data-dir {data_dir}: the {split} split of {MANIFEST} has no samples')
+            raise DataError(f'{manifest.location}: the {split} split has no samples')
     return TrainValData(ShardStream(manifest, 'train', mode, seed=seed), IndexedShards(manifest, 'val', mode),
                         manifest.class_names, multilabel=manifest.multilabel, name=manifest.name)
 
@@ -471,7 +548,8 @@ class IndexedShards(torch.utils.data.Dataset):
         self.index: List[Tuple[int, int]] = []  # (shard, sample position in it)
         for shard, count in enumerate(manifest.counts(split)):
             self.index.extend((shard, i) for i in range(count))
-        self.class_counts = manifest.splits[split]['class_counts']  # per class: what the recipe reads
+        if manifest.splits[split]['class_counts']:  # per class: what the multi-label recipe reads
+            self.class_counts = manifest.splits[split]['class_counts']
         self._cache: Tuple[int, List] = (-1, [])
 
     def __len__(self) -> int:
@@ -482,7 +560,7 @@ class IndexedShards(torch.utils.data.Dataset):
         # validation reads in order: one shard's samples are kept while the reader is inside it
         if self._cache[0] != shard:
             url = self.manifest.urls(self.split)[shard]
-            self._cache = (shard, [(url, key, files) for key, files in tar_samples(url)])
+            self._cache = (shard, [(url, key, files) for key, files in self.manifest.samples(url)])
         url, key, files = self._cache[1][position]
         image, target = decode_sample(key, files, url, len(self.manifest.class_names), self.manifest.multilabel,
                                       self.mode)
@@ -494,4 +572,5 @@ class IndexedShards(torch.utils.data.Dataset):
 
 
 __all__ = ['DEFAULT_SHARD_BYTES', 'FORMAT', 'IndexedShards', 'MANIFEST', 'Manifest', 'ShardStream', 'StreamLoader',
-           'epoch_plan', 'is_shard_folder', 'read_manifest', 'shard_data', 'tar_samples', 'write_shards']
+           'epoch_plan', 'hf_stream_manifest', 'is_shard_folder', 'parquet_samples', 'read_manifest', 'shard_data',
+           'tar_samples', 'write_shards']

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from fishzoo import data, shards
 from fishzoo.cli import main as cli_main
 from fishzoo.errors import DataError
-from tests.helpers.images import make_image_folder, make_multilabel_csv
+from tests.helpers.images import make_image_folder, make_multilabel_csv, make_parquet_dataset
 
 
 @pytest.fixture(scope='module')
@@ -213,3 +213,34 @@ def test_memory_stays_flat_with_ten_times_the_data(tmp_path):
         peaks[name] = int(out[1]) / 1024
         assert int(out[0]) == {'small': 40, 'large': 400}[name]
     assert peaks['large'] < peaks['small'] + 8, peaks
+
+
+@pytest.fixture(scope='module')
+def parquet_dataset(tmp_path_factory):
+    pytest.importorskip('datasets')
+    return make_parquet_dataset(tmp_path_factory.mktemp('hf') / 'shapes')
+
+
+def test_hugging_face_streaming_reads_parquet_parts(parquet_dataset):
+    manifest = shards.hf_stream_manifest(str(parquet_dataset))
+    assert manifest.class_names == ['ant', 'bee', 'cow'] and manifest.counts('train') == [15, 16, 7]
+    assert manifest.counts('val') == [9]
+    loaded = shards.shard_data(manifest)
+    image, label = loaded.val[4]
+    assert image.size == (24, 20) and label == (38 + 4) % 3
+    keys = []
+    for rank in range(2):
+        stream = shards.ShardStream(manifest, 'train', transform=lambda im: torch.zeros(1), batch_size=4, rank=rank,
+                                    world=2)
+        stream.with_keys = True
+        keys += [k for batch in epoch_keys(stream, 2) for k in batch]
+    assert len(keys) == len(set(keys)) == 38
+
+
+def test_hugging_face_streaming_refusals(parquet_dataset, tmp_path):
+    with pytest.raises(DataError, match='needs a train split and a validation split'):
+        shards.hf_stream_manifest(str(parquet_dataset), val_split='nope')
+    for split in ('train', 'validation'):
+        (tmp_path / f'{split}.csv').write_text('x,y\n1,2\n')
+    with pytest.raises(DataError, match=r'reads parquet data files .* this one has \.csv'):
+        shards.hf_stream_manifest(str(tmp_path))

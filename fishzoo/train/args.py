@@ -73,6 +73,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('data (none given: the embedded digits)')
     g.add_argument('--data-dir', help='class-folder tree: train/ and val/, or one tree with --val-split')
     g.add_argument('--dataset', help="a Hugging Face dataset name, or 'imagefolder' with --data-dir")
+    g.add_argument('--streaming', action='store_true',
+                   help='--dataset: stream its parquet data files (each process and loader worker reads its own part; '
+                        'nothing is downloaded whole) instead of loading it with datasets.load_dataset')
     g.add_argument('--train-csv', help='multi-label CSV with columns image,labels (labels space-separated)')
     g.add_argument('--val-csv', help='validation CSV (else --val-split of --train-csv)')
     g.add_argument('--image-root', help="folder the CSV image paths are relative to (default: the CSV's)")
@@ -286,6 +289,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'--lr must be a positive number, got {args.lr}')
     if args.val_csv and not args.train_csv:
         raise ConfigError('--val-csv needs --train-csv')
+    if args.streaming and not args.dataset:
+        raise ConfigError('--streaming streams a --dataset; shards written by fishzoo shards stream from --data-dir')
     if args.dataset and args.train_csv:
         raise ConfigError('give either --dataset or --train-csv, not both')
     if args.digits and (args.data_dir or args.dataset or args.train_csv):

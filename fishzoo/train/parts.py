@@ -95,6 +95,9 @@ def load_data(config: RunConfig) -> data.TrainValData:
     if config.train_csv:
         loaded = data.csv_data(config.train_csv, config.val_csv, config.image_root, config.classes, config.val_split,
                                config.seed, mode, config.strict_images)
+    elif config.dataset and config.streaming:
+        loaded = shards.shard_data(shards.hf_stream_manifest(config.dataset, config.data_dir, config.val_split),
+                                   mode, config.seed)
     elif config.dataset:
         loaded = data.hf_data(config.dataset, config.data_dir, config.val_split, config.seed, mode)
     elif config.data_dir and shards.is_shard_folder(config.data_dir):

@@ -76,6 +76,21 @@ def make_multilabel_csv(root: Path, rows: int = 24):
     return root / 'labels.csv'
 
 
+def make_parquet_dataset(root: Path) -> Path:
+    """A Hugging Face dataset as the Hub serves one: parquet data files, 38 train rows in three, 9 validation rows
+    in one; random 24x20 RGB images, labels ant/bee/cow by row."""
+    import datasets
+    (root / 'data').mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=['ant', 'bee', 'cow'])})
+    images = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)) for _ in range(47)]
+    ds = datasets.Dataset.from_dict({'image': images, 'label': [i % 3 for i in range(47)]}, features=features)
+    for i, (start, stop) in enumerate(((0, 15), (15, 31), (31, 38))):
+        ds.select(range(start, stop)).to_parquet(str(root / 'data' / f'train-{i:05d}-of-00003.parquet'))
+    ds.select(range(38, 47)).to_parquet(str(root / 'data' / 'validation-00000-of-00001.parquet'))
+    return root
+
+
 def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
     """A valid 1-bit PNG of ``width`` x ``height`` blank pixels: about 100 KB on disk at 30000x30000,
     900 Mpx (2.7 GB as RGB) once decoded. Written row by row, so making it allocates nothing large."""

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from fishzoo.cli import main as cli_main
 from fishzoo.train import STATE_FILE, checkpoint_dirs
 from fishzoo.train import main as train_main
+from tests.conftest import TRAIN_ARGS
 from tests.helpers.hostile import REPO
+from tests.helpers.images import make_parquet_dataset
 
 DIGITS_CONFIG = str(REPO / 'configs' / 'digits.yaml')
 
@@ -79,3 +81,15 @@ def test_workers_auto_is_logged_and_recorded(digit_shards, tmp_path, caplog):
     assert '--workers auto: ' in caplog.text
     config = (out / 'train_config.yaml').read_text()
     assert '\nworkers: ' in config and 'workers: auto' not in config
+
+
+def test_hugging_face_dataset_streams(tmp_path):
+    """--dataset NAME --streaming: its parquet data files read in parts, validated on its validation split."""
+    pytest.importorskip('datasets')
+    dataset = make_parquet_dataset(tmp_path / 'hf')
+    out = tmp_path / 'run'
+    assert train_main(['--dataset', str(dataset), '--streaming', '--epochs', '1', '--output-dir', str(out),
+                       *TRAIN_ARGS]) == 0
+    history = json.loads((out / 'metrics.json').read_text())
+    assert history[-1]['train_samples'] == 38 and history[-1]['val_samples'] == 9
+    assert json.loads((out / 'config.json').read_text())['label_names'] == ['ant', 'bee', 'cow']
