@@ -313,8 +313,10 @@ def parquet_samples(url: str, image_column: str, label_column: str) -> Iterator[
                 for cell, label in zip(columns[image_column], columns[label_column]):
                     cell = cell or {}
                     payload = cell.get('bytes')
-                    if payload is None and cell.get('path'):
-                        with fs.open(f"{path.rsplit('/', 1)[0]}/{cell['path']}", 'rb') as image_file:
+                    if payload is None and cell.get('path'):  # a path: absolute, or beside the data file
+                        where = cell['path'] if cell['path'].startswith('/') \
+                            else f"{path.rsplit('/', 1)[0]}/{cell['path']}"
+                        with fs.open(where, 'rb') as image_file:
                             payload = image_file.read()
                     suffix = (cell.get('path') or '.img').rsplit('.', 1)[-1].lower()
                     yield f'{stem}-{row:09d}', {suffix if suffix in IMAGE_SUFFIXES else 'img': payload or b'',
