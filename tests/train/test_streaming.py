@@ -93,3 +93,16 @@ def test_hugging_face_dataset_streams(tmp_path):
     history = json.loads((out / 'metrics.json').read_text())
     assert history[-1]['train_samples'] == 38 and history[-1]['val_samples'] == 9
     assert json.loads((out / 'config.json').read_text())['label_names'] == ['ant', 'bee', 'cow']
+
+
+def test_multilabel_shards_train_and_tune_thresholds(tmp_path):
+    from tests.helpers.images import make_multilabel_csv
+    csv = make_multilabel_csv(tmp_path / 'ml')
+    written = tmp_path / 'shards'
+    assert cli_main(['shards', '--train-csv', str(csv), '--output-dir', str(written), '--val-split', '0.25']) == 0
+    out = tmp_path / 'run'
+    assert train_main(['--data-dir', str(written), '--epochs', '1', '--output-dir', str(out), *TRAIN_ARGS]) == 0
+    history = json.loads((out / 'metrics.json').read_text())
+    assert 'val_f1_micro' in history[-1] and history[-1]['train_samples'] == 18
+    config = json.loads((out / 'config.json').read_text())
+    assert config['multilabel'] and len(config['thresholds']) == len(config['label_names'])
