@@ -175,9 +175,9 @@ class Manifest:
     def counts(self, split: str) -> List[int]:
         return list(self.splits[split]['counts'])
 
-    def samples(self, url: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-        """(key, {suffix: bytes}) of each sample of one shard, front to back."""
-        return tar_samples(url) if self.reader == 'tar' else parquet_samples(url, *self.columns)
+    def samples(self, url: str, skip: int = 0) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+        """(key, {suffix: bytes}) of each sample of one shard from sample ``skip`` on, front to back."""
+        return tar_samples(url, skip) if self.reader == 'tar' else parquet_samples(url, *self.columns, skip)
 
 
 def read_manifest(data: Union[str, Path]) -> Manifest:
@@ -276,31 +276,36 @@ def _target(payload: bytes, suffix: str, num_classes: int, multilabel: bool, whe
         raise DataError(f'{where}: bad label ({describe(e)})') from None
 
 
-def tar_samples(url: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """(key, {suffix: bytes}) of each sample of one shard, read front to back (a remote shard streams)."""
+def tar_samples(url: str, skip: int = 0) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of each sample of one shard from sample ``skip`` on, front to back. The samples
+    before ``skip`` are not read: a local shard seeks past them, a remote one streams past."""
+    from fsspec.implementations.local import LocalFileSystem
     fs, path = _fs(url)
     try:
-        with fs.open(path, 'rb') as f, tarfile.open(fileobj=f, mode='r|') as tar:
-            key, files = None, {}
+        with fs.open(path, 'rb') as f, \
+                tarfile.open(fileobj=f, mode='r:' if isinstance(fs, LocalFileSystem) else 'r|') as tar:
+            key, files, index = None, {}, -1
             for member in tar:
                 if not member.isfile():
                     continue
-                name = member.name.rsplit('/', 1)[-1]
-                stem, _, suffix = name.partition('.')
+                stem, _, suffix = member.name.rsplit('/', 1)[-1].partition('.')
                 if stem != key:
-                    if key is not None:
+                    if key is not None and index >= skip:
                         yield key, files
-                    key, files = stem, {}
-                files[suffix.lower()] = tar.extractfile(member).read()
-            if key is not None:
+                    key, files, index = stem, {}, index + 1
+                if index >= skip:
+                    files[suffix.lower()] = tar.extractfile(member).read()
+            if key is not None and index >= skip:
                 yield key, files
     except (OSError, tarfile.TarError) as e:
         raise DataError(f'{url}: unreadable shard ({describe(e)})') from None
 
 
-def parquet_samples(url: str, image_column: str, label_column: str) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """(key, {suffix: bytes}) of each row of one parquet data file of a Hugging Face dataset (an image cell is
-    its encoded bytes, or a path beside the file), read a row group at a time."""
+def parquet_samples(url: str, image_column: str, label_column: str, skip: int = 0
+                    ) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of each row of one parquet data file of a Hugging Face dataset from row ``skip`` on
+    (an image cell is its encoded bytes, or a path), read a row group at a time; whole row groups before ``skip``
+    are not read."""
     import pyarrow.parquet as pq
     fs, path = _fs(url)
     stem = url.rsplit('/', 1)[-1].split('.')[0]
@@ -309,8 +314,15 @@ def parquet_samples(url: str, image_column: str, label_column: str) -> Iterator[
             table = pq.ParquetFile(f)
             row = 0
             for group in range(table.num_row_groups):
+                rows = table.metadata.row_group(group).num_rows
+                if row + rows <= skip:
+                    row += rows
+                    continue
                 columns = table.read_row_group(group, columns=[image_column, label_column]).to_pydict()
                 for cell, label in zip(columns[image_column], columns[label_column]):
+                    if row < skip:
+                        row += 1
+                        continue
                     cell = cell or {}
                     payload = cell.get('bytes')
                     if payload is None and cell.get('path'):  # a path: absolute, or beside the data file
@@ -428,15 +440,14 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             if offset >= stop:
                 return
-            seen = 0
-            for key, files in self.manifest.samples(self.urls[shard]):
-                position = offset + seen
-                seen += 1
-                if position >= stop:
+            first, last = max(0, start - offset), min(count, stop - offset)  # this run's part of the shard
+            seen = first
+            for key, files in self.manifest.samples(self.urls[shard], first):
+                if seen >= last:
                     break
-                if position >= start:
-                    yield self.urls[shard], key, files
-            if seen < min(count, stop - offset):
+                yield self.urls[shard], key, files
+                seen += 1
+            if seen < last:
                 raise DataError(f'{self.urls[shard]}: {seen} samples, the manifest says {count}')
             offset += count
 

@@ -244,3 +244,20 @@ def test_hugging_face_streaming_refusals(parquet_dataset, tmp_path):
         (tmp_path / f'{split}.csv').write_text('x,y\n1,2\n')
     with pytest.raises(DataError, match=r'reads parquet data files .* this one has \.csv'):
         shards.hf_stream_manifest(str(tmp_path))
+
+
+def test_readers_start_inside_a_shard(digit_shards, parquet_dataset):
+    """A run that starts inside a shard gets the same samples as reading it whole, local (seeking past the
+    rest), remote (streaming past) or parquet (whole row groups passed over)."""
+    url = str(digit_shards / 'train-000003.tar')
+    whole = list(shards.tar_samples(url))
+    assert len(whole) == 100 and list(shards.tar_samples(url, 37)) == whole[37:]
+    fsspec.filesystem('memory').pipe('/skip/a.tar', Path(url).read_bytes())
+    assert list(shards.tar_samples('memory://skip/a.tar', 99)) == whole[99:]
+    import pyarrow.parquet as pq
+    source = parquet_dataset / 'data' / 'train-00001-of-00003.parquet'
+    small_groups = parquet_dataset.parent / 'groups.parquet'
+    pq.write_table(pq.read_table(source), small_groups, row_group_size=3)
+    rows = list(shards.parquet_samples(str(small_groups), 'image', 'label'))
+    assert len(rows) == 16 and [k for k, _ in shards.parquet_samples(str(small_groups), 'image', 'label', 7)] == \
+        [k for k, _ in rows[7:]]
