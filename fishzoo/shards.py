@@ -354,6 +354,12 @@ def _even(total: int, parts: int) -> List[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
 
+def steps_per_epoch(total: int, world: int, batch_size: int) -> int:
+    """Batches each of ``world`` processes yields for ``total`` samples: its fewest samples in batches of at
+    most ``batch_size`` (0 when there are fewer samples than processes)."""
+    return max(1, math.ceil(min(_even(total, world)) / batch_size)) if total >= world else 0
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """One loader worker's share of an epoch: samples ``[start, stop)`` of the epoch's sequence, yielded in
@@ -378,18 +384,16 @@ def epoch_plan(counts: Sequence[int], world: int, rank: int, workers: int, batch
     order = list(range(len(counts)))
     if shuffle:
         random.Random(f'{seed}-{epoch}').shuffle(order)
-    total = sum(counts)
-    per_rank = _even(total, world)
-    steps = max(1, math.ceil(min(per_rank) / batch_size)) if total >= world else 0
-    rank_start = sum(per_rank[:rank])
+    per_rank = _even(sum(counts), world)
+    steps = steps_per_epoch(sum(counts), world, batch_size)
     sizes = _even(per_rank[rank], steps) if steps else []
-    plans = []
-    start = rank_start
+    start = sum(per_rank[:rank])
     stream_plans = []
     for stream in range(workers):
         batches = sizes[stream::workers]
         stream_plans.append((start, start + sum(batches), batches))
         start += sum(batches)
+    plans = []
     for worker in range(workers):
         stream = (worker + resume_batch) % workers
         first, last, batches = stream_plans[stream]
@@ -421,8 +425,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         return self.manifest.class_names
 
     def batches_per_epoch(self) -> int:
-        total = sum(self.counts)
-        return max(1, math.ceil(min(_even(total, self.world)) / self.batch_size)) if total >= self.world else 0
+        return steps_per_epoch(sum(self.counts), self.world, self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.resume_batch = epoch, 0
