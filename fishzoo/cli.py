@@ -16,6 +16,8 @@
                    [--val-split F] [--seed S] [--shard-size 256MB]
                                               training data as WebDataset shards plus manifest.json, which
                                               fishzoo-train --data-dir OUT streams
+    fishzoo shards --train-shards PATTERN --val-shards PATTERN --output-dir OUT [--classes a,b]
+                                              a manifest for shards another tool wrote, where they are
     fishzoo demo FOLDER [--port 7860]         a Gradio page: drop an image, see the labels
     fishzoo export MODEL_OR_DIR --format FORMAT [-o DIR] [--img-size H [W]] [--opset N]
                    [--int8 --calib-data IMAGES [--val-data LABELLED --max-drop POINTS]] [--precision P]
@@ -152,7 +154,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_shards(args: argparse.Namespace) -> int:
     from fishzoo import data
-    from fishzoo.shards import write_shards
+    from fishzoo.shards import index_shards, write_shards
+    if args.train_shards:  # shards another tool wrote: indexed where they are, nothing copied
+        if not args.val_shards:
+            raise UserError('--train-shards needs --val-shards (the validation shards, a pattern too)')
+        classes = [c.strip() for c in args.classes.split(',')] if args.classes else None
+        manifest = index_shards(args.train_shards, args.val_shards, args.output_dir, classes)
+        splits = json.loads(manifest.read_text())['splits']
+        print(f"{manifest}: train {splits['train']['samples']:,} samples in {len(splits['train']['shards'])} "
+              f"shards, val {splits['val']['samples']:,} in {len(splits['val']['shards'])}")
+        return 0
+    if args.val_shards:
+        raise UserError('--val-shards goes with --train-shards')
     if args.shard_count < 1:
         raise UserError(f'--shard-count must be at least 1, got {args.shard_count}')
     if args.val_split is not None and not 0 < args.val_split < 1:
@@ -353,9 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument('--data-dir', help='class folders (DIR/CLASS/IMAGE), or DIR/train and DIR/val trees')
     source.add_argument('--train-csv', help='multi-label image,labels CSV (as fishzoo-train --train-csv)')
     source.add_argument('--digits', action='store_true', help='the embedded digits')
+    source.add_argument('--train-shards', metavar='PATTERN',
+                        help="WebDataset shards another tool wrote, e.g. 's3://b/train-{000000..000099}.tar': "
+                             'indexed where they are (each read once to count it) into --output-dir/manifest.json')
+    p.add_argument('--val-shards', metavar='PATTERN', help='with --train-shards: the validation shards')
     p.add_argument('--val-csv', help='with --train-csv: the validation rows')
     p.add_argument('--image-root', help='with --train-csv: where relative image paths start')
-    p.add_argument('--classes', help='with --train-csv: the class list, comma-separated')
+    p.add_argument('--classes', help='with --train-csv or --train-shards: the class list, comma-separated')
     p.add_argument('--output-dir', required=True, help='an empty folder for the shards and manifest.json')
     p.add_argument('--val-split', type=float,
                    help='fraction held out for validation when the source has no val part (default 0.2, stratified '

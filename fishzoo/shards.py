@@ -198,17 +198,82 @@ def read_manifest(data: Union[str, Path]) -> Manifest:
         for split in ('train', 'val'):
             entry = raw['splits'][split]
             names, counts = [str(n) for n in entry['shards']], [int(c) for c in entry['counts']]
+            # a shard is a name beside the manifest or a URL with a scheme (an index of shards elsewhere): never
+            # a path that climbs out of the manifest's folder
             if len(names) != len(counts) or any(c < 0 for c in counts) \
-                    or any('/' in n or '\\' in n or n.startswith('.') for n in names):
+                    or any('://' not in n and ('/' in n or '\\' in n or n.startswith('.')) for n in names):
                 raise ValueError(f'the {split} shards and counts do not match')
             class_counts = [int(c) for c in entry.get('class_counts') or []]
             base = location.rsplit('/', 1)[0]
-            splits[split] = dict(urls=[f'{base}/{n}' for n in names], counts=counts, class_counts=class_counts)
+            splits[split] = dict(urls=[n if '://' in n else f'{base}/{n}' for n in names], counts=counts,
+                                 class_counts=class_counts)
         if not class_names:
             raise ValueError('no class names')
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f'{location}: not a fishzoo shard manifest ({describe(e)})') from None
     return Manifest(location, class_names, bool(raw.get('multilabel')), splits, str(raw.get('name') or data))
+
+
+def expand_braces(pattern: str) -> List[str]:
+    """WebDataset's shard patterns: ``train-{000..099}.tar`` (a zero-padded range) and ``{a,b}`` (a list),
+    expanded left to right."""
+    match = re.search(r'\{([^{}]*)\}', pattern)
+    if match is None:
+        return [pattern]
+    head, tail, body = pattern[:match.start()], pattern[match.end():], match.group(1)
+    span = re.fullmatch(r'(\d+)\.\.(\d+)', body)
+    if span:
+        first, last = span.groups()
+        if int(last) < int(first):
+            raise DataError(f'{pattern}: the range {{{body}}} runs backwards')
+        items = [str(i).zfill(len(first)) for i in range(int(first), int(last) + 1)]
+    else:
+        items = body.split(',')
+    return [expanded for item in items for expanded in expand_braces(head + item + tail)]
+
+
+def _absolute(url: str) -> str:
+    """A shard's location as a URL with a scheme (a local path as file://...), as an index records it."""
+    return url if '://' in url else Path(url).resolve().as_uri()
+
+
+def index_shards(train: str, val: str, out_dir: Union[str, Path], classes: Optional[Sequence[str]] = None) -> Path:
+    """``fishzoo shards --index``: a manifest for WebDataset shards written by another tool, local or remote, so
+    that fishzoo-train streams them. ``train`` and ``val`` are shard patterns (``.../train-{000000..000099}.tar``);
+    every shard is read once to count its samples and collect its labels (a remote shard is streamed whole,
+    a local one is walked by its headers). The class names are ``classes`` or the class indices found."""
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST).exists():
+        raise DataError(f'--output-dir {out_dir}: already holds a {MANIFEST}; choose an empty folder')
+    splits, highest, multilabel = {}, -1, False
+    for split, pattern in (('train', train), ('val', val)):
+        urls = [_absolute(u) for u in expand_braces(pattern)]
+        counts, class_counts = [], {}
+        for url in urls:
+            count = 0
+            for key, files in tar_samples(url):
+                label_suffix = 'json' if 'json' in files else 'cls' if 'cls' in files else None
+                if label_suffix is None:
+                    raise DataError(f'{url} sample {key}: no .cls or .json label (found {", ".join(sorted(files))})')
+                multilabel = multilabel or label_suffix == 'json'
+                for index in _label_indices(files[label_suffix], label_suffix, f'{url} sample {key}'):
+                    class_counts[index] = class_counts.get(index, 0) + 1
+                    highest = max(highest, index)
+                count += 1
+            counts.append(count)
+        splits[split] = dict(urls=urls, counts=counts, class_counts=class_counts)
+    class_names = list(classes) if classes else [str(i) for i in range(highest + 1)]
+    if highest >= len(class_names):
+        raise DataError(f'--classes names {len(class_names)} classes; the shards hold class index {highest}')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = dict(format=FORMAT, name=out_dir.name, source=f'{train} + {val}', class_names=class_names,
+                    multilabel=multilabel, splits={
+                        split: dict(shards=entry['urls'], counts=entry['counts'], samples=sum(entry['counts']),
+                                    class_counts=[entry['class_counts'].get(i, 0) for i in range(len(class_names))])
+                        for split, entry in splits.items()})
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1) + '\n')
+    return path
 
 
 def hf_stream_manifest(name: str, data_dir: Optional[str] = None, val_split: Optional[str] = None) -> Manifest:
@@ -254,26 +319,28 @@ def hf_stream_manifest(name: str, data_dir: Optional[str] = None, val_split: Opt
 
 # --- reading -------------------------------------------------------------------------------------
 
-def _target(payload: bytes, suffix: str, num_classes: int, multilabel: bool, where: str):
+def _label_indices(payload: bytes, suffix: str, where: str) -> List[int]:
+    """The class indices of a ``.cls`` (one index as text) or ``.json`` (``{"labels": [...]}``) label file."""
     try:
-        if suffix == 'cls':
-            index = int(payload.decode().strip())
-            if not 0 <= index < num_classes:
-                raise ValueError(f'class {index} of {num_classes}')
-            if multilabel:
-                hot = np.zeros(num_classes, np.float32)
-                hot[index] = 1
-                return hot
-            return index
-        labels = json.loads(payload.decode())['labels']
-        hot = np.zeros(num_classes, np.float32)
-        for index in labels:
-            if not 0 <= int(index) < num_classes:
-                raise ValueError(f'class {index} of {num_classes}')
-            hot[int(index)] = 1
-        return hot
+        text = payload.decode()
+        indices = [int(text.strip())] if suffix == 'cls' else [int(i) for i in json.loads(text)['labels']]
+        if any(i < 0 for i in indices):
+            raise ValueError(f'negative class {min(indices)}')
+        return indices
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise DataError(f'{where}: bad label ({describe(e)})') from None
+
+
+def _target(payload: bytes, suffix: str, num_classes: int, multilabel: bool, where: str):
+    """A class index (single-label) or a multi-hot vector of ``num_classes`` from a label file."""
+    indices = _label_indices(payload, suffix, where)
+    if max(indices, default=0) >= num_classes:
+        raise DataError(f'{where}: bad label (class {max(indices)} of {num_classes})')
+    if not multilabel and suffix == 'cls':
+        return indices[0]
+    hot = np.zeros(num_classes, np.float32)
+    hot[indices] = 1
+    return hot
 
 
 def tar_samples(url: str, skip: int = 0) -> Iterator[Tuple[str, Dict[str, bytes]]]:
@@ -588,5 +655,5 @@ class IndexedShards(torch.utils.data.Dataset):
 
 
 __all__ = ['DEFAULT_SHARD_BYTES', 'FORMAT', 'IndexedShards', 'MANIFEST', 'Manifest', 'ShardStream', 'StreamLoader',
-           'epoch_plan', 'hf_stream_manifest', 'is_shard_folder', 'parquet_samples', 'read_manifest', 'shard_data',
-           'tar_samples', 'write_shards']
+           'epoch_plan', 'expand_braces', 'hf_stream_manifest', 'index_shards', 'is_shard_folder', 'parquet_samples',
+           'read_manifest', 'shard_data', 'tar_samples', 'write_shards']

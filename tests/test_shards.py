@@ -261,3 +261,35 @@ def test_readers_start_inside_a_shard(digit_shards, parquet_dataset):
     rows = list(shards.parquet_samples(str(small_groups), 'image', 'label'))
     assert len(rows) == 16 and [k for k, _ in shards.parquet_samples(str(small_groups), 'image', 'label', 7)] == \
         [k for k, _ in rows[7:]]
+
+
+def test_shards_written_elsewhere_are_indexed_where_they_are(digit_shards, tmp_path):
+    """fishzoo shards --train-shards PATTERN: WebDataset shards another tool wrote (here: on another file system,
+    with brace patterns) get a manifest naming them by URL; training streams them from there."""
+    assert shards.expand_braces('s3://b/train-{008..011}.tar') == [f's3://b/train-{i:03d}.tar' for i in range(8, 12)]
+    assert shards.expand_braces('{a,b}-{1..2}') == ['a-1', 'a-2', 'b-1', 'b-2']
+    fs = fsspec.filesystem('memory')
+    for path in digit_shards.glob('*.tar'):
+        fs.pipe(f'/elsewhere/{path.name}', path.read_bytes())
+    out = tmp_path / 'index'
+    assert cli_main(['shards', '--train-shards', 'memory://elsewhere/train-{000000..000014}.tar', '--val-shards',
+                     'memory://elsewhere/val-{000000..000003}.tar', '--output-dir', str(out)]) == 0
+    manifest = shards.read_manifest(out)
+    assert manifest.urls('train')[0] == 'memory://elsewhere/train-000000.tar'
+    assert sum(manifest.counts('train')) == 1437 and manifest.class_names == [str(i) for i in range(10)]
+    written = json.loads((digit_shards / shards.MANIFEST).read_text())
+    assert json.loads((out / shards.MANIFEST).read_text())['splits']['val']['class_counts'] == \
+        written['splits']['val']['class_counts']
+    keys = [k for batch in epoch_keys(stream_of(out, batch_size=64), 0) for k in batch]
+    assert len(set(keys)) == 1437
+    # a local pattern is recorded as file:// URLs; a name that climbs out of the folder is still refused
+    local = tmp_path / 'local'
+    assert cli_main(['shards', '--train-shards', str(digit_shards / 'train-00000{0..1}.tar'), '--val-shards',
+                     str(digit_shards / 'val-000000.tar'), '--output-dir', str(local), '--classes',
+                     ','.join('zero one two three four five six seven eight nine'.split())]) == 0
+    assert shards.read_manifest(local).class_names[:2] == ['zero', 'one']
+    assert shards.read_manifest(local).urls('val') == [(digit_shards / 'val-000000.tar').as_uri()]
+    assert sum(len(k) for k in epoch_keys(stream_of(local, batch_size=50), 0)) == 200
+    with pytest.raises(DataError, match='names 2 classes; the shards hold class index 9'):
+        shards.index_shards(str(digit_shards / 'val-000000.tar'), str(digit_shards / 'val-000000.tar'),
+                            tmp_path / 'few', ['a', 'b'])
