@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from fishzoo.errors import DataError, describe
+from fishzoo.hub.atomic import write_file
 
 _logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ MANIFEST = 'manifest.json'
 FORMAT = 'fishzoo-shards/1'
 SHUFFLE_BUFFER = 1000  # samples a worker mixes over (held as their encoded bytes: ~110 MB of ImageNet JPEGs)
 DEFAULT_SHARD_BYTES = 256 * 2 ** 20
+MAX_FILE_BYTES = 256 * 2 ** 20  # one file of a sample (an image, a label): larger is refused, not read
 IMAGE_SUFFIXES = ('jpg', 'jpeg', 'png', 'webp', 'bmp', 'tif', 'tiff', 'gif')
 
 
@@ -130,9 +132,8 @@ def write_shards(loaded, out_dir: Union[str, Path], max_bytes: int = DEFAULT_SHA
         splits[split] = dict(shards=names, counts=counts, samples=sum(counts), class_counts=per_class.tolist())
     manifest = dict(format=FORMAT, name=loaded.name, source=source, class_names=list(loaded.class_names),
                     multilabel=bool(loaded.multilabel), seed=seed, val_split=val_split, splits=splits)
-    path = out_dir / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1) + '\n')
-    return path
+    # written last, and whole or not at all: a folder without it is not shards yet
+    return write_file(out_dir / MANIFEST, json.dumps(manifest, indent=1) + '\n')
 
 
 # --- the manifest --------------------------------------------------------------------------------
@@ -271,9 +272,7 @@ def index_shards(train: str, val: str, out_dir: Union[str, Path], classes: Optio
                         split: dict(shards=entry['urls'], counts=entry['counts'], samples=sum(entry['counts']),
                                     class_counts=[entry['class_counts'].get(i, 0) for i in range(len(class_names))])
                         for split, entry in splits.items()})
-    path = out_dir / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1) + '\n')
-    return path
+    return write_file(out_dir / MANIFEST, json.dumps(manifest, indent=1) + '\n')
 
 
 def hf_stream_manifest(name: str, data_dir: Optional[str] = None, val_split: Optional[str] = None) -> Manifest:
@@ -361,6 +360,9 @@ def tar_samples(url: str, skip: int = 0) -> Iterator[Tuple[str, Dict[str, bytes]
                         yield key, files
                     key, files, index = stem, {}, index + 1
                 if index >= skip:
+                    if member.size > MAX_FILE_BYTES:  # read into memory: a hostile shard could ask for any size
+                        raise DataError(f'{url}: {member.name} holds {member.size:,} bytes, more than the '
+                                        f'{MAX_FILE_BYTES:,} a sample file may')
                     files[suffix.lower()] = tar.extractfile(member).read()
             if key is not None and index >= skip:
                 yield key, files

@@ -190,6 +190,12 @@ def test_bad_shard_folders_get_one_sentence(digit_shards, tmp_path):
         shards.write_shards(data.digits_data(), digit_shards)
 
 
+def test_oversized_sample_files_are_refused_unread(digit_shards, monkeypatch):
+    monkeypatch.setattr(shards, 'MAX_FILE_BYTES', 64)  # the digits' PNGs are ~90 bytes
+    with pytest.raises(DataError, match=r'train-000000.tar: train000000000.png holds \d+ bytes, more than the 64'):
+        next(shards.tar_samples(str(digit_shards / 'train-000000.tar')))
+
+
 def test_memory_stays_flat_with_ten_times_the_data(tmp_path):
     """Peak RSS of a streamed epoch (transform, batches) over 10x the samples stays within a few MB: what a
     process holds is the shuffle buffer (50 samples here, 1,000 by default), never the data."""
