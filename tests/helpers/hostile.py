@@ -97,3 +97,15 @@ def start_training(args, out):
     """``python -m fishzoo.train ARGS --output-dir OUT`` in the background."""
     return subprocess.Popen([sys.executable, '-m', 'fishzoo.train', *args, '--output-dir', str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_9_once_written(proc, path, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` exists (failing the test if the run ends or ``timeout`` passes first)."""
+    import signal
+    import time
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, f'training ended before {path.name} was written'
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

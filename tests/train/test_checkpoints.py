@@ -3,9 +3,6 @@ equals an uninterrupted one."""
 import json
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,6 +15,7 @@ from fishzoo.train import main as train_main
 from tests.conftest import TRAIN_ARGS
 from tests.helpers.hostile import (
     Payload,
+    kill_9_once_written,
     one_line,
     start_training,
 )
@@ -48,14 +46,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(image_dataset, tmp_path):
     assert main([*common, '--output-dir', str(straight)]) == 0
 
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, '-m', 'fishzoo.train', *common, '--output-dir', str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / 'checkpoints' / 'epoch_0001' / STATE_FILE).exists():
-        assert proc.poll() is None and time.monotonic() < deadline, 'training ended before its first checkpoint'
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once_written(start_training(common, killed), killed / 'checkpoints' / 'epoch_0001' / STATE_FILE)
     assert not (killed / 'model.safetensors').exists()  # it really died mid-run
 
     assert main([*common, '--output-dir', str(killed), '--resume', 'auto']) == 0

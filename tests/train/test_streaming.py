@@ -2,10 +2,7 @@
 uninterrupted run; two processes train on every sample once per epoch in the same number of steps."""
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from fishzoo.cli import main as cli_main
 from fishzoo.train import STATE_FILE, checkpoint_dirs
 from fishzoo.train import main as train_main
 from tests.conftest import TRAIN_ARGS
-from tests.helpers.hostile import REPO
+from tests.helpers.hostile import REPO, kill_9_once_written, start_training
 from tests.helpers.images import make_parquet_dataset
 
 DIGITS_CONFIG = str(REPO / 'configs' / 'digits.yaml')
@@ -40,14 +37,7 @@ def test_killed_inside_a_streamed_epoch_resumes_there(digit_shards, tmp_path):
     assert history[-1]['train_samples'] == 1437  # every sample of the epoch, no drop_last remainder
 
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, '-m', 'fishzoo.train', *common, '--output-dir', str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / 'checkpoints' / 'epoch_0000_batch_000008' / STATE_FILE).exists():
-        assert proc.poll() is None and time.monotonic() < deadline, 'training ended before a mid-epoch checkpoint'
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once_written(start_training(common, killed), killed / 'checkpoints' / 'epoch_0000_batch_000008' / STATE_FILE)
     newest = checkpoint_dirs(killed)[-1].name
     assert newest.startswith('epoch_0000_batch_') and not (killed / 'model.safetensors').exists()
 
