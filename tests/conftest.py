@@ -36,6 +36,24 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _no_loader_workers_forked_from_the_test_process():
+    """Runs inside the pytest process decide ``--workers auto`` as on 2 cores (no workers on a CPU), whatever the
+    machine: forking DataLoader workers from a process that has loaded OpenVINO, inductor's compile workers and
+    the rest of the suite crashed it once. Runs in a subprocess (a fresh interpreter) decide for the machine;
+    tests/train/test_loader.py tests the rule itself with the function left as it is (``__wrapped__``)."""
+    from fishzoo.train import loader
+    original = loader.cores_per_process
+
+    def at_most_two(local_processes=None):
+        return min(2, original(local_processes))
+
+    at_most_two.__wrapped__ = original
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loader, 'cores_per_process', at_most_two)
+        yield
+
+
 CPU_FLAGS = {  # /proc/cpuinfo flags of the CPUs the precision choice is tested on
     'amx': 'fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_tile amx_int8 avx512_fp16',
     'avx512_bf16': 'fpu sse2 avx2 avx512f avx512_vnni avx512_bf16',  # Cooper Lake, Zen 4

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fishzoo import data, shards
 from fishzoo.cli import main as cli_main
 from fishzoo.errors import DataError
+from tests.helpers.hostile import REPO
 from tests.helpers.images import make_image_folder, make_multilabel_csv, make_parquet_dataset
 
 
@@ -33,12 +34,21 @@ def stream_of(folder, **kwargs) -> shards.ShardStream:
     return stream
 
 
-def epoch_keys(stream, workers: int, epoch: int = 0, resume: int = 0):
-    """Each batch's keys as one process's loader yields them, with ``workers`` worker processes."""
-    loader = shards.StreamLoader(stream, 'cpu', workers)
+def epoch_keys(stream, epoch: int = 0, resume: int = 0):
+    """Each batch's keys as one process's loader yields them, read in this process (no worker processes)."""
+    loader = shards.StreamLoader(stream, 'cpu', 0)
     loader.set_epoch(epoch)
     loader.resume_at(resume)
     return [keys for _, _, keys in loader]
+
+
+def worker_epochs(*jobs):
+    """:func:`epoch_keys` with real loader worker processes, forked from a fresh interpreter
+    (``tests/helpers/stream_keys.py``): one list of batches per job."""
+    proc = subprocess.run([sys.executable, '-m', 'tests.helpers.stream_keys', json.dumps(jobs)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
 
 
 def test_manifest_counts_and_split(digit_shards):
@@ -128,24 +138,24 @@ def test_plan_uses_every_sample_once_in_equal_steps(counts, world, workers, batc
 def test_two_processes_with_workers_see_each_sample_once(digit_shards):
     """Counted: 2 processes x 2 loader worker processes, and 3 processes x 1 (1,437 does not divide): every
     train sample once per epoch, the same number of batches in every process, another order next epoch."""
-    for world, workers in ((2, 2), (3, 0)):
-        per_rank = [epoch_keys(stream_of(digit_shards, batch_size=32, rank=r, world=world), workers)
-                    for r in range(world)]
+    job = dict(source=str(digit_shards), batch=32)
+    runs = worker_epochs(*[dict(job, world=2, rank=r, workers=2) for r in range(2)], dict(job, world=2, workers=2),
+                         dict(job, world=2, workers=2, epoch=1))
+    three = [epoch_keys(stream_of(digit_shards, batch_size=32, rank=r, world=3)) for r in range(3)]
+    for per_rank in (runs[:2], three):
         assert len({len(batches) for batches in per_rank}) == 1
         keys = [k for batches in per_rank for batch in batches for k in batch]
         assert len(keys) == len(set(keys)) == 1437
-    again = epoch_keys(stream_of(digit_shards, batch_size=32, rank=0, world=2), 2, epoch=0)
-    assert again == epoch_keys(stream_of(digit_shards, batch_size=32, rank=0, world=2), 2, epoch=0)
-    assert again != epoch_keys(stream_of(digit_shards, batch_size=32, rank=0, world=2), 2, epoch=1)
+    assert runs[2] == runs[0] and runs[3] != runs[0]  # the same epoch again; the next epoch in another order
 
 
 def test_resume_inside_an_epoch_repeats_nothing(digit_shards):
     """The batches after a resume at batch 7 are the uninterrupted epoch's batches 7..., with 2 workers."""
-    whole = epoch_keys(stream_of(digit_shards, batch_size=16), 2, epoch=1)
-    rest = epoch_keys(stream_of(digit_shards, batch_size=16), 2, epoch=1, resume=7)
-    assert rest == whole[7:]
-    rest_again = epoch_keys(stream_of(digit_shards, batch_size=16), 2, epoch=1, resume=10)
-    assert rest_again == whole[10:]
+    job = dict(source=str(digit_shards), batch=16, workers=2, epoch=1)
+    whole, rest, rest_again = worker_epochs(job, dict(job, resume=7), dict(job, resume=10))
+    assert rest == whole[7:] and rest_again == whole[10:]
+    assert epoch_keys(stream_of(digit_shards, batch_size=16), epoch=1, resume=7) == \
+        epoch_keys(stream_of(digit_shards, batch_size=16), epoch=1)[7:]
 
 
 def test_resume_refuses_another_split(digit_shards):
@@ -163,7 +173,7 @@ def test_remote_shards_through_fsspec(digit_shards):
     loaded = shards.shard_data('memory://remote', mode='L')
     assert len(loaded.train) == 1437 and loaded.val[5][0].size == (8, 8)
     stream = stream_of('memory://remote', batch_size=100)
-    assert sum(len(k) for k in epoch_keys(stream, 0)) == 1437
+    assert sum(len(k) for k in epoch_keys(stream)) == 1437
 
 
 def test_bad_shard_folders_get_one_sentence(digit_shards, tmp_path):
@@ -185,7 +195,7 @@ def test_bad_shard_folders_get_one_sentence(digit_shards, tmp_path):
     for path in digit_shards.glob('*.tar'):
         (short / path.name).write_bytes(path.read_bytes())
     with pytest.raises(DataError, match='train-000000.tar: 100 samples, the manifest says 105'):
-        epoch_keys(stream_of(short, batch_size=64, shuffle=False), 0)
+        epoch_keys(stream_of(short, batch_size=64, shuffle=False))
     with pytest.raises(DataError, match='already holds shards'):
         shards.write_shards(data.digits_data(), digit_shards)
 
@@ -234,12 +244,9 @@ def test_hugging_face_streaming_reads_parquet_parts(parquet_dataset):
     loaded = shards.shard_data(manifest)
     image, label = loaded.val[4]
     assert image.size == (24, 20) and label == (38 + 4) % 3
-    keys = []
-    for rank in range(2):
-        stream = shards.ShardStream(manifest, 'train', transform=lambda im: torch.zeros(1), batch_size=4, rank=rank,
-                                    world=2)
-        stream.with_keys = True
-        keys += [k for batch in epoch_keys(stream, 2) for k in batch]
+    runs = worker_epochs(*[dict(source=f'hf:{parquet_dataset}', batch=4, world=2, rank=r, workers=2)
+                           for r in range(2)])
+    keys = [k for batches in runs for batch in batches for k in batch]
     assert len(keys) == len(set(keys)) == 38
 
 
@@ -286,7 +293,7 @@ def test_shards_written_elsewhere_are_indexed_where_they_are(digit_shards, tmp_p
     written = json.loads((digit_shards / shards.MANIFEST).read_text())
     assert json.loads((out / shards.MANIFEST).read_text())['splits']['val']['class_counts'] == \
         written['splits']['val']['class_counts']
-    keys = [k for batch in epoch_keys(stream_of(out, batch_size=64), 0) for k in batch]
+    keys = [k for batch in epoch_keys(stream_of(out, batch_size=64)) for k in batch]
     assert len(set(keys)) == 1437
     # a local pattern is recorded as file:// URLs; a name that climbs out of the folder is still refused
     local = tmp_path / 'local'
@@ -295,7 +302,7 @@ def test_shards_written_elsewhere_are_indexed_where_they_are(digit_shards, tmp_p
                      ','.join('zero one two three four five six seven eight nine'.split())]) == 0
     assert shards.read_manifest(local).class_names[:2] == ['zero', 'one']
     assert shards.read_manifest(local).urls('val') == [(digit_shards / 'val-000000.tar').as_uri()]
-    assert sum(len(k) for k in epoch_keys(stream_of(local, batch_size=50), 0)) == 200
+    assert sum(len(k) for k in epoch_keys(stream_of(local, batch_size=50))) == 200
     with pytest.raises(DataError, match='names 2 classes; the shards hold class index 9'):
         shards.index_shards(str(digit_shards / 'val-000000.tar'), str(digit_shards / 'val-000000.tar'),
                             tmp_path / 'few', ['a', 'b'])
