@@ -18,9 +18,9 @@ order, cut into one contiguous run of samples per process and loader worker, and
 yields; a resume replays the plan and skips, without decoding, what the checkpoint's batch count says was
 used.
 """
+import bisect
 import io
 import json
-import logging
 import math
 import random
 import re
@@ -35,8 +35,6 @@ from PIL import Image
 
 from fishzoo.errors import DataError, describe
 from fishzoo.hub.atomic import write_file
-
-_logger = logging.getLogger(__name__)
 
 MANIFEST = 'manifest.json'
 FORMAT = 'fishzoo-shards/1'
@@ -239,7 +237,7 @@ def _absolute(url: str) -> str:
 
 
 def index_shards(train: str, val: str, out_dir: Union[str, Path], classes: Optional[Sequence[str]] = None) -> Path:
-    """``fishzoo shards --index``: a manifest for WebDataset shards written by another tool, local or remote, so
+    """``fishzoo shards --train-shards``: a manifest for WebDataset shards written by another tool, local or remote, so
     that fishzoo-train streams them. ``train`` and ``val`` are shard patterns (``.../train-{000000..000099}.tar``);
     every shard is read once to count its samples and collect its labels (a remote shard is streamed whole,
     a local one is walked by its headers). The class names are ``classes`` or the class indices found."""
@@ -489,10 +487,6 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return sum(self.counts)
 
-    @property
-    def class_names(self) -> List[str]:
-        return self.manifest.class_names
-
     def batches_per_epoch(self) -> int:
         return steps_per_epoch(sum(self.counts), self.world, self.batch_size)
 
@@ -575,7 +569,6 @@ class StreamLoader:
     def __init__(self, stream: ShardStream, device: torch.device, workers: int = 0, pin_memory: bool = False):
         self.stream, self.device = stream, torch.device(device)
         self.workers, self.pin_memory = workers, pin_memory
-        self.dataset = stream
 
     def __len__(self) -> int:
         return self.stream.batches_per_epoch()
@@ -624,24 +617,25 @@ def shard_data(data_dir: Union[str, Path, Manifest], mode: str = 'RGB', seed: in
 # --- validation: the val shards indexed, read by position ---------------------------------------
 
 class IndexedShards(torch.utils.data.Dataset):
-    """A split's shards as a map-style dataset (a sample's shard and key, read on demand), so that
-    validation is Accelerate's usual sharded, gathered loader. The index is built by one pass over the
-    shards' headers and holds no image."""
+    """A split's shards as a map-style dataset (a sample found by its shard and position, read on demand), so
+    that validation is Accelerate's usual sharded, gathered loader. Sample ``i`` is placed by the manifest's
+    counts; no image is held but the samples of the shard being read."""
 
     def __init__(self, manifest: Manifest, split: str, mode: str = 'RGB', transform: Optional[Callable] = None):
         self.manifest, self.split, self.mode, self.transform = manifest, split, mode, transform
-        self.index: List[Tuple[int, int]] = []  # (shard, sample position in it)
-        for shard, count in enumerate(manifest.counts(split)):
-            self.index.extend((shard, i) for i in range(count))
+        self.starts = np.cumsum([0] + manifest.counts(split)).tolist()  # shard s holds samples starts[s]..starts[s+1]
         if manifest.splits[split]['class_counts']:  # per class: what the multi-label recipe reads
             self.class_counts = manifest.splits[split]['class_counts']
         self._cache: Tuple[int, List] = (-1, [])
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.starts[-1]
 
     def __getitem__(self, index: int):
-        shard, position = self.index[index]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = bisect.bisect_right(self.starts, index) - 1
+        position = index - self.starts[shard]
         # validation reads in order: one shard's samples are kept while the reader is inside it
         if self._cache[0] != shard:
             url = self.manifest.urls(self.split)[shard]

@@ -69,11 +69,11 @@ def loader_settings(config, dataset, device: Union[str, torch.device]) -> Dict[s
     return dict(workers=count)
 
 
-def dataloader_kwargs(workers: int, device: Union[str, torch.device], persistent: bool = True) -> Dict[str, Any]:
+def dataloader_kwargs(workers: int, device: Union[str, torch.device]) -> Dict[str, Any]:
     """The DataLoader arguments for ``workers`` on ``device``: pinned memory on CUDA, workers kept between
     epochs."""
     return dict(num_workers=workers, pin_memory=torch.device(device).type == 'cuda',
-                persistent_workers=persistent and workers > 0)
+                persistent_workers=workers > 0)
 
 
 def workers_value(text: str) -> Union[int, str]:
